@@ -1,0 +1,100 @@
+"""What components look like to the core: the critic output, losses, regularizers, latents."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import torch
+from torch import nn
+
+
+@dataclass
+class CriticOutput:
+    """What ``critic(x, y)`` returns: logits ``(B,)`` plus optional extras.
+
+    ``class_logits`` (B×num_classes) serve auxiliary-classifier losses; ``features`` (the
+    penultimate activations) serve feature-matching and consistency terms.
+    """
+
+    logits: torch.Tensor
+    class_logits: torch.Tensor | None = None
+    features: torch.Tensor | None = None
+
+
+def as_critic_output(out: torch.Tensor | CriticOutput) -> CriticOutput:
+    """Normalise a discriminator's return value to a CriticOutput with ``(B,)`` logits."""
+    if not isinstance(out, CriticOutput):
+        out = CriticOutput(logits=out)
+    if out.logits.dim() > 1:
+        out.logits = out.logits.reshape(out.logits.shape[0], -1).squeeze(1)
+    return out
+
+
+Critic = Callable[[torch.Tensor, "torch.Tensor | None"], CriticOutput]
+
+
+@runtime_checkable
+class Loss(Protocol):
+    """An adversarial loss: pure functions of critic outputs and labels."""
+
+    needs_real_for_g: bool
+
+    def d_loss(
+        self, real: CriticOutput, fake: CriticOutput, y_real: torch.Tensor | None,
+        y_fake: torch.Tensor | None,
+    ) -> torch.Tensor: ...
+
+    def g_loss(
+        self, fake: CriticOutput, real: CriticOutput | None, y_real: torch.Tensor | None,
+        y_fake: torch.Tensor | None,
+    ) -> torch.Tensor: ...
+
+
+@dataclass
+class RegularizerContext:
+    """Everything a regularizer may need, for one phase of one step."""
+
+    phase: str
+    step: int
+    generator: nn.Module
+    critic: Critic
+    real: torch.Tensor
+    fake: torch.Tensor
+    z: torch.Tensor
+    y_real: torch.Tensor | None
+    y_fake: torch.Tensor | None
+
+
+@runtime_checkable
+class Regularizer(Protocol):
+    """A loss term for the D phase (``phase = "d"``) or the G phase (``"g"``)."""
+
+    phase: str
+
+    def __call__(self, ctx: RegularizerContext) -> tuple[torch.Tensor, dict[str, torch.Tensor]]: ...
+
+
+def latent_shape(generator: nn.Module) -> tuple[int, ...]:
+    """The latent shape a generator declares (without the batch dimension)."""
+    return tuple(generator.latent_shape)
+
+
+def sample_latents(
+    generator: nn.Module, n: int, rng: torch.Generator, device: torch.device | str = "cpu"
+) -> torch.Tensor:
+    """Draw ``n`` latents from the generator's declared prior, from ``rng`` only.
+
+    Latents are drawn on the CPU generator and moved, so the same seed gives the same
+    latents on every device.
+    """
+    shape = (n, *latent_shape(generator))
+    prior = getattr(generator, "latent_prior", "normal")
+    if prior == "normal":
+        z = torch.randn(shape, generator=rng)
+    elif prior == "uniform":
+        z = torch.rand(shape, generator=rng).mul_(2).sub_(1)
+    else:
+        raise ValueError(f"unknown latent prior {prior!r}")
+    return z.to(device, non_blocking=True)

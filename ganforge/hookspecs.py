@@ -1,0 +1,121 @@
+"""Every hook a ganforge plugin can implement: the plugin author's full reference.
+
+A plugin is a module (or object) registered under the ``ganforge`` entry-point group::
+
+    # pyproject.toml of ganforge-something
+    [project.entry-points.ganforge]
+    something = "ganforge_something.plugin"
+
+    # ganforge_something/plugin.py
+    from ganforge import hookimpl
+
+    @hookimpl
+    def ganforge_register_losses(register):
+        register("my_loss", MyLoss)
+
+Registration hooks are called once when the registry is built; each receives a
+:class:`ganforge.registry.Register` bound to one component kind. ``register(name, factory)``
+adds an entry; recipes then name it (``[loss] name = "my_loss"``) and the core calls
+``factory(**core_args, **recipe_kwargs)``. The factory's signature is the schema of its recipe
+table: its keyword arguments are validated against the recipe before anything runs.
+
+Lifecycle hooks observe a run. They are called on the main process only, outside the training
+step, and must not change training state.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:
+    from ganforge.registry import Register
+    from ganforge.trainer import RunInfo
+
+hookspec = pluggy.HookspecMarker("ganforge")
+
+
+@hookspec
+def ganforge_register_generators(register: Register) -> None:
+    """Register generator factories.
+
+    ``factory(*, resolution: int, channels: int, num_classes: int, **kwargs) -> nn.Module``.
+    The module is called as ``G(z, y=None)`` and returns images in [-1, 1] shaped
+    ``(B, channels, resolution, resolution)``. It declares ``latent_shape: tuple[int, ...]``
+    (without the batch dimension) and ``latent_prior: str`` (``"normal"`` or ``"uniform"``),
+    and may declare ``supports_truncation = True`` to accept ``truncation=ψ``.
+    ``num_classes`` is 0 for unconditional runs; pass ``conditional=True`` to ``register`` for a
+    generator that uses ``y``.
+    """
+
+
+@hookspec
+def ganforge_register_discriminators(register: Register) -> None:
+    """Register discriminator (critic) factories.
+
+    ``factory(*, resolution: int, channels: int, num_classes: int, **kwargs) -> nn.Module``.
+    The module is called as ``D(x, y=None)`` and returns logits shaped ``(B,)`` or ``(B, 1)``,
+    or a :class:`ganforge.components.CriticOutput` carrying the logits and optional extras
+    (class logits, penultimate features). Pass ``conditional=True`` to ``register`` for a
+    discriminator that uses ``y``.
+    """
+
+
+@hookspec
+def ganforge_register_losses(register: Register) -> None:
+    """Register adversarial losses.
+
+    ``factory(**kwargs)`` returns a :class:`ganforge.components.Loss`: pure functions of critic
+    outputs and labels, ``d_loss(real, fake, y_real, y_fake)`` and
+    ``g_loss(fake, real, y_real, y_fake)`` returning scalar tensors. A loss whose G term needs
+    the critic's outputs on real images sets ``needs_real_for_g = True``; otherwise ``real`` is
+    ``None`` in ``g_loss`` and the core skips that critic pass.
+    """
+
+
+@hookspec
+def ganforge_register_regularizers(register: Register) -> None:
+    """Register regularizers, used as ``[regularizers.NAME]`` tables (several per recipe).
+
+    ``factory(**kwargs)`` returns a :class:`ganforge.components.Regularizer`: it declares its
+    ``phase`` (``"d"`` or ``"g"``) and is called with a
+    :class:`ganforge.components.RegularizerContext`, returning ``(term, logs)`` where ``term`` is
+    a scalar tensor added to that phase's loss and ``logs`` a dict of scalar tensors. The recipe
+    key ``every`` (handled by the core) applies it lazily every k steps with the term scaled by k.
+    Penalties on input gradients should run their critic pass with autocast off, in float32.
+    """
+
+
+@hookspec
+def ganforge_register_datasets(register: Register) -> None:
+    """Register data sources, used as ``[data] name = ...``.
+
+    ``factory(*, resolution: int, **kwargs) -> ganforge.data.DataSource``. The source's
+    ``load()`` returns uint8 images N×C×H×W at exactly ``resolution``, optional integer labels
+    and class names; its ``fingerprint`` names the decoded result so the core can cache it.
+    """
+
+
+@hookspec
+def ganforge_run_start(run: RunInfo) -> None:
+    """Called once before the first step, after models, optimizers and data are ready.
+
+    ``run`` describes the run: resolved recipe, run directory, number of processes, the
+    effective per-process batch, the first step (non-zero when resuming) and the last.
+    """
+
+
+@hookspec
+def ganforge_log(run: RunInfo, step: int, values: dict[str, Any]) -> None:
+    """Called every ``train.log_every`` steps with the logged values (plain Python floats).
+
+    ``values`` holds the losses, mean critic outputs on real and fake images, gradient norms,
+    skipped steps, images/s and each regularizer's logs; it is also the line written to
+    ``RUN_DIR/metrics.jsonl``.
+    """
+
+
+@hookspec
+def ganforge_run_end(run: RunInfo, step: int, export_path: str | None) -> None:
+    """Called once after the last step, after the final samples and the export are written."""

@@ -1,0 +1,474 @@
+"""Recipes: TOML + overrides, validated against a typed schema and the components' signatures.
+
+Core sections (``[run]``, ``[train]``, ``[optim.*]`` and the core keys of component tables) are
+checked against :data:`SCHEMA`; every other key of a component table is a keyword argument of
+the registered factory and is bound to its signature. Every problem is collected and reported
+at once in a :class:`~ganforge.errors.RecipeError` naming the TOML key.
+"""
+
+from __future__ import annotations
+
+import inspect
+import tomllib
+import types
+import typing
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ganforge.errors import RecipeError, did_you_mean
+from ganforge.registry import CORE_ARGS, Registry
+
+REQUIRED = object()
+
+# What a key affects: "model" keys shape the networks, "optim" keys the optimisation; a resumed
+# run may change neither. Keys with no role (steps, logging, paths) may change on resume.
+MODEL, OPTIM = "model", "optim"
+
+
+@dataclass(frozen=True)
+class Key:
+    """One schema key: its type, default, role and an optional extra check."""
+
+    type: type | tuple[type, ...]
+    default: Any = REQUIRED
+    role: str | None = None
+    check: Callable[[Any], str | None] | None = None
+
+
+def positive(value) -> str | None:
+    return None if value > 0 else "must be > 0"
+
+
+def non_negative(value) -> str | None:
+    return None if value >= 0 else "must be >= 0"
+
+
+def one_of(*choices: str) -> Callable[[Any], str | None]:
+    def check(value):
+        return None if value in choices else f"must be one of {', '.join(map(repr, choices))}"
+
+    return check
+
+
+def _betas(value) -> str | None:
+    ok = len(value) == 2 and all(isinstance(b, (int, float)) and 0 <= b < 1 for b in value)
+    return None if ok else "must be two numbers in [0, 1)"
+
+
+OPTIMIZER = {
+    "name": Key(str, "adam", OPTIM, one_of("adam", "adamw")),
+    "lr": Key(float, 2e-4, OPTIM, positive),
+    "betas": Key(list, [0.5, 0.999], OPTIM, _betas),
+    "eps": Key(float, 1e-8, OPTIM, positive),
+    "weight_decay": Key(float, 0.0, OPTIM, non_negative),
+}
+
+#: Core keys per section. Component sections also take their factory's keyword arguments.
+SCHEMA: dict[str, dict[str, Key]] = {
+    "run": {
+        "name": Key(str, "ganforge"),
+        "out_dir": Key(str, ""),
+        "seed": Key(int, 0, OPTIM),
+        "mixed_precision": Key(str, "auto", None, one_of("auto", "no", "fp16", "bf16")),
+    },
+    "data": {
+        "name": Key(str, REQUIRED, MODEL),
+        "resolution": Key(int, REQUIRED, MODEL, lambda v: None if 4 <= v <= 4096 else "must be in 4..4096"),
+        "conditional": Key(bool, False, MODEL),
+    },
+    "generator": {"name": Key(str, REQUIRED, MODEL)},
+    "discriminator": {"name": Key(str, REQUIRED, MODEL)},
+    "loss": {"name": Key(str, REQUIRED, OPTIM)},
+    "train": {
+        "steps": Key(int, REQUIRED, None, positive),
+        "batch_size": Key(int, 64, OPTIM, positive),
+        "n_critic": Key(int, 1, OPTIM, positive),
+        "grad_clip": Key(float, 0.0, OPTIM, non_negative),
+        "log_every": Key(int, 50, None, positive),
+        "sample_every": Key(int, 500, None, positive),
+        "sample_count": Key(int, 64, None, positive),
+    },
+}
+REGULARIZER_KEYS = {"every": Key(int, 1, OPTIM, positive)}
+#: Sections whose extra keys go to a registered factory, and the registry kind of each.
+COMPONENT_SECTIONS = {"data": "dataset", "generator": "generator",
+                      "discriminator": "discriminator", "loss": "loss"}
+SECTION_ROLES = {"data": MODEL, "generator": MODEL, "discriminator": MODEL, "loss": OPTIM}
+SECTIONS = ("run", "data", "generator", "discriminator", "loss", "regularizers", "optim", "train")
+
+
+@dataclass(frozen=True)
+class Component:
+    """A recipe table naming a registry entry plus the keyword arguments for its factory."""
+
+    name: str
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A validated recipe. ``tables`` is the resolved TOML (defaults filled in)."""
+
+    tables: Mapping[str, Any]
+    source: str = "<recipe>"
+
+    def section(self, name: str) -> dict[str, Any]:
+        return dict(self.tables.get(name, {}))
+
+    def component(self, section: str) -> Component:
+        table = self.section(section)
+        core = SCHEMA[section]
+        return Component(table["name"], {k: v for k, v in table.items() if k not in core})
+
+    def regularizers(self) -> list[tuple[str, int, dict[str, Any]]]:
+        """``(name, every, kwargs)`` for each ``[regularizers.NAME]`` table."""
+        return [(name, table.get("every", 1), {k: v for k, v in table.items() if k != "every"})
+                for name, table in self.tables.get("regularizers", {}).items()]
+
+    def get(self, dotted: str) -> Any:
+        node: Any = self.tables
+        for part in dotted.split("."):
+            node = node[part]
+        return node
+
+    @property
+    def run_dir(self) -> Path:
+        run = self.tables["run"]
+        return Path(run["out_dir"] or Path("runs") / run["name"])
+
+    def to_toml(self) -> str:
+        return dump_toml(self.tables)
+
+    def fixed_values(self) -> dict[str, Any]:
+        """Flattened keys that shape the models or the optimisation (a resume keeps them)."""
+        return {key: value for key, value in flatten(self.tables).items() if role_of(key)}
+
+
+def role_of(dotted: str) -> str | None:
+    """The role of a flattened key: "model", "optim" or None."""
+    section, _, rest = dotted.partition(".")
+    if section == "regularizers":
+        return OPTIM
+    if section == "optim":
+        return OPTIM
+    key = rest.split(".")[0]
+    core = SCHEMA.get(section, {})
+    if key in core:
+        return core[key].role
+    return SECTION_ROLES.get(section)
+
+
+def flatten(tables: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tables.items():
+        if isinstance(value, Mapping):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def parse_toml(text: str, source: str) -> dict[str, Any]:
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:  # its message names line and column
+        raise RecipeError([("", f"invalid TOML: {err}")], source) from None
+
+
+def read_recipe_file(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise RecipeError([("", f"recipe file not found: {path}")]) from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise RecipeError([("", f"cannot read recipe {path}: {err}")]) from None
+    return parse_toml(text, str(path))
+
+
+def parse_override_value(text: str) -> Any:
+    """An override value is TOML (``3``, ``1e-4``, ``true``, ``[0.5, 0.9]``) or a plain string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_overrides(tables: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Apply ``a.b.c=value`` overrides at any depth, creating tables on the way."""
+    problems = []
+    for item in overrides:
+        dotted, sep, value = item.partition("=")
+        parts = dotted.strip().split(".")
+        if not sep or not all(p.strip() for p in parts):
+            problems.append((item, "an override must look like section.key=value"))
+            continue
+        node = tables
+        for depth, part in enumerate(parts[:-1]):
+            child = node.setdefault(part.strip(), {})
+            if not isinstance(child, dict):
+                problems.append((".".join(parts[: depth + 1]), "is a value, not a table"))
+                break
+            node = child
+        else:
+            node[parts[-1].strip()] = parse_override_value(value.strip())
+    if problems:
+        raise RecipeError(problems, "overrides")
+    return tables
+
+
+def load_recipe(
+    path: str | Path, overrides: Sequence[str] = (), registry: Registry | None = None
+) -> Recipe:
+    """Read, override and validate a recipe file."""
+    tables = apply_overrides(read_recipe_file(path), overrides)
+    return validate(tables, registry, source=str(path))
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def validate(tables: Mapping[str, Any], registry: Registry | None, source: str = "<recipe>") -> Recipe:
+    """Check ``tables`` and return the resolved Recipe, or raise one RecipeError with every problem.
+
+    Without a registry only the core schema is checked (component kwargs are not bound).
+    """
+    problems: list[tuple[str, str]] = []
+    resolved: dict[str, Any] = {}
+    for section in tables:
+        if section not in SECTIONS:
+            problems.append((section, f"unknown section{did_you_mean(section, SECTIONS)}"))
+    for section in SECTIONS:
+        value = tables.get(section, {})
+        if not isinstance(value, Mapping):
+            problems.append((section, "must be a table"))
+            value = {}
+        if section == "regularizers":
+            resolved[section] = _check_regularizers(value, registry, problems)
+        elif section == "optim":
+            resolved[section] = _check_optim(value, problems)
+        else:
+            resolved[section] = _check_table(section, value, SCHEMA[section], problems,
+                                             extra_allowed=section in COMPONENT_SECTIONS)
+    if registry is not None:
+        conditional = resolved["data"].get("conditional") is True
+        for section, kind in COMPONENT_SECTIONS.items():
+            _check_component(section, kind, resolved[section], registry, conditional, problems)
+    if problems:
+        raise RecipeError(problems, source)
+    if not resolved["run"]["out_dir"]:
+        resolved["run"]["out_dir"] = str(Path("runs") / resolved["run"]["name"])
+    return Recipe(tables=resolved, source=source)
+
+
+def _check_table(prefix, table, schema, problems, *, extra_allowed=False) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, key in schema.items():
+        where = f"{prefix}.{name}"
+        if name not in table:
+            if key.default is REQUIRED:
+                problems.append((where, "is required"))
+            else:
+                out[name] = key.default if not isinstance(key.default, list) else list(key.default)
+            continue
+        value = table[name]
+        if not _is_instance(value, key.type):
+            problems.append((where, f"expected {_type_name(key.type)}, got {_describe(value)}"))
+            continue
+        if isinstance(value, int) and not isinstance(value, bool) and key.type is float:
+            value = float(value)
+        message = key.check(value) if key.check else None
+        if message:
+            problems.append((where, f"{message}, got {value!r}"))
+        out[name] = value
+    for name, value in table.items():
+        if name in schema:
+            continue
+        if extra_allowed:
+            out[name] = value  # bound to the component's factory signature later
+        else:
+            problems.append((f"{prefix}.{name}", f"unknown key{did_you_mean(name, schema)}"))
+    return out
+
+
+def _check_optim(table, problems) -> dict[str, Any]:
+    out = {}
+    for name in table:
+        if name not in ("generator", "discriminator"):
+            hint = did_you_mean(name, ("generator", "discriminator"))
+            problems.append((f"optim.{name}", f"unknown optimizer table{hint}"))
+    for model in ("generator", "discriminator"):
+        sub = table.get(model, {})
+        if not isinstance(sub, Mapping):
+            problems.append((f"optim.{model}", "must be a table"))
+            sub = {}
+        out[model] = _check_table(f"optim.{model}", sub, OPTIMIZER, problems)
+    return out
+
+
+def _check_regularizers(table, registry, problems) -> dict[str, Any]:
+    out = {}
+    for name, sub in table.items():
+        where = f"regularizers.{name}"
+        if not isinstance(sub, Mapping):
+            problems.append((where, "must be a table of the regularizer's options"))
+            continue
+        resolved = _check_table(where, sub, REGULARIZER_KEYS, problems, extra_allowed=True)
+        if registry is not None:
+            entry = registry.find("regularizer", name)
+            if entry is None:
+                problems.append((where, registry.unknown_message("regularizer", name)))
+            else:
+                kwargs = {k: v for k, v in resolved.items() if k != "every"}
+                _bind_kwargs(where, entry, kwargs, problems)
+        out[name] = resolved
+    return out
+
+
+def _check_component(section, kind, table, registry, conditional, problems) -> None:
+    name = table.get("name")
+    if not isinstance(name, str):
+        return  # already reported by the schema check
+    entry = registry.find(kind, name)
+    if entry is None:
+        problems.append((f"{section}.name", registry.unknown_message(kind, name)))
+        return
+    if conditional and kind in ("generator", "discriminator") and not entry.conditional:
+        problems.append((f"{section}.name", f"{kind} {name!r} cannot condition on labels, "
+                         "but data.conditional = true"))
+    kwargs = {k: v for k, v in table.items() if k not in SCHEMA[section]}
+    _bind_kwargs(section, entry, kwargs, problems)
+
+
+def _bind_kwargs(prefix, entry, kwargs, problems) -> None:
+    """Check recipe kwargs against the factory signature: names, required keys, simple types."""
+    try:
+        params = inspect.signature(entry.factory, eval_str=True).parameters
+    except (NameError, TypeError, ValueError):
+        params = inspect.signature(entry.factory).parameters
+    core = CORE_ARGS[entry.kind]
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    accepted = [n for n, p in params.items()
+                if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and n not in core]
+    for name, value in kwargs.items():
+        where = f"{prefix}.{name}"
+        if name in core:
+            problems.append((where, "is set by the core from [data]; remove it here"))
+        elif name in params and name in accepted:
+            annotation = params[name].annotation
+            if not _matches(value, annotation):
+                problems.append((where, f"{entry.kind} {entry.name!r} expects "
+                                 f"{_annotation_name(annotation)}, got {_describe(value)}"))
+        elif not takes_any:
+            problems.append((where, f"unknown option of {entry.kind} {entry.name!r}"
+                             f"{did_you_mean(name, accepted)}"
+                             + ("" if did_you_mean(name, accepted) or not accepted
+                                else f"; options: {', '.join(accepted)}")))
+    for name in accepted:
+        p = params[name]
+        if p.default is p.empty and name not in kwargs:
+            problems.append((f"{prefix}.{name}", f"is required by {entry.kind} {entry.name!r}"))
+
+
+# --------------------------------------------------------------------------- types
+
+
+def _is_instance(value, expected) -> bool:
+    types_ = expected if isinstance(expected, tuple) else (expected,)
+    if isinstance(value, bool):
+        return bool in types_
+    if isinstance(value, int) and float in types_:
+        return True
+    return isinstance(value, types_)
+
+
+def _matches(value, annotation) -> bool:
+    """Whether a TOML value fits a simple annotation; unknown annotations accept anything."""
+    if annotation is inspect.Parameter.empty or annotation is Any:
+        return True
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, arg) for arg in typing.get_args(annotation))
+    if origin is typing.Literal:
+        return value in typing.get_args(annotation)
+    if annotation is type(None):
+        return value is None
+    if origin in (list, tuple, Sequence) or annotation in (list, tuple):
+        return isinstance(value, list)
+    if origin in (dict, Mapping) or annotation is dict:
+        return isinstance(value, dict)
+    if annotation in (int, float, bool, str):
+        return _is_instance(value, annotation)
+    return True
+
+
+def _annotation_name(annotation) -> str:
+    if isinstance(annotation, type):
+        return annotation.__name__
+    return str(annotation).replace("typing.", "")
+
+
+def _type_name(expected) -> str:
+    types_ = expected if isinstance(expected, tuple) else (expected,)
+    names = {int: "an integer", float: "a number", bool: "true or false", str: "a string",
+             list: "a list", dict: "a table"}
+    return " or ".join(names.get(t, t.__name__) for t in types_)
+
+
+def _describe(value) -> str:
+    return f"{type(value).__name__} {value!r}"
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def dump_toml(tables: Mapping[str, Any]) -> str:
+    """Serialise resolved recipe tables (scalars, lists, nested tables) as TOML."""
+    lines: list[str] = []
+
+    def emit(prefix: str, table: Mapping[str, Any]) -> None:
+        scalars = {k: v for k, v in table.items() if not isinstance(v, Mapping)}
+        subtables = {k: v for k, v in table.items() if isinstance(v, Mapping)}
+        if prefix and (scalars or not subtables):
+            lines.append(f"[{prefix}]")
+        for key, value in scalars.items():
+            lines.append(f"{_toml_key(key)} = {_toml_value(value)}")
+        if prefix and (scalars or not subtables):
+            lines.append("")
+        for key, value in subtables.items():
+            emit(f"{prefix}.{_toml_key(key)}" if prefix else _toml_key(key), value)
+
+    emit("", tables)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _toml_key(key: str) -> str:
+    return key if key.replace("_", "").replace("-", "").isalnum() else _toml_string(key)
+
+
+def _toml_string(text: str) -> str:
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"')
+    for char, code in (("\n", "\\n"), ("\t", "\\t"), ("\r", "\\r")):
+        escaped = escaped.replace(char, code)
+    return f'"{escaped}"'
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        if value != value:
+            return "nan"
+        if value in (float("inf"), float("-inf")):
+            return "inf" if value > 0 else "-inf"
+        return repr(value)
+    if isinstance(value, str):
+        return _toml_string(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {type(value).__name__} to TOML")

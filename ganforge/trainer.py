@@ -1,0 +1,331 @@
+"""The training loop: n_critic D updates on fresh reals, then one G update with D frozen.
+
+Everything concrete (networks, losses, regularizers, data) comes from plugins through the
+registry; this module owns the order of operations, backward, the non-finite check, sampling,
+logging and export. See docs/architecture.md for the contracts it keeps.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ganforge.components import (
+    CriticOutput,
+    Loss,
+    Regularizer,
+    RegularizerContext,
+    as_critic_output,
+    sample_latents,
+)
+from ganforge.data import BatchSource, DataSource, ImageData, ShardedSampler, open_store
+from ganforge.errors import DataError, PluginError, RecipeError
+from ganforge.export import export_generator, export_metadata
+from ganforge.plugins import Plugins
+from ganforge.recipe import Recipe
+from ganforge.runfiles import append_jsonl, save_grid, write_text
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """What lifecycle hooks learn about a run."""
+
+    recipe: Recipe
+    run_dir: Path
+    num_processes: int
+    per_process_batch: int
+    start_step: int
+    steps: int
+    channels: int
+    resolution: int
+    num_classes: int
+
+
+@dataclass
+class Phase:
+    """Tensors one phase leaves for logging; read on the host only every ``log_every`` steps."""
+
+    loss: torch.Tensor
+    grad_norm: torch.Tensor
+    logs: dict[str, torch.Tensor]
+    real: CriticOutput | None = None
+    fake: CriticOutput | None = None
+
+
+def make_accelerator(mixed_precision: str):
+    from accelerate import Accelerator  # lazy: keeps `ganforge validate` fast
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    # Buffers (batch-norm statistics) are not broadcast at every forward: with two models and
+    # several forwards per step that would overwrite each rank's train-mode statistics mid-step.
+    ddp = DistributedDataParallelKwargs(broadcast_buffers=False)
+    kwargs: dict[str, Any] = {"kwargs_handlers": [ddp]}
+    if mixed_precision != "auto":  # "auto" defers to `accelerate launch --mixed_precision`
+        kwargs["mixed_precision"] = mixed_precision
+    return Accelerator(**kwargs)
+
+
+def build_optimizer(params, config: dict[str, Any]) -> torch.optim.Optimizer:
+    kind = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[config["name"]]
+    # Fused Adam accepts a device-side `found_inf` flag, so a non-finite step is skipped
+    # without the host reading anything back (no synchronisation inside the step).
+    return kind(params, lr=config["lr"], betas=tuple(config["betas"]), eps=config["eps"],
+                weight_decay=config["weight_decay"], fused=True)
+
+
+class Trainer:
+    """Builds a run from a validated recipe and trains it."""
+
+    def __init__(self, recipe: Recipe, plugins: Plugins, accelerator=None):
+        self.recipe, self.plugins, self.registry = recipe, plugins, plugins.registry
+        run, train = recipe.section("run"), recipe.section("train")
+        self.acc = accelerator or make_accelerator(run["mixed_precision"])
+        self.steps, self.n_critic = train["steps"], train["n_critic"]
+        self.batch_size, self.grad_clip = train["batch_size"], train["grad_clip"]
+        world = self.acc.num_processes
+        if self.batch_size % world:
+            raise RecipeError([("train.batch_size", f"{self.batch_size} does not divide by the "
+                                f"{world} processes of this launch")], recipe.source)
+        self.run_dir = recipe.run_dir
+        self.seed = run["seed"]
+
+        self.data = self._open_data()
+        data_cfg = recipe.section("data")
+        self.num_classes = self.data.num_classes if data_cfg["conditional"] else 0
+        if data_cfg["conditional"] and self.num_classes < 2:
+            raise DataError(f"data.conditional = true, but data {data_cfg['name']!r} has no labels")
+        core = {"resolution": self.data.resolution, "channels": self.data.channels,
+                "num_classes": self.num_classes}
+
+        # Every rank builds identical initial weights from the recipe seed.
+        torch.manual_seed(self.seed)
+        self.g_spec, self.d_spec = recipe.component("generator"), recipe.component("discriminator")
+        generator = self._build("generator", self.g_spec.name, core, self.g_spec.kwargs, nn.Module)
+        discriminator = self._build("discriminator", self.d_spec.name, core, self.d_spec.kwargs,
+                                    nn.Module)
+        loss_spec = recipe.component("loss")
+        self.loss: Loss = self._build("loss", loss_spec.name, {}, loss_spec.kwargs, Loss)
+        self.regularizers = [
+            (name, every, self._build("regularizer", name, {}, kwargs, Regularizer))
+            for name, every, kwargs in recipe.regularizers()
+        ]
+        optim = recipe.section("optim")
+        opt_g = build_optimizer(generator.parameters(), optim["generator"])
+        opt_d = build_optimizer(discriminator.parameters(), optim["discriminator"])
+        self.G, self.D, self.opt_g, self.opt_d = self.acc.prepare(
+            generator, discriminator, opt_g, opt_d)
+
+        # Per-rank streams: data order and latents differ across ranks, repeat across runs.
+        rank = self.acc.process_index
+        self.sampler = ShardedSampler(len(self.data), self.batch_size, self.seed, rank, world)
+        self.batches = BatchSource(self.data, self.sampler, self.acc.device)
+        self.latent_rng = torch.Generator().manual_seed(self.seed * 7919 + rank + 1)
+        torch.manual_seed(self.seed + rank)  # dropout and other module randomness
+        self.step = 0
+        self.skipped = torch.zeros((), device=self.acc.device)
+        self.info = RunInfo(recipe, self.run_dir, world, self.batch_size // world, self.step,
+                            self.steps, self.data.channels, self.data.resolution, self.num_classes)
+
+    # ------------------------------------------------------------------ building
+
+    def _open_data(self) -> ImageData:
+        data_cfg = self.recipe.component("data")
+        resolution = self.recipe.get("data.resolution")
+        source = self._build("dataset", data_cfg.name, {"resolution": resolution},
+                             data_cfg.kwargs, DataSource)
+        return open_store(source, resolution)
+
+    def _build(self, kind: str, name: str, core: dict, kwargs, expected):
+        entry = self.registry.get(kind, name)
+        try:
+            obj = entry.factory(**core, **kwargs)
+        except (ValueError, TypeError) as err:  # a factory rejecting the recipe's options
+            raise RecipeError([(kind, f"{name!r} rejected its options: {err}")],
+                              self.recipe.source) from None
+        if not isinstance(obj, expected):
+            raise PluginError(f"{kind} {name!r} from plugin {entry.plugin!r} returned "
+                              f"{type(obj).__name__}, not a {expected.__name__}")
+        return obj
+
+    # ------------------------------------------------------------------ the step
+
+    def critic(self, x: torch.Tensor, y: torch.Tensor | None) -> CriticOutput:
+        """The only way the core (and plugins) call D: labels passed, output normalised."""
+        return as_critic_output(self.D(x, y))
+
+    def latents(self, n: int) -> torch.Tensor:
+        return sample_latents(self.acc.unwrap_model(self.G), n, self.latent_rng, self.acc.device)
+
+    def train_step(self, step: int) -> tuple[Phase, Phase]:
+        """One generator update: n_critic D updates on fresh reals, then one G update."""
+        conditional = self.num_classes > 0
+        for _ in range(self.n_critic):
+            real, y_real = self.batches.next(with_labels=conditional)
+            y_fake = y_real  # fakes follow the data's class distribution
+            z = self.latents(len(real))
+            with torch.no_grad():  # no graph into G during the D update
+                fake = self.G(z, y_fake)
+            real_out, fake_out = self.critic(real, y_real), self.critic(fake, y_fake)
+            loss = self.loss.d_loss(real_out, fake_out, y_real, y_fake)
+            ctx = RegularizerContext("d", step, self.G, self.critic, real, fake, z, y_real, y_fake)
+            loss, logs = self._regularize(ctx, loss)
+            d = Phase(loss.detach(), self._update(self.D, self.opt_d, loss), logs, real_out, fake_out)
+
+        # G phase: D is frozen and its gradients are not all-reduced; G's are.
+        self.D.requires_grad_(False)
+        with self.acc.no_sync(self.D):
+            z = self.latents(len(real))
+            fake = self.G(z, y_fake)
+            fake_out = self.critic(fake, y_fake)
+            real_out = self.critic(real, y_real) if self.loss.needs_real_for_g else None
+            loss = self.loss.g_loss(fake_out, real_out, y_real, y_fake)
+            ctx = RegularizerContext("g", step, self.G, self.critic, real, fake, z, y_real, y_fake)
+            loss, logs = self._regularize(ctx, loss)
+            g = Phase(loss.detach(), self._update(self.G, self.opt_g, loss), logs)
+        self.D.requires_grad_(True)
+        return d, g
+
+    def _regularize(self, ctx: RegularizerContext, loss: torch.Tensor):
+        logs: dict[str, torch.Tensor] = {}
+        for name, every, regularizer in self.regularizers:
+            if regularizer.phase != ctx.phase or ctx.step % every:
+                continue
+            term, reg_logs = regularizer(ctx)
+            loss = loss + every * term  # lazy regularization keeps the term's average weight
+            logs[name] = term.detach()
+            logs.update({f"{name}/{k}": v for k, v in reg_logs.items()})
+        return loss, logs
+
+    def _update(self, model: nn.Module, optimizer, loss: torch.Tensor) -> torch.Tensor:
+        """Backward, the non-finite check, optional clipping and the optimizer step.
+
+        Returns the gradient norm (a device tensor). A non-finite loss or gradient on any rank
+        skips this optimizer step on every rank, decided on the device.
+        """
+        optimizer.zero_grad(set_to_none=True)
+        self.acc.backward(loss)
+        if self.acc.scaler is not None:  # fp16: measure and clip true gradients
+            self.acc.unscale_gradients(optimizer)
+        params = [p for p in model.parameters() if p.grad is not None]
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+        found_inf = (~torch.isfinite(norm + loss.detach())).float()
+        if self.acc.num_processes > 1:
+            torch.distributed.all_reduce(found_inf, op=torch.distributed.ReduceOp.MAX)
+        if self.grad_clip > 0:
+            torch.nn.utils.clip_grads_with_norm_(params, self.grad_clip, norm)
+        optimizer.optimizer.found_inf = found_inf  # read by the fused step: skip when 1
+        optimizer.step()
+        self.skipped += found_inf
+        return norm
+
+    # ------------------------------------------------------------------ the loop
+
+    def fit(self) -> Path | None:
+        """Train from the current step to ``train.steps``; return the export path."""
+        from tqdm.auto import tqdm
+
+        acc, train = self.acc, self.recipe.section("train")
+        main = acc.is_main_process
+        if main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "samples").mkdir(exist_ok=True)
+            write_text(self.run_dir / "recipe.toml", self.recipe.to_toml())
+            if self.step == 0:  # a fresh run does not append to an earlier run's log
+                (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
+        acc.print(f"ganforge: {acc.num_processes} process(es) on {acc.device}, global batch "
+                  f"{self.batch_size} = {self.info.per_process_batch} per process, mixed "
+                  f"precision {acc.mixed_precision}, run dir {self.run_dir}")
+        if main:
+            self.plugins.run_start(self.info)
+        bar = tqdm(total=self.steps, initial=self.step, disable=not main, dynamic_ncols=True,
+                   unit="step", mininterval=0.5)
+        last_time, last_step = time.perf_counter(), self.step
+        while self.step < self.steps:
+            d, g = self.train_step(self.step)
+            self.step += 1
+            bar.update(1)
+            if self.step % train["log_every"] == 0 or self.step == self.steps:
+                now = time.perf_counter()
+                seen = (self.step - last_step) * self.n_critic * self.batch_size
+                values = self._log_values(d, g, seen / max(now - last_time, 1e-9))
+                last_time, last_step = now, self.step
+                if main:
+                    bar.set_postfix(d=f"{values['d_loss']:.3f}", g=f"{values['g_loss']:.3f}",
+                                    img_s=f"{values['images_per_s']:.0f}")
+                    append_jsonl(self.run_dir / "metrics.jsonl", values)
+                    self.plugins.log(self.info, self.step, values)
+            if main and (self.step % train["sample_every"] == 0 or self.step == self.steps):
+                self.save_samples()
+        bar.close()
+        export_path = self.export() if main else None
+        acc.wait_for_everyone()
+        if main:
+            self.plugins.run_end(self.info, self.step, str(export_path) if export_path else None)
+        acc.end_training()
+        return export_path
+
+    def _log_values(self, d: Phase, g: Phase, images_per_s: float) -> dict[str, Any]:
+        named = {
+            "d_loss": d.loss, "g_loss": g.loss,
+            "d_real": d.real.logits.detach().float().mean(),
+            "d_fake": d.fake.logits.detach().float().mean(),
+            "grad_norm_d": d.grad_norm, "grad_norm_g": g.grad_norm,
+            **{f"reg/{k}": v for k, v in {**d.logs, **g.logs}.items()},
+        }
+        stacked = torch.stack([v.detach().float().reshape(()) for v in named.values()])
+        stacked = self.acc.reduce(stacked, reduction="mean")  # one host read for all values
+        values = dict(zip(named, stacked.tolist(), strict=True))
+        return {"step": self.step, **values, "skipped_steps": int(self.skipped.item()),
+                "images_per_s": images_per_s}
+
+    def _sampling_inputs(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The fixed latent batch (and labels, a row per class) every sample grid uses."""
+        count = self.recipe.get("train.sample_count")
+        rng = torch.Generator().manual_seed(self.seed + 2**31 - 1)  # never the training stream
+        z = sample_latents(self.acc.unwrap_model(self.G), count, rng, self.acc.device)
+        y = None
+        if self.num_classes:
+            y = torch.arange(count, device=self.acc.device) // max(count // self.num_classes, 1)
+            y = y.clamp_(max=self.num_classes - 1)
+        return z, y
+
+    @torch.no_grad()
+    def generate(self, z: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        """Images from the generator in eval mode, leaving every training state untouched."""
+        generator = self.acc.unwrap_model(self.G)
+        was_training = generator.training
+        generator.eval()  # batch-norm running statistics are read, not updated
+        try:
+            return generator(z, y)
+        finally:
+            generator.train(was_training)
+
+    def save_samples(self) -> Path:
+        z, y = self._sampling_inputs()
+        images = self.generate(z, y)
+        nrow = max(len(z) // self.num_classes, 1) if self.num_classes else None
+        return save_grid(self.run_dir / "samples" / f"step_{self.step:06d}.png", images, nrow)
+
+    def export(self) -> Path:
+        generator = self.acc.unwrap_model(self.G)
+        metadata = export_metadata(
+            generator, self.registry.get("generator", self.g_spec.name), dict(self.g_spec.kwargs),
+            channels=self.data.channels, resolution=self.data.resolution,
+            num_classes=self.num_classes,
+            class_names=list(self.data.class_names) if self.num_classes and self.data.class_names
+            else None,
+            ema=False, recipe_toml=self.recipe.to_toml(), step=self.step,
+        )
+        return export_generator(self.run_dir / "generator.safetensors", generator, metadata)
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    """The records of ``RUN_DIR/metrics.jsonl``."""
+    path = Path(run_dir) / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -1,0 +1,218 @@
+"""The ``hf`` data source: images through the Hugging Face ``datasets`` library.
+
+``path`` is a local image folder (class subfolders become labels), a ``.parquet`` file or a
+folder of them, an ``.arrow`` file, a folder written by ``save_to_disk``, or else a hub dataset
+name. ``datasets`` is imported only when a source is opened, so validating a recipe stays fast.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from ganforge import hookimpl
+from ganforge.data import DataSource, ImageData
+from ganforge.errors import DataError
+
+FORMAT_VERSION = "hf-v1"
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+# A hub id is "name" or "owner/name"; anything else that does not exist is a mistyped path.
+HUB_ID = re.compile(r"^\w[\w.-]*(/\w[\w.-]*)?$")
+STRINGS = ("string", "large_string")
+BATCH = 256
+
+
+def hf_source(
+    *,
+    resolution: int,
+    path: str,
+    split: str = "train",
+    image_column: str | None = None,
+    label_column: str | None = None,
+    labels: bool = True,
+    channels: int = 3,
+    revision: str | None = None,
+) -> DataSource:
+    """Images from the Hugging Face `datasets` library: a hub name or a local path.
+
+    ``path``: a folder of images (subfolder names become class names), a ``.parquet`` file or
+    a folder of them, an ``.arrow`` file, a ``save_to_disk`` folder, or a hub dataset name
+    (needs internet; pin ``revision``, since the cache cannot see the hub change). ``split``
+    picks a split where the data has several (a single file is one split). Columns default to
+    the first ``Image`` feature (else ``image``/``img``) and the first ``ClassLabel`` (else an
+    integer or string ``label``/``labels`` column); ``labels = false`` ignores labels.
+    Images are converted to RGB (``channels = 3``) or grayscale (``1``), resized so the
+    shorter side is ``resolution`` and center-cropped.
+    """
+    if channels not in (1, 3):
+        raise DataError(f"hf: channels must be 1 or 3, got {channels}")
+    kind, where = _locate(path)
+    options = {"v": FORMAT_VERSION, "kind": kind, "path": where, "split": split,
+               "image_column": image_column, "label_column": label_column, "labels": labels,
+               "channels": channels, "resolution": resolution}
+    if kind == "hub":
+        options["revision"] = revision
+    else:  # decoded images change whenever a file under the path does
+        options["files"] = _stat_digest(Path(where))
+
+    def load() -> ImageData:
+        ds = _open(kind, where, split, revision)
+        return _decode(ds, where, resolution, channels, image_column, label_column, labels)
+
+    return DataSource(fingerprint=json.dumps(options, sort_keys=True), load=load,
+                      description=f"hf {where} [{split}]", metadata={"kind": kind})
+
+
+def _locate(path: str) -> tuple[str, str]:
+    """Classify ``path`` as (kind, absolute path or hub id) without opening it."""
+    local = Path(path).expanduser()
+    if not local.exists():
+        if HUB_ID.match(str(path)) and local.suffix not in (".parquet", ".arrow"):
+            return "hub", path
+        raise DataError(f"hf: no such file or directory: {path}")
+    local = local.resolve()
+    if local.is_file():
+        if local.suffix in (".parquet", ".arrow"):
+            return local.suffix[1:], str(local)
+        raise DataError(f"hf: {local} is not a .parquet or .arrow file, nor a directory")
+    if (local / "state.json").exists() or (local / "dataset_dict.json").exists():
+        return "disk", str(local)
+    files = [f for f in local.rglob("*") if f.is_file()]
+    if any(f.suffix == ".parquet" for f in files):
+        return "parquet_dir", str(local)
+    if any(f.suffix.lower() in IMAGE_SUFFIXES for f in files):
+        return "imagefolder", str(local)
+    raise DataError(f"hf: {local} holds no images, .parquet files or save_to_disk dataset")
+
+
+def _stat_digest(root: Path) -> str:
+    """Hash of every file's relative path, size and mtime: content-dependent, reads no pixels."""
+    digest = hashlib.sha256()
+    files = [root] if root.is_file() else sorted(f for f in root.rglob("*") if f.is_file())
+    for f in files:
+        stat = f.stat()
+        digest.update(f"{f.relative_to(root) if f != root else f.name}\0{stat.st_size}\0"
+                      f"{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def _open(kind: str, where: str, split: str, revision: str | None):
+    """Open the dataset (no image decoding); every failure becomes a DataError."""
+    import datasets
+
+    try:
+        if kind == "disk":
+            ds = datasets.load_from_disk(where)
+            if isinstance(ds, datasets.DatasetDict):
+                if split not in ds:
+                    raise DataError(f"hf: {where} has no split {split!r}; splits: {list(ds)}")
+                ds = ds[split]
+            return ds
+        if kind == "arrow":
+            return datasets.Dataset.from_file(where)
+        if kind == "parquet":  # a single file is one split, whatever it is called
+            return datasets.load_dataset("parquet", data_files={split: where}, split=split)
+        if kind in ("parquet_dir", "imagefolder"):  # data_dir infers splits from file names
+            builder = "parquet" if kind == "parquet_dir" else "imagefolder"
+            return datasets.load_dataset(builder, data_dir=where, split=split)
+        return datasets.load_dataset(where, split=split, revision=revision)
+    except DataError:
+        raise
+    except Exception as err:
+        hint = ("; offline, point `path` at a local image folder, .parquet, .arrow or "
+                "save_to_disk path" if kind == "hub" else "")
+        raise DataError(f"hf: could not load {where!r} (split {split!r}): {err}{hint}") from err
+
+
+def _pick_columns(ds, where: str, image_column, label_column, labels: bool):
+    """Resolve the image column, and the label column with its feature (None: unlabelled)."""
+    import datasets
+
+    features, columns = ds.features, list(ds.column_names)
+    for name in (image_column, label_column):
+        if name is not None and name not in columns:
+            raise DataError(f"hf: {where} has no column {name!r}; columns: {columns}")
+    image = image_column or next(
+        (c for c in columns if isinstance(features[c], datasets.Image)),
+        next((c for c in ("image", "img") if c in columns), None))
+    if image is None:
+        raise DataError(f"hf: {where} has no image column; columns: {columns}; set image_column")
+    label = label_column or next(
+        (c for c in columns if isinstance(features[c], datasets.ClassLabel)),
+        next((c for c in ("label", "labels") if c in columns), None))
+    feature = features[label] if labels and label else None
+    if isinstance(feature, datasets.ClassLabel) or (
+        isinstance(feature, datasets.Value)
+        and (feature.dtype.startswith(("int", "uint")) or feature.dtype in STRINGS)
+    ):
+        return image, label, feature
+    if labels and label_column is not None:
+        raise DataError(f"hf: column {label_column!r} holds {feature}, not class labels")
+    return image, None, None
+
+
+def _decode(ds, where, resolution, channels, image_column, label_column, labels) -> ImageData:
+    """Decode every image once, in batches, into one uint8 N×C×R×R array."""
+    import datasets
+
+    if len(ds) == 0:
+        raise DataError(f"hf: {where} holds no rows")
+    image, label, feature = _pick_columns(ds, where, image_column, label_column, labels)
+    ds = ds.select_columns([image] + ([label] if label else []))
+    if isinstance(ds.features[image], datasets.Image):  # raw bytes/paths: we decode with PIL
+        ds = ds.cast_column(image, datasets.Image(decode=False))
+    images = np.empty((len(ds), channels, resolution, resolution), np.uint8)
+    raw_labels, row = [], 0
+    for batch in ds.iter(batch_size=BATCH):
+        for value in batch[image]:
+            images[row] = _to_array(value, resolution, channels, where, row)
+            row += 1
+        raw_labels += batch[label] if label else []
+    if not label:
+        return ImageData(images=images)
+    class_names = list(feature.names) if isinstance(feature, datasets.ClassLabel) else None
+    if feature.dtype in STRINGS:  # sorted names, so the encoding does not depend on row order
+        class_names = sorted(set(raw_labels))
+        raw_labels = np.searchsorted(np.array(class_names), np.array(raw_labels))
+    label_values = np.asarray(raw_labels, dtype=np.int64)
+    if label_values.min() < 0:
+        raise DataError(f"hf: column {label!r} of {where} has negative labels (unlabelled rows?); "
+                        "set labels = false to ignore labels")
+    return ImageData(images=images, labels=label_values, class_names=class_names)
+
+
+def _to_array(value, resolution: int, channels: int, where: str, row: int) -> np.ndarray:
+    """One image (bytes, path, datasets dict, PIL image or array) as uint8 C×R×R."""
+    try:
+        if isinstance(value, dict):
+            value = value.get("bytes") or value.get("path")
+        if isinstance(value, (bytes, bytearray)):
+            img = Image.open(io.BytesIO(value))
+        elif isinstance(value, (str, os.PathLike)):
+            img = Image.open(value)
+        elif isinstance(value, Image.Image):
+            img = value
+        else:
+            img = Image.fromarray(np.asarray(value, dtype=np.uint8))
+        img.draft(None, (resolution, resolution))  # JPEGs decode at a reduced size, much faster
+        if img.mode == "P":  # palette transparency must go through RGBA to convert cleanly
+            img = img.convert("RGBA")
+        img = img.convert("RGB" if channels == 3 else "L")
+        # fit = crop the centered region of the target aspect ratio, then resize it
+        img = ImageOps.fit(img, (resolution, resolution), Image.Resampling.LANCZOS)
+    except (OSError, ValueError, TypeError) as err:
+        raise DataError(f"hf: cannot decode image {row} of {where}: {err}") from err
+    array = np.asarray(img, dtype=np.uint8)
+    return array[None] if channels == 1 else array.transpose(2, 0, 1)
+
+
+@hookimpl
+def ganforge_register_datasets(register):
+    register("hf", hf_source)
