@@ -108,7 +108,7 @@ def ganforge_run_start(run: RunInfo) -> None:
 
 @hookspec
 def ganforge_log(run: RunInfo, step: int, values: dict[str, Any]) -> None:
-    """Called every ``train.log_every`` steps with the logged values (plain Python floats).
+    """Called every ``train.log_every`` steps of ``run`` with the logged values (plain floats).
 
     ``values`` holds the losses, mean critic outputs on real and fake images, gradient norms,
     skipped steps, images/s and each regularizer's logs; it is also the line written to
@@ -118,4 +118,7 @@ def ganforge_log(run: RunInfo, step: int, values: dict[str, Any]) -> None:
 
 @hookspec
 def ganforge_run_end(run: RunInfo, step: int, export_path: str | None) -> None:
-    """Called once after the last step, after the final samples and the export are written."""
+    """Called once after the last ``step`` of ``run``, after the final samples and the export.
+
+    ``export_path`` is the written ``generator.safetensors`` (None on other processes).
+    """

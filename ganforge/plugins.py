@@ -85,7 +85,7 @@ class Plugins:
         self.info[name] = PluginInfo(name, distribution, version)
 
     def names(self) -> list[str]:
-        return [name for name, _ in self.pm.list_name_plugin()]
+        return [name for name, plugin in self.pm.list_name_plugin() if plugin is not None]
 
     @property
     def registry(self) -> Registry:

@@ -200,14 +200,24 @@ def parse_override_value(text: str) -> Any:
 
 
 def apply_overrides(tables: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
-    """Apply ``a.b.c=value`` overrides at any depth, creating tables on the way."""
+    """Apply ``a.b.c=value`` overrides at any depth, creating tables on the way.
+
+    Overriding a component's ``name`` with another one (``data.name=synthetic``) starts its
+    table afresh: the file's options for the old component are dropped, its core keys (e.g.
+    ``data.resolution``) and the other overrides are kept.
+    """
     problems = []
-    for item in overrides:
+    for item in sorted(overrides, key=lambda o: not o.partition("=")[0].strip().endswith(".name")):
         dotted, sep, value = item.partition("=")
         parts = dotted.strip().split(".")
         if not sep or not all(p.strip() for p in parts):
             problems.append((item, "an override must look like section.key=value"))
             continue
+        section = parts[0].strip()
+        table = tables.get(section)
+        if (len(parts) == 2 and parts[1].strip() == "name" and section in COMPONENT_SECTIONS
+                and isinstance(table, dict) and table.get("name") != parse_override_value(value)):
+            tables[section] = {k: v for k, v in table.items() if k in SCHEMA[section]}
         node = tables
         for depth, part in enumerate(parts[:-1]):
             child = node.setdefault(part.strip(), {})
@@ -365,10 +375,10 @@ def _bind_kwargs(prefix, entry, kwargs, problems) -> None:
                 problems.append((where, f"{entry.kind} {entry.name!r} expects "
                                  f"{_annotation_name(annotation)}, got {_describe(value)}"))
         elif not takes_any:
-            problems.append((where, f"unknown option of {entry.kind} {entry.name!r}"
-                             f"{did_you_mean(name, accepted)}"
-                             + ("" if did_you_mean(name, accepted) or not accepted
-                                else f"; options: {', '.join(accepted)}")))
+            hint = did_you_mean(name, [*accepted, *SCHEMA.get(prefix, {})])
+            if not hint and accepted:
+                hint = f"; options: {', '.join(accepted)}"
+            problems.append((where, f"unknown option of {entry.kind} {entry.name!r}{hint}"))
     for name in accepted:
         p = params[name]
         if p.default is p.empty and name not in kwargs:

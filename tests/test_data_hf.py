@@ -277,3 +277,17 @@ def test_the_plugin_registers_hf():
     registered = {}
     hf.ganforge_register_datasets(lambda name, factory, **kw: registered.update({name: factory}))
     assert registered == {"hf": hf_source}
+
+
+def test_imagefolder_split_subfolders(folder, tmp_path):
+    (tmp_path / "splits").mkdir()
+    shutil.copytree(folder, tmp_path / "splits" / "train")
+    shutil.copytree(folder / "dogs", tmp_path / "splits" / "test" / "dogs")
+    (tmp_path / "splits" / "README.txt").write_text("not an image")
+    assert len(load(tmp_path / "splits")) == 12
+    test = load(tmp_path / "splits", split="test")
+    assert len(test) == 6 and test.images.mean() > 190  # the bright dogs
+    with pytest.raises(DataError, match=r"no split 'val'; splits: \['test', 'train'\]"):
+        load(tmp_path / "splits", split="val")
+    with pytest.raises(DataError, match=r"no split 'test'; splits: \['train'\]"):
+        load(folder, split="test")  # a plain folder of classes is one split

@@ -12,6 +12,7 @@ import io
 import json
 import os
 import re
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,7 @@ from ganforge.errors import DataError
 
 FORMAT_VERSION = "hf-v1"
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+SPLIT_DIRS = {"train", "training", "test", "testing", "eval", "validation", "valid", "val", "dev"}
 # A hub id is "name" or "owner/name"; anything else that does not exist is a mistyped path.
 HUB_ID = re.compile(r"^\w[\w.-]*(/\w[\w.-]*)?$")
 STRINGS = ("string", "large_string")
@@ -53,14 +55,14 @@ def hf_source(
     """
     if channels not in (1, 3):
         raise DataError(f"hf: channels must be 1 or 3, got {channels}")
-    kind, where = _locate(path)
+    kind, where, files = _locate(path)
     options = {"v": FORMAT_VERSION, "kind": kind, "path": where, "split": split,
                "image_column": image_column, "label_column": label_column, "labels": labels,
                "channels": channels, "resolution": resolution}
     if kind == "hub":
         options["revision"] = revision
     else:  # decoded images change whenever a file under the path does
-        options["files"] = _stat_digest(Path(where))
+        options["files"] = _stat_digest(Path(where), files)
 
     def load() -> ImageData:
         ds = _open(kind, where, split, revision)
@@ -70,37 +72,46 @@ def hf_source(
                       description=f"hf {where} [{split}]", metadata={"kind": kind})
 
 
-def _locate(path: str) -> tuple[str, str]:
-    """Classify ``path`` as (kind, absolute path or hub id) without opening it."""
+def _locate(path: str) -> tuple[str, str, list[Path]]:
+    """Classify ``path`` as (kind, absolute path or hub id, local files) without opening it."""
     local = Path(path).expanduser()
     if not local.exists():
         if HUB_ID.match(str(path)) and local.suffix not in (".parquet", ".arrow"):
-            return "hub", path
+            return "hub", str(path), []
         raise DataError(f"hf: no such file or directory: {path}")
     local = local.resolve()
     if local.is_file():
         if local.suffix in (".parquet", ".arrow"):
-            return local.suffix[1:], str(local)
+            return local.suffix[1:], str(local), [local]
         raise DataError(f"hf: {local} is not a .parquet or .arrow file, nor a directory")
+    files = sorted(f for f in local.rglob("*") if f.is_file())
     if (local / "state.json").exists() or (local / "dataset_dict.json").exists():
-        return "disk", str(local)
-    files = [f for f in local.rglob("*") if f.is_file()]
+        return "disk", str(local), files
     if any(f.suffix == ".parquet" for f in files):
-        return "parquet_dir", str(local)
+        return "parquet_dir", str(local), files
     if any(f.suffix.lower() in IMAGE_SUFFIXES for f in files):
-        return "imagefolder", str(local)
+        return "imagefolder", str(local), files
     raise DataError(f"hf: {local} holds no images, .parquet files or save_to_disk dataset")
 
 
-def _stat_digest(root: Path) -> str:
+def _stat_digest(root: Path, files: list[Path]) -> str:
     """Hash of every file's relative path, size and mtime: content-dependent, reads no pixels."""
     digest = hashlib.sha256()
-    files = [root] if root.is_file() else sorted(f for f in root.rglob("*") if f.is_file())
     for f in files:
         stat = f.stat()
-        digest.update(f"{f.relative_to(root) if f != root else f.name}\0{stat.st_size}\0"
-                      f"{stat.st_mtime_ns}\n".encode())
+        name = f.name if f == root else f.relative_to(root)
+        digest.update(f"{name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()[:16]
+
+
+def _image_files(root: Path, split: str) -> dict[str, str]:
+    """One glob per split: ``data_dir``'s split inference walks the tree dozens of times."""
+    if (root / split).is_dir():
+        return {split: str(root / split / "**")}
+    splits = sorted(d.name for d in root.iterdir() if d.is_dir() and d.name in SPLIT_DIRS)
+    if splits or split != "train":
+        raise DataError(f"hf: {root} has no split {split!r}; splits: {splits or ['train']}")
+    return {split: str(root / "**")}
 
 
 def _open(kind: str, where: str, split: str, revision: str | None):
@@ -119,9 +130,11 @@ def _open(kind: str, where: str, split: str, revision: str | None):
             return datasets.Dataset.from_file(where)
         if kind == "parquet":  # a single file is one split, whatever it is called
             return datasets.load_dataset("parquet", data_files={split: where}, split=split)
-        if kind in ("parquet_dir", "imagefolder"):  # data_dir infers splits from file names
-            builder = "parquet" if kind == "parquet_dir" else "imagefolder"
-            return datasets.load_dataset(builder, data_dir=where, split=split)
+        if kind == "parquet_dir":  # data_dir infers splits from shard names (train-0000...)
+            return datasets.load_dataset("parquet", data_dir=where, split=split)
+        if kind == "imagefolder":
+            files = _image_files(Path(where), split)
+            return datasets.load_dataset("imagefolder", data_files=files, split=split)
         return datasets.load_dataset(where, split=split, revision=revision)
     except DataError:
         raise
@@ -170,11 +183,18 @@ def _decode(ds, where, resolution, channels, image_column, label_column, labels)
         ds = ds.cast_column(image, datasets.Image(decode=False))
     images = np.empty((len(ds), channels, resolution, resolution), np.uint8)
     raw_labels, row = [], 0
-    for batch in ds.iter(batch_size=BATCH):
-        for value in batch[image]:
-            images[row] = _to_array(value, resolution, channels, where, row)
-            row += 1
-        raw_labels += batch[label] if label else []
+
+    def decode(value, index):
+        return _to_array(value, resolution, channels, where, index)
+
+    # PIL releases the GIL while decoding and resizing, so threads use every core.
+    with ThreadPoolExecutor(min(16, os.cpu_count() or 1)) as pool:
+        for batch in ds.iter(batch_size=BATCH):
+            values = batch[image]
+            for array in pool.map(decode, values, range(row, row + len(values))):
+                images[row] = array
+                row += 1
+            raw_labels += batch[label] if label else []
     if not label:
         return ImageData(images=images)
     class_names = list(feature.names) if isinstance(feature, datasets.ClassLabel) else None

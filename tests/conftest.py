@@ -1,0 +1,54 @@
+"""Shared fixtures: an isolated cache, tiny recipes, and a way to run them in-process."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ganforge.plugins import Plugins
+from ganforge.recipe import apply_overrides, validate
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = sorted((ROOT / "recipes").glob("*.toml"))
+
+TINY = {
+    "run": {"name": "tiny", "seed": 0},
+    "data": {"name": "synthetic", "resolution": 16, "channels": 3, "size": 32},
+    "generator": {"name": "dcgan", "latent_dim": 8, "width": 4},
+    "discriminator": {"name": "dcgan", "width": 4},
+    "loss": {"name": "bce"},
+    "train": {"steps": 2, "batch_size": 8, "log_every": 1, "sample_every": 1000,
+              "sample_count": 4},
+}
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path, monkeypatch):
+    """No test writes outside its tmp dir or sees a user's plugin blocklist."""
+    monkeypatch.setenv("GANFORGE_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("GANFORGE_DISABLE_PLUGINS", raising=False)
+    monkeypatch.chdir(tmp_path)
+
+
+def tiny_tables(tmp_path: Path, *overrides: str) -> dict:
+    import copy
+
+    tables = copy.deepcopy(TINY)
+    tables["run"]["out_dir"] = str(tmp_path / "run")
+    return apply_overrides(tables, list(overrides))
+
+
+def make_trainer(tmp_path: Path, *overrides: str, extra=()):
+    """A Trainer on the tiny recipe (plus overrides and extra plugins)."""
+    from ganforge.trainer import Trainer
+
+    plugins = Plugins(extra=extra)
+    recipe = validate(tiny_tables(tmp_path, *overrides), plugins.registry)
+    return Trainer(recipe, plugins)
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    """``tiny(*overrides, extra=())`` builds a Trainer on a 16 px synthetic recipe."""
+    return lambda *overrides, extra=(): make_trainer(tmp_path, *overrides, extra=extra)

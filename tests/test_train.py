@@ -1,0 +1,279 @@
+"""The training step's contract: phases isolated, labels delivered, sampling side-effect free,
+non-finite steps skipped, runs deterministic, shipped recipes runnable, exports complete."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+from safetensors import safe_open
+from torch import nn
+
+import ganforge
+from ganforge.components import CriticOutput
+from ganforge.plugins import Plugins
+from ganforge.recipe import load_recipe
+from ganforge.trainer import Trainer, read_metrics
+from conftest import RECIPES
+
+
+def snapshot(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def params_equal(a: dict, b: dict, names) -> bool:
+    return all(torch.equal(a[n], b[n]) for n in names)
+
+
+def test_each_update_touches_only_its_own_model(tiny):
+    trainer = tiny("train.n_critic=2")
+    g_params = [n for n, _ in trainer.G.named_parameters()]
+    d_params = [n for n, _ in trainer.D.named_parameters()]
+    d_buffers = [n for n, _ in trainer.D.named_buffers() if "running" in n]
+    calls = []
+    original = trainer._update
+
+    def checked_update(model, optimizer, loss):
+        other = trainer.G if model is trainer.D else trainer.D
+        other_names = g_params if other is trainer.G else d_params
+        before_other, before_self = snapshot(other), snapshot(model)
+        if model is trainer.G:  # no gradient may reach the frozen critic
+            assert all(not p.requires_grad for p in trainer.D.parameters())
+        norm = original(model, optimizer, loss)
+        assert params_equal(snapshot(other), before_other, other_names)
+        assert not params_equal(snapshot(model), before_self,
+                                g_params if model is trainer.G else d_params)
+        calls.append("D" if model is trainer.D else "G")
+        return norm
+
+    trainer._update = checked_update
+    d_stats = snapshot(trainer.D)
+    trainer.train_step(0)
+    assert calls == ["D", "D", "G"]
+    assert all(p.requires_grad for p in trainer.D.parameters())
+    # Batch norm keeps its train-mode behaviour: running statistics move during the step.
+    assert not params_equal(snapshot(trainer.D), d_stats, d_buffers)
+    assert trainer.G.training and trainer.D.training
+
+
+def test_the_d_phase_puts_no_gradient_into_g(tiny):
+    trainer = tiny("train.n_critic=2")
+    original, g_grads = trainer._update, []
+
+    def recording_update(model, optimizer, loss):
+        if model is trainer.D:
+            g_grads.append([p.grad for p in trainer.G.parameters()])
+        return original(model, optimizer, loss)
+
+    trainer._update = recording_update
+    trainer.train_step(0)
+    assert g_grads and all(g is None for grads in g_grads for g in grads)
+
+
+class ConditionalStub(nn.Module):
+    """Records the labels it is given; a linear map conditioned by an embedding."""
+
+    seen: list
+
+    def __init__(self, *, resolution, channels, num_classes, out: str = "image"):
+        super().__init__()
+        assert num_classes == 3
+        self.out, self.resolution, self.channels = out, resolution, channels
+        self.latent_shape, self.seen = (4,), []
+        self.embed = nn.Embedding(num_classes, 4)
+        size = channels * resolution * resolution
+        self.linear = nn.Linear(4, size) if out == "image" else nn.Linear(size, 1)
+
+    def forward(self, inp, y=None):
+        self.seen.append(None if y is None else y.clone())
+        if self.out == "image":
+            h = self.linear(inp + self.embed(y))
+            return torch.tanh(h).view(-1, self.channels, self.resolution, self.resolution)
+        return CriticOutput(logits=self.linear(inp.flatten(1)).squeeze(1) + self.embed(y).sum(1))
+
+
+class StubPlugin:
+    @ganforge.hookimpl
+    def ganforge_register_generators(self, register):
+        register("cstub", ConditionalStub, conditional=True)
+
+    @ganforge.hookimpl
+    def ganforge_register_discriminators(self, register):
+        register("cstub", lambda **kw: ConditionalStub(out="logit", **kw), conditional=True)
+
+
+def test_labels_travel_from_data_to_both_models(tiny):
+    trainer = tiny("data.num_classes=3", "data.conditional=true", "generator.name=cstub",
+                   "discriminator.name=cstub", extra=[("stub", StubPlugin())])
+    assert trainer.num_classes == 3
+    sampler_state = trainer.sampler.state_dict()
+    trainer.train_step(0)
+    trainer.sampler.load_state_dict(sampler_state)
+    expected = trainer.batches.labels[trainer.sampler.next_indices()]
+    g_seen, d_seen = trainer.G.seen, trainer.D.seen
+    assert len(g_seen) == 2 and len(d_seen) == 3  # D phase: real, fake; G phase: fake
+    for y in g_seen + d_seen:
+        assert torch.equal(y, expected)
+    assert len(trainer.save_samples().read_bytes()) > 0
+    assert trainer.G.seen[-1].tolist() == [0, 1, 2, 2]  # grid rows follow classes
+
+
+def test_unconditional_runs_pass_no_labels(tiny):
+    trainer = tiny("data.num_classes=3")
+    seen = []
+    trainer.D.register_forward_pre_hook(lambda m, args: seen.append(args[1]))
+    trainer.train_step(0)
+    assert seen == [None, None, None]
+
+
+def test_sampling_leaves_training_state_untouched(tiny):
+    trainer = tiny()
+    trainer.train_step(0)
+    state = (snapshot(trainer.G), snapshot(trainer.D), copy.deepcopy(trainer.opt_g.state_dict()),
+             trainer.sampler.state_dict(), torch.get_rng_state(), trainer.latent_rng.get_state())
+    first = trainer.save_samples().read_bytes()
+    second = trainer.save_samples().read_bytes()
+    assert first == second  # a fixed latent batch
+    after = (snapshot(trainer.G), snapshot(trainer.D), trainer.opt_g.state_dict(),
+             trainer.sampler.state_dict(), torch.get_rng_state(), trainer.latent_rng.get_state())
+    for x, y in zip(state[:2], after[:2], strict=True):
+        assert params_equal(x, y, x)
+    assert str(state[2]) == str(after[2])
+    assert state[3] == after[3]
+    assert torch.equal(state[4], after[4]) and torch.equal(state[5], after[5])
+    assert trainer.G.training
+
+
+def final_generator(trainer) -> dict[str, torch.Tensor]:
+    trainer.fit()
+    return snapshot(trainer.G)
+
+
+def test_sampling_often_or_never_gives_the_same_training(tmp_path, tiny):
+    often = final_generator(tiny("train.steps=3", "train.sample_every=1", "train.log_every=1"))
+    never = final_generator(tiny("train.steps=3", "train.sample_every=100", "train.log_every=100",
+                                 f"run.out_dir={tmp_path / 'other'}"))
+    assert params_equal(often, never, often)
+
+
+def test_runs_are_deterministic_for_a_seed(tmp_path, tiny):
+    a = final_generator(tiny("train.steps=3", "train.n_critic=2"))
+    b = final_generator(tiny("train.steps=3", "train.n_critic=2", f"run.out_dir={tmp_path}/b"))
+    c = final_generator(tiny("train.steps=3", "train.n_critic=2", "run.seed=1",
+                             f"run.out_dir={tmp_path}/c"))
+    assert params_equal(a, b, a)
+    assert not params_equal(a, c, a)
+
+
+class NaNOnce:
+    """The bce loss, except the D loss of the second call is NaN."""
+
+    needs_real_for_g = False
+
+    def __init__(self):
+        self.calls = 0
+
+    def d_loss(self, real, fake, y_real, y_fake):
+        self.calls += 1
+        loss = nn.functional.softplus(-real.logits).mean() + nn.functional.softplus(fake.logits).mean()
+        return loss * float("nan") if self.calls == 2 else loss
+
+    def g_loss(self, fake, real, y_real, y_fake):
+        return nn.functional.softplus(-fake.logits).mean()
+
+
+class NaNPlugin:
+    @ganforge.hookimpl
+    def ganforge_register_losses(self, register):
+        register("nan_once", NaNOnce)
+
+
+def test_a_non_finite_update_is_skipped_and_counted(tiny):
+    trainer = tiny("loss.name=nan_once", "train.steps=3", extra=[("nan", NaNPlugin())])
+    trainer.train_step(0)
+    before, opt_before = snapshot(trainer.D), copy.deepcopy(trainer.opt_d.state_dict())
+    trainer.train_step(1)  # the NaN step
+    assert params_equal(snapshot(trainer.D), before, dict(trainer.D.named_parameters()))
+    assert str(trainer.opt_d.state_dict()["state"]) == str(opt_before["state"])
+    assert trainer.skipped.item() == 1
+    trainer.step = 2
+    trainer.fit()
+    assert all(torch.isfinite(p).all() for p in trainer.D.parameters())
+    assert read_metrics(trainer.run_dir)[-1]["skipped_steps"] == 1
+
+
+class Recorder:
+    def __init__(self):
+        self.events = []
+
+    @ganforge.hookimpl
+    def ganforge_run_start(self, run):
+        self.events.append(("start", run.start_step, run.steps, run.per_process_batch))
+
+    @ganforge.hookimpl
+    def ganforge_log(self, run, step, values):
+        self.events.append(("log", step, sorted(values)))
+
+    @ganforge.hookimpl
+    def ganforge_run_end(self, run, step, export_path):
+        self.events.append(("end", step, export_path))
+
+
+def test_a_run_writes_logs_samples_export_and_calls_lifecycle_hooks(tiny):
+    recorder = Recorder()
+    trainer = tiny("train.steps=4", "train.log_every=2", "train.sample_every=3",
+                   extra=[("recorder", recorder)])
+    export = trainer.fit()
+    run_dir = trainer.run_dir
+    assert sorted(p.name for p in (run_dir / "samples").iterdir()) == [
+        "step_000003.png", "step_000004.png"]
+    metrics = read_metrics(run_dir)
+    assert [m["step"] for m in metrics] == [2, 4]
+    for key in ("d_loss", "g_loss", "d_real", "d_fake", "grad_norm_d", "grad_norm_g",
+                "images_per_s", "skipped_steps"):
+        assert isinstance(metrics[-1][key], (int, float))
+    assert recorder.events[0] == ("start", 0, 4, 8)
+    assert [e[1] for e in recorder.events if e[0] == "log"] == [2, 4]
+    assert recorder.events[-1] == ("end", 4, str(export))
+    assert load_recipe(run_dir / "recipe.toml", registry=Plugins().registry).tables == \
+        trainer.recipe.tables
+    assert not list(run_dir.rglob("*.tmp"))  # atomic writes leave no temporaries
+
+
+def test_export_is_self_describing(tiny):
+    trainer = tiny("train.steps=1")
+    path = trainer.fit()
+    with safe_open(str(path), framework="pt") as f:
+        meta = json.loads(f.metadata()["ganforge"])
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    assert meta["format_version"] == 1
+    assert meta["generator"] == {"name": "dcgan", "kwargs": {"latent_dim": 8, "width": 4},
+                                 "plugin": "dcgan", "distribution": "ganforge",
+                                 "version": ganforge.__version__}
+    assert meta["latent"] == {"shape": [8], "prior": "normal"}
+    assert meta["output"] == {"channels": 3, "resolution": 16, "range": [-1.0, 1.0]}
+    assert meta["num_classes"] == 0 and meta["ema"] is False and meta["step"] == 1
+    assert "[generator]" in meta["recipe"]
+    # The weights alone rebuild the generator: same outputs for the same latents.
+    from ganforge_plugins.dcgan import DCGANGenerator
+
+    rebuilt = DCGANGenerator(resolution=16, channels=3, **meta["generator"]["kwargs"])
+    rebuilt.load_state_dict(tensors)
+    z = torch.randn(2, 8)
+    with torch.no_grad():
+        assert torch.equal(rebuilt.eval()(z), trainer.generate(z, None))
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
+def test_every_shipped_recipe_runs_two_steps_at_a_tiny_size(path, tmp_path, capsys):
+    from ganforge.cli import main
+
+    args = [str(path), "train.steps=2", "train.batch_size=4", "generator.width=4",
+            "discriminator.width=4", f"run.out_dir={tmp_path / 'run'}", "data.resolution=16"]
+    if "digits" not in path.read_text():
+        args += ["data.name=synthetic", "data.size=16"]
+    assert main(args) == 0, capsys.readouterr().err
+    assert (tmp_path / "run" / "generator.safetensors").exists()
+    assert (tmp_path / "run" / "samples" / "step_000002.png").exists()
