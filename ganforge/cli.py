@@ -27,12 +27,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="ganforge", description="Train GANs from TOML recipes with plugins.")
     parser.add_argument("--version", action="version", version=f"ganforge {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="{train,validate,plugins}")
-    for name, help_ in (("train", "train a recipe (the default command)"),
-                        ("validate", "check a recipe and print ok, or every problem")):
+    for name, help_ in (
+        ("train", "train a recipe (the default command)"),
+        ("validate", "check a recipe and print ok, or every problem"),
+    ):
         cmd = sub.add_parser(name, help=help_, description=help_)
         cmd.add_argument("recipe", help="path to a TOML recipe")
-        cmd.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                         help="override recipe keys at any depth, e.g. train.steps=100")
+        cmd.add_argument(
+            "overrides",
+            nargs="*",
+            metavar="KEY=VALUE",
+            help="override recipe keys at any depth, e.g. train.steps=100",
+        )
     plugins = sub.add_parser("plugins", help="list plugins and what they register")
     plugins.add_argument("--json", action="store_true", help="machine-readable output")
     return parser

@@ -42,12 +42,18 @@ class Loss(Protocol):
     needs_real_for_g: bool
 
     def d_loss(
-        self, real: CriticOutput, fake: CriticOutput, y_real: torch.Tensor | None,
+        self,
+        real: CriticOutput,
+        fake: CriticOutput,
+        y_real: torch.Tensor | None,
         y_fake: torch.Tensor | None,
     ) -> torch.Tensor: ...
 
     def g_loss(
-        self, fake: CriticOutput, real: CriticOutput | None, y_real: torch.Tensor | None,
+        self,
+        fake: CriticOutput,
+        real: CriticOutput | None,
+        y_real: torch.Tensor | None,
         y_fake: torch.Tensor | None,
     ) -> torch.Tensor: ...
 

@@ -83,13 +83,17 @@ def check_image_data(data: ImageData, resolution: int, where: str) -> None:
     if len(images) == 0:
         raise DataError(f"{where}: the data source holds no images")
     if images.shape[2:] != (resolution, resolution):
-        raise DataError(f"{where}: images are {images.shape[2:]}, expected {resolution}×{resolution}")
+        raise DataError(
+            f"{where}: images are {images.shape[2:]}, expected {resolution}×{resolution}"
+        )
     if images.shape[1] not in (1, 3, 4):
         raise DataError(f"{where}: expected 1, 3 or 4 channels, got {images.shape[1]}")
     if data.labels is not None:
         labels = data.labels
         if labels.shape != (len(images),) or not np.issubdtype(labels.dtype, np.integer):
-            raise DataError(f"{where}: labels must be N integers, got {labels.dtype} {labels.shape}")
+            raise DataError(
+                f"{where}: labels must be N integers, got {labels.dtype} {labels.shape}"
+            )
         if labels.min() < 0 or (data.class_names and labels.max() >= len(data.class_names)):
             raise DataError(f"{where}: labels out of range for {data.num_classes} classes")
 

@@ -26,7 +26,9 @@ class RecipeError(GanforgeError):
         self.source = source
         where = f" in {source}" if source else ""
         lines = [f"{len(self.problems)} problem(s){where}:"]
-        lines += [f"  {key}: {message}" if key else f"  {message}" for key, message in self.problems]
+        lines += [
+            f"  {key}: {message}" if key else f"  {message}" for key, message in self.problems
+        ]
         super().__init__("\n".join(lines))
 
 

@@ -64,7 +64,8 @@ def export_metadata(
 def export_generator(path: Path, generator: torch.nn.Module, metadata: dict[str, Any]) -> Path:
     """Write the generator's parameters and buffers with ``metadata``, atomically."""
     # Cloned to plain CPU tensors: safetensors refuses shared storage (tied weights, views).
-    tensors = {k: v.detach().to("cpu", copy=True).contiguous()
-               for k, v in generator.state_dict().items()}
+    tensors = {
+        k: v.detach().to("cpu", copy=True).contiguous() for k, v in generator.state_dict().items()
+    }
     header = {METADATA_KEY: json.dumps(metadata)}
     return atomic_write(Path(path), lambda tmp: save_file(tensors, str(tmp), metadata=header))

@@ -75,7 +75,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
     },
     "data": {
         "name": Key(str, REQUIRED, MODEL),
-        "resolution": Key(int, REQUIRED, MODEL, lambda v: None if 4 <= v <= 4096 else "must be in 4..4096"),
+        "resolution": Key(
+            int, REQUIRED, MODEL, lambda v: None if 4 <= v <= 4096 else "must be in 4..4096"
+        ),
         "conditional": Key(bool, False, MODEL),
     },
     "generator": {"name": Key(str, REQUIRED, MODEL)},
@@ -93,8 +95,12 @@ SCHEMA: dict[str, dict[str, Key]] = {
 }
 REGULARIZER_KEYS = {"every": Key(int, 1, OPTIM, positive)}
 #: Sections whose extra keys go to a registered factory, and the registry kind of each.
-COMPONENT_SECTIONS = {"data": "dataset", "generator": "generator",
-                      "discriminator": "discriminator", "loss": "loss"}
+COMPONENT_SECTIONS = {
+    "data": "dataset",
+    "generator": "generator",
+    "discriminator": "discriminator",
+    "loss": "loss",
+}
 SECTION_ROLES = {"data": MODEL, "generator": MODEL, "discriminator": MODEL, "loss": OPTIM}
 SECTIONS = ("run", "data", "generator", "discriminator", "loss", "regularizers", "optim", "train")
 
@@ -124,8 +130,10 @@ class Recipe:
 
     def regularizers(self) -> list[tuple[str, int, dict[str, Any]]]:
         """``(name, every, kwargs)`` for each ``[regularizers.NAME]`` table."""
-        return [(name, table.get("every", 1), {k: v for k, v in table.items() if k != "every"})
-                for name, table in self.tables.get("regularizers", {}).items()]
+        return [
+            (name, table.get("every", 1), {k: v for k, v in table.items() if k != "every"})
+            for name, table in self.tables.get("regularizers", {}).items()
+        ]
 
     def get(self, dotted: str) -> Any:
         node: Any = self.tables
@@ -215,8 +223,13 @@ def apply_overrides(tables: dict[str, Any], overrides: Sequence[str]) -> dict[st
             continue
         section = parts[0].strip()
         table = tables.get(section)
-        if (len(parts) == 2 and parts[1].strip() == "name" and section in COMPONENT_SECTIONS
-                and isinstance(table, dict) and table.get("name") != parse_override_value(value)):
+        if (
+            len(parts) == 2
+            and parts[1].strip() == "name"
+            and section in COMPONENT_SECTIONS
+            and isinstance(table, dict)
+            and table.get("name") != parse_override_value(value)
+        ):
             tables[section] = {k: v for k, v in table.items() if k in SCHEMA[section]}
         node = tables
         for depth, part in enumerate(parts[:-1]):
@@ -243,7 +256,9 @@ def load_recipe(
 # --------------------------------------------------------------------------- validation
 
 
-def validate(tables: Mapping[str, Any], registry: Registry | None, source: str = "<recipe>") -> Recipe:
+def validate(
+    tables: Mapping[str, Any], registry: Registry | None, source: str = "<recipe>"
+) -> Recipe:
     """Check ``tables`` and return the resolved Recipe, or raise one RecipeError with every problem.
 
     Without a registry only the core schema is checked (component kwargs are not bound).
@@ -263,8 +278,13 @@ def validate(tables: Mapping[str, Any], registry: Registry | None, source: str =
         elif section == "optim":
             resolved[section] = _check_optim(value, problems)
         else:
-            resolved[section] = _check_table(section, value, SCHEMA[section], problems,
-                                             extra_allowed=section in COMPONENT_SECTIONS)
+            resolved[section] = _check_table(
+                section,
+                value,
+                SCHEMA[section],
+                problems,
+                extra_allowed=section in COMPONENT_SECTIONS,
+            )
     if registry is not None:
         conditional = resolved["data"].get("conditional") is True
         for section, kind in COMPONENT_SECTIONS.items():
@@ -349,8 +369,12 @@ def _check_component(section, kind, table, registry, conditional, problems) -> N
         problems.append((f"{section}.name", registry.unknown_message(kind, name)))
         return
     if conditional and kind in ("generator", "discriminator") and not entry.conditional:
-        problems.append((f"{section}.name", f"{kind} {name!r} cannot condition on labels, "
-                         "but data.conditional = true"))
+        problems.append(
+            (
+                f"{section}.name",
+                f"{kind} {name!r} cannot condition on labels, but data.conditional = true",
+            )
+        )
     kwargs = {k: v for k, v in table.items() if k not in SCHEMA[section]}
     _bind_kwargs(section, entry, kwargs, problems)
 
@@ -363,8 +387,11 @@ def _bind_kwargs(prefix, entry, kwargs, problems) -> None:
         params = inspect.signature(entry.factory).parameters
     core = CORE_ARGS[entry.kind]
     takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
-    accepted = [n for n, p in params.items()
-                if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and n not in core]
+    accepted = [
+        n
+        for n, p in params.items()
+        if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and n not in core
+    ]
     for name, value in kwargs.items():
         where = f"{prefix}.{name}"
         if name in core:
@@ -372,8 +399,13 @@ def _bind_kwargs(prefix, entry, kwargs, problems) -> None:
         elif name in params and name in accepted:
             annotation = params[name].annotation
             if not _matches(value, annotation):
-                problems.append((where, f"{entry.kind} {entry.name!r} expects "
-                                 f"{_annotation_name(annotation)}, got {_describe(value)}"))
+                problems.append(
+                    (
+                        where,
+                        f"{entry.kind} {entry.name!r} expects "
+                        f"{_annotation_name(annotation)}, got {_describe(value)}",
+                    )
+                )
         elif not takes_any:
             hint = did_you_mean(name, [*accepted, *SCHEMA.get(prefix, {})])
             if not hint and accepted:
@@ -425,8 +457,14 @@ def _annotation_name(annotation) -> str:
 
 def _type_name(expected) -> str:
     types_ = expected if isinstance(expected, tuple) else (expected,)
-    names = {int: "an integer", float: "a number", bool: "true or false", str: "a string",
-             list: "a list", dict: "a table"}
+    names = {
+        int: "an integer",
+        float: "a number",
+        bool: "true or false",
+        str: "a string",
+        list: "a list",
+        dict: "a table",
+    }
     return " or ".join(names.get(t, t.__name__) for t in types_)
 
 

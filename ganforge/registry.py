@@ -61,12 +61,22 @@ class Register:
         ``summary`` is shown by ``ganforge plugins`` (default: the docstring's first line).
         """
         if not isinstance(name, str) or not name.isidentifier():
-            raise PluginError(f"plugin {self._plugin!r} registered an invalid {self.kind} name {name!r}")
+            raise PluginError(
+                f"plugin {self._plugin!r} registered an invalid {self.kind} name {name!r}"
+            )
         if not callable(factory):
             raise PluginError(f"plugin {self._plugin!r}: {self.kind} {name!r} is not callable")
         doc = (inspect.getdoc(factory) or "").strip().splitlines()
-        entry = Entry(self.kind, name, factory, self._plugin, self._distribution, self._version,
-                      conditional, summary or (doc[0] if doc else ""))
+        entry = Entry(
+            self.kind,
+            name,
+            factory,
+            self._plugin,
+            self._distribution,
+            self._version,
+            conditional,
+            summary or (doc[0] if doc else ""),
+        )
         self._registry.add(entry)
 
 

@@ -75,8 +75,14 @@ def build_optimizer(params, config: dict[str, Any]) -> torch.optim.Optimizer:
     kind = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[config["name"]]
     # Fused Adam accepts a device-side `found_inf` flag, so a non-finite step is skipped
     # without the host reading anything back (no synchronisation inside the step).
-    return kind(params, lr=config["lr"], betas=tuple(config["betas"]), eps=config["eps"],
-                weight_decay=config["weight_decay"], fused=True)
+    return kind(
+        params,
+        lr=config["lr"],
+        betas=tuple(config["betas"]),
+        eps=config["eps"],
+        weight_decay=config["weight_decay"],
+        fused=True,
+    )
 
 
 class Trainer:
@@ -90,8 +96,16 @@ class Trainer:
         self.batch_size, self.grad_clip = train["batch_size"], train["grad_clip"]
         world = self.acc.num_processes
         if self.batch_size % world:
-            raise RecipeError([("train.batch_size", f"{self.batch_size} does not divide by the "
-                                f"{world} processes of this launch")], recipe.source)
+            raise RecipeError(
+                [
+                    (
+                        "train.batch_size",
+                        f"{self.batch_size} does not divide by the "
+                        f"{world} processes of this launch",
+                    )
+                ],
+                recipe.source,
+            )
         self.run_dir = recipe.run_dir
         self.seed = run["seed"]
 
@@ -100,15 +114,19 @@ class Trainer:
         self.num_classes = self.data.num_classes if data_cfg["conditional"] else 0
         if data_cfg["conditional"] and self.num_classes < 2:
             raise DataError(f"data.conditional = true, but data {data_cfg['name']!r} has no labels")
-        core = {"resolution": self.data.resolution, "channels": self.data.channels,
-                "num_classes": self.num_classes}
+        core = {
+            "resolution": self.data.resolution,
+            "channels": self.data.channels,
+            "num_classes": self.num_classes,
+        }
 
         # Every rank builds identical initial weights from the recipe seed.
         torch.manual_seed(self.seed)
         self.g_spec, self.d_spec = recipe.component("generator"), recipe.component("discriminator")
         generator = self._build("generator", self.g_spec.name, core, self.g_spec.kwargs, nn.Module)
-        discriminator = self._build("discriminator", self.d_spec.name, core, self.d_spec.kwargs,
-                                    nn.Module)
+        discriminator = self._build(
+            "discriminator", self.d_spec.name, core, self.d_spec.kwargs, nn.Module
+        )
         loss_spec = recipe.component("loss")
         self.loss: Loss = self._build("loss", loss_spec.name, {}, loss_spec.kwargs, Loss)
         self.regularizers = [
@@ -119,7 +137,8 @@ class Trainer:
         opt_g = build_optimizer(generator.parameters(), optim["generator"])
         opt_d = build_optimizer(discriminator.parameters(), optim["discriminator"])
         self.G, self.D, self.opt_g, self.opt_d = self.acc.prepare(
-            generator, discriminator, opt_g, opt_d)
+            generator, discriminator, opt_g, opt_d
+        )
 
         # Per-rank streams: data order and latents differ across ranks, repeat across runs.
         rank = self.acc.process_index
@@ -129,16 +148,26 @@ class Trainer:
         torch.manual_seed(self.seed + rank)  # dropout and other module randomness
         self.step = 0
         self.skipped = torch.zeros((), device=self.acc.device)
-        self.info = RunInfo(recipe, self.run_dir, world, self.batch_size // world, self.step,
-                            self.steps, self.data.channels, self.data.resolution, self.num_classes)
+        self.info = RunInfo(
+            recipe,
+            self.run_dir,
+            world,
+            self.batch_size // world,
+            self.step,
+            self.steps,
+            self.data.channels,
+            self.data.resolution,
+            self.num_classes,
+        )
 
     # ------------------------------------------------------------------ building
 
     def _open_data(self) -> ImageData:
         data_cfg = self.recipe.component("data")
         resolution = self.recipe.get("data.resolution")
-        source = self._build("dataset", data_cfg.name, {"resolution": resolution},
-                             data_cfg.kwargs, DataSource)
+        source = self._build(
+            "dataset", data_cfg.name, {"resolution": resolution}, data_cfg.kwargs, DataSource
+        )
         return open_store(source, resolution)
 
     def _build(self, kind: str, name: str, core: dict, kwargs, expected):
@@ -146,11 +175,14 @@ class Trainer:
         try:
             obj = entry.factory(**core, **kwargs)
         except (ValueError, TypeError) as err:  # a factory rejecting the recipe's options
-            raise RecipeError([(kind, f"{name!r} rejected its options: {err}")],
-                              self.recipe.source) from None
+            raise RecipeError(
+                [(kind, f"{name!r} rejected its options: {err}")], self.recipe.source
+            ) from None
         if not isinstance(obj, expected):
-            raise PluginError(f"{kind} {name!r} from plugin {entry.plugin!r} returned "
-                              f"{type(obj).__name__}, not a {expected.__name__}")
+            raise PluginError(
+                f"{kind} {name!r} from plugin {entry.plugin!r} returned "
+                f"{type(obj).__name__}, not a {expected.__name__}"
+            )
         return obj
 
     # ------------------------------------------------------------------ the step
@@ -175,7 +207,9 @@ class Trainer:
             loss = self.loss.d_loss(real_out, fake_out, y_real, y_fake)
             ctx = RegularizerContext("d", step, self.G, self.critic, real, fake, z, y_real, y_fake)
             loss, logs = self._regularize(ctx, loss)
-            d = Phase(loss.detach(), self._update(self.D, self.opt_d, loss), logs, real_out, fake_out)
+            d = Phase(
+                loss.detach(), self._update(self.D, self.opt_d, loss), logs, real_out, fake_out
+            )
 
         # G phase: D is frozen and its gradients are not all-reduced; G's are.
         self.D.requires_grad_(False)
@@ -238,13 +272,21 @@ class Trainer:
             write_text(self.run_dir / "recipe.toml", self.recipe.to_toml())
             if self.step == 0:  # a fresh run does not append to an earlier run's log
                 (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
-        acc.print(f"ganforge: {acc.num_processes} process(es) on {acc.device}, global batch "
-                  f"{self.batch_size} = {self.info.per_process_batch} per process, mixed "
-                  f"precision {acc.mixed_precision}, run dir {self.run_dir}")
+        acc.print(
+            f"ganforge: {acc.num_processes} process(es) on {acc.device}, global batch "
+            f"{self.batch_size} = {self.info.per_process_batch} per process, mixed "
+            f"precision {acc.mixed_precision}, run dir {self.run_dir}"
+        )
         if main:
             self.plugins.run_start(self.info)
-        bar = tqdm(total=self.steps, initial=self.step, disable=not main, dynamic_ncols=True,
-                   unit="step", mininterval=0.5)
+        bar = tqdm(
+            total=self.steps,
+            initial=self.step,
+            disable=not main,
+            dynamic_ncols=True,
+            unit="step",
+            mininterval=0.5,
+        )
         last_time, last_step = time.perf_counter(), self.step
         while self.step < self.steps:
             d, g = self.train_step(self.step)
@@ -256,8 +298,11 @@ class Trainer:
                 values = self._log_values(d, g, seen / max(now - last_time, 1e-9))
                 last_time, last_step = now, self.step
                 if main:
-                    bar.set_postfix(d=f"{values['d_loss']:.3f}", g=f"{values['g_loss']:.3f}",
-                                    img_s=f"{values['images_per_s']:.0f}")
+                    bar.set_postfix(
+                        d=f"{values['d_loss']:.3f}",
+                        g=f"{values['g_loss']:.3f}",
+                        img_s=f"{values['images_per_s']:.0f}",
+                    )
                     append_jsonl(self.run_dir / "metrics.jsonl", values)
                     self.plugins.log(self.info, self.step, values)
             if main and (self.step % train["sample_every"] == 0 or self.step == self.steps):
@@ -272,17 +317,23 @@ class Trainer:
 
     def _log_values(self, d: Phase, g: Phase, images_per_s: float) -> dict[str, Any]:
         named = {
-            "d_loss": d.loss, "g_loss": g.loss,
+            "d_loss": d.loss,
+            "g_loss": g.loss,
             "d_real": d.real.logits.detach().float().mean(),
             "d_fake": d.fake.logits.detach().float().mean(),
-            "grad_norm_d": d.grad_norm, "grad_norm_g": g.grad_norm,
+            "grad_norm_d": d.grad_norm,
+            "grad_norm_g": g.grad_norm,
             **{f"reg/{k}": v for k, v in {**d.logs, **g.logs}.items()},
         }
         stacked = torch.stack([v.detach().float().reshape(()) for v in named.values()])
         stacked = self.acc.reduce(stacked, reduction="mean")  # one host read for all values
         values = dict(zip(named, stacked.tolist(), strict=True))
-        return {"step": self.step, **values, "skipped_steps": int(self.skipped.item()),
-                "images_per_s": images_per_s}
+        return {
+            "step": self.step,
+            **values,
+            "skipped_steps": int(self.skipped.item()),
+            "images_per_s": images_per_s,
+        }
 
     def _sampling_inputs(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The fixed latent batch (and labels, a row per class) every sample grid uses."""
@@ -315,12 +366,18 @@ class Trainer:
     def export(self) -> Path:
         generator = self.acc.unwrap_model(self.G)
         metadata = export_metadata(
-            generator, self.registry.get("generator", self.g_spec.name), dict(self.g_spec.kwargs),
-            channels=self.data.channels, resolution=self.data.resolution,
+            generator,
+            self.registry.get("generator", self.g_spec.name),
+            dict(self.g_spec.kwargs),
+            channels=self.data.channels,
+            resolution=self.data.resolution,
             num_classes=self.num_classes,
-            class_names=list(self.data.class_names) if self.num_classes and self.data.class_names
+            class_names=list(self.data.class_names)
+            if self.num_classes and self.data.class_names
             else None,
-            ema=False, recipe_toml=self.recipe.to_toml(), step=self.step,
+            ema=False,
+            recipe_toml=self.recipe.to_toml(),
+            step=self.step,
         )
         return export_generator(self.run_dir / "generator.safetensors", generator, metadata)
 

@@ -18,8 +18,7 @@ TINY = {
     "generator": {"name": "dcgan", "latent_dim": 8, "width": 4},
     "discriminator": {"name": "dcgan", "width": 4},
     "loss": {"name": "bce"},
-    "train": {"steps": 2, "batch_size": 8, "log_every": 1, "sample_every": 1000,
-              "sample_count": 4},
+    "train": {"steps": 2, "batch_size": 8, "log_every": 1, "sample_every": 1000, "sample_count": 4},
 }
 
 

@@ -10,28 +10,42 @@ from pathlib import Path
 import datasets
 import numpy as np
 import pytest
-from ganforge_plugins import hf
-from ganforge_plugins.hf import hf_source
 from PIL import Image
 
 from ganforge.data import open_store
 from ganforge.errors import DataError
+from ganforge_plugins import hf
+from ganforge_plugins.hf import hf_source
 
 # Dark cats and bright dogs, in every mode and shape a folder of real photos mixes.
-CATS = [((20, 30), "RGB", (60, 20, 20)), ((33, 17), "RGBA", (40, 40, 40, 0)),
-        ((16, 16), "L", 30), ((25, 40), "P", 50), ((12, 12), "RGB", (10, 60, 30)),
-        ((40, 10), "L", 45)]
-DOGS = [((18, 18), "RGB", (230, 210, 200)), ((30, 21), "RGBA", (220, 220, 220, 255)),
-        ((16, 40), "L", 240), ((22, 22), "P", 200), ((50, 25), "RGB", (250, 250, 180)),
-        ((14, 20), "L", 210)]
+CATS = [
+    ((20, 30), "RGB", (60, 20, 20)),
+    ((33, 17), "RGBA", (40, 40, 40, 0)),
+    ((16, 16), "L", 30),
+    ((25, 40), "P", 50),
+    ((12, 12), "RGB", (10, 60, 30)),
+    ((40, 10), "L", 45),
+]
+DOGS = [
+    ((18, 18), "RGB", (230, 210, 200)),
+    ((30, 21), "RGBA", (220, 220, 220, 255)),
+    ((16, 40), "L", 240),
+    ((22, 22), "P", 200),
+    ((50, 25), "RGB", (250, 250, 180)),
+    ((14, 20), "L", 210),
+]
 
 
 @pytest.fixture(autouse=True)
 def offline(monkeypatch, tmp_path):
     """No hub access, and the datasets cache under tmp_path, not the home directory."""
     cache = tmp_path / "hf_home"
-    for var, value in [("HF_DATASETS_OFFLINE", "1"), ("HF_HUB_OFFLINE", "1"),
-                       ("HF_HOME", str(cache)), ("HF_DATASETS_CACHE", str(cache / "datasets"))]:
+    for var, value in [
+        ("HF_DATASETS_OFFLINE", "1"),
+        ("HF_HUB_OFFLINE", "1"),
+        ("HF_HOME", str(cache)),
+        ("HF_DATASETS_CACHE", str(cache / "datasets")),
+    ]:
         monkeypatch.setenv(var, value)
     # datasets reads these at import time, so the environment alone is too late.
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", cache / "datasets")
@@ -149,8 +163,12 @@ def test_parquet_folder_picks_the_split_from_file_names(tmp_path):
 
 
 def test_save_to_disk_dataset_dict_and_arrow_file(tmp_path):
-    dd = datasets.DatasetDict({"train": pets_dataset(4, label=["dog", "cat", "dog", "emu"]),
-                               "test": pets_dataset(2, label=["cat", "cat"])})
+    dd = datasets.DatasetDict(
+        {
+            "train": pets_dataset(4, label=["dog", "cat", "dog", "emu"]),
+            "test": pets_dataset(2, label=["cat", "cat"]),
+        }
+    )
     dd.save_to_disk(str(tmp_path / "saved"))
     before = files_under(tmp_path / "saved")
     train = load(tmp_path / "saved")
@@ -199,8 +217,17 @@ def test_a_broken_image_file_is_a_data_error(folder):
         load(folder)
 
 
-@pytest.mark.parametrize("path", ["/no/such/dir", "./missing", "~/no-such-ganforge-data",
-                                  "data/missing.parquet", "x.arrow", "a/b/c"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/no/such/dir",
+        "./missing",
+        "~/no-such-ganforge-data",
+        "data/missing.parquet",
+        "x.arrow",
+        "a/b/c",
+    ],
+)
 def test_a_missing_local_path_is_a_data_error(path):
     with pytest.raises(DataError, match="no such file or directory"):
         hf_source(resolution=8, path=path)
@@ -245,9 +272,14 @@ def test_fingerprint_is_stable_and_follows_options_and_content(folder, monkeypat
     base = fingerprint()
     assert fingerprint() == base
     assert fingerprint(path=str(folder) + os.sep + ".") == base  # same folder, other spelling
-    variants = [fingerprint(resolution=16), fingerprint(channels=1), fingerprint(split="test"),
-                fingerprint(labels=False), fingerprint(image_column="image"),
-                fingerprint(label_column="label")]
+    variants = [
+        fingerprint(resolution=16),
+        fingerprint(channels=1),
+        fingerprint(split="test"),
+        fingerprint(labels=False),
+        fingerprint(image_column="image"),
+        fingerprint(label_column="label"),
+    ]
     assert len({base, *variants}) == 1 + len(variants)
     make_image((9, 9), "RGB", (1, 2, 3)).save(folder / "cats" / "new.png")
     assert fingerprint() != base

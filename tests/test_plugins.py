@@ -10,18 +10,18 @@ from importlib.metadata import EntryPoint
 import pytest
 
 import ganforge
+from conftest import ROOT
 from ganforge import hookspecs
 from ganforge.cli import main
 from ganforge.errors import PluginError
 from ganforge.plugins import Plugins
-from conftest import ROOT
 
 BUILTINS = {"dcgan", "losses", "digits", "synthetic", "hf"}
 
 
 def test_builtins_are_discovered_through_entry_points():
     plugins = Plugins()
-    assert BUILTINS <= set(plugins.names())
+    assert set(plugins.names()) >= BUILTINS
     for name in BUILTINS:
         assert plugins.info[name].distribution == "ganforge"
         assert plugins.info[name].version == ganforge.__version__
@@ -32,8 +32,11 @@ def test_builtins_are_discovered_through_entry_points():
 
 
 def test_every_builtin_module_has_an_entry_point():
-    modules = {p.stem for p in (ROOT / "plugins" / "ganforge_plugins").glob("*.py")
-               if not p.stem.startswith("_")}
+    modules = {
+        p.stem
+        for p in (ROOT / "plugins" / "ganforge_plugins").glob("*.py")
+        if not p.stem.startswith("_")
+    }
     declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["entry-points"]
     targets = {value.split(":")[0] for value in declared["ganforge"].values()}
     assert targets == {f"ganforge_plugins.{m}" for m in modules}
@@ -72,8 +75,7 @@ def test_duplicate_component_names_name_both_plugins():
 def test_a_plugin_that_fails_to_import_is_named_with_its_distribution(monkeypatch, capsys):
     broken = EntryPoint(name="broken", value="ganforge_no_such_module.plugin", group="ganforge")
     real = __import__("ganforge.plugins", fromlist=["entry_points"]).entry_points
-    monkeypatch.setattr("ganforge.plugins.entry_points",
-                        lambda group: [*real(group=group), broken])
+    monkeypatch.setattr("ganforge.plugins.entry_points", lambda group: [*real(group=group), broken])
     with pytest.raises(PluginError, match="plugin 'broken'.*failed to import.*ModuleNotFound"):
         Plugins()
     assert main(["plugins"]) == 2
@@ -94,16 +96,20 @@ def test_invalid_registrations_are_plugin_errors():
 
 
 def test_every_hookspec_is_prefixed_and_documented():
-    specs = [(n, f) for n, f in inspect.getmembers(hookspecs, inspect.isfunction)
-             if hasattr(f, "ganforge_spec")]
+    specs = [
+        (n, f)
+        for n, f in inspect.getmembers(hookspecs, inspect.isfunction)
+        if hasattr(f, "ganforge_spec")
+    ]
     assert len(specs) >= 8
     for name, func in specs:
         assert name.startswith("ganforge_")
         doc = inspect.getdoc(func) or ""
         assert len(doc) > 80, f"{name} needs a real docstring"
         for param in inspect.signature(func).parameters:
-            assert param in doc or param == "register" and "Register" in inspect.getsource(
-                hookspecs), f"{name}: document {param}"
+            assert (
+                param in doc or param == "register" and "Register" in inspect.getsource(hookspecs)
+            ), f"{name}: document {param}"
 
 
 def test_plugins_command_lists_plugins_and_components(capsys):

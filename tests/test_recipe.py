@@ -9,11 +9,11 @@ import tomllib
 import pytest
 
 import ganforge
+from conftest import RECIPES, TINY, tiny_tables
 from ganforge.cli import main
 from ganforge.errors import RecipeError
 from ganforge.plugins import Plugins
 from ganforge.recipe import apply_overrides, dump_toml, load_recipe, validate
-from conftest import RECIPES, TINY, tiny_tables
 
 
 @pytest.fixture(scope="module")
@@ -43,9 +43,17 @@ def test_out_dir_defaults_to_runs_slash_name(tmp_path, registry):
 
 def test_every_problem_is_reported_at_once_with_suggestions(tmp_path, registry):
     tables = tiny_tables(
-        tmp_path, "train.stepz=3", "train.batch_size=-1", "generator.widht=8",
-        "loss.name=bcee", "optim.generator.lr=fast", "trian.x=1", "discriminator.norm=group",
-        "run.mixed_precision=fp8", "data.resolution=true", "optim.discriminatr.lr=1",
+        tmp_path,
+        "train.stepz=3",
+        "train.batch_size=-1",
+        "generator.widht=8",
+        "loss.name=bcee",
+        "optim.generator.lr=fast",
+        "trian.x=1",
+        "discriminator.norm=group",
+        "run.mixed_precision=fp8",
+        "data.resolution=true",
+        "optim.discriminatr.lr=1",
     )
     problems = problems_of(tables, registry)
     assert "did you mean 'steps'" in problems["train.stepz"]
@@ -92,10 +100,17 @@ def test_toml_syntax_error_names_line_and_column(tmp_path, capsys):
 
 
 def test_overrides_reach_any_depth_and_parse_values():
-    tables = apply_overrides({"train": {"steps": 1}}, [
-        "train.steps=10", "optim.generator.betas=[0.0, 0.9]", "regularizers.r1.gamma=0.5",
-        "run.name=my run", "a.b.c.d=true", "data.path=/tmp/x=y",
-    ])
+    tables = apply_overrides(
+        {"train": {"steps": 1}},
+        [
+            "train.steps=10",
+            "optim.generator.betas=[0.0, 0.9]",
+            "regularizers.r1.gamma=0.5",
+            "run.name=my run",
+            "a.b.c.d=true",
+            "data.path=/tmp/x=y",
+        ],
+    )
     assert tables["train"]["steps"] == 10
     assert tables["optim"]["generator"]["betas"] == [0.0, 0.9]
     assert tables["regularizers"]["r1"]["gamma"] == 0.5
@@ -131,8 +146,14 @@ def test_dump_toml_handles_nested_tables_and_special_floats():
 
 def test_fixed_values_hold_what_shapes_models_and_optimisation(tmp_path, registry):
     fixed = validate(tiny_tables(tmp_path), registry).fixed_values()
-    assert {"generator.width", "data.resolution", "optim.generator.lr", "train.batch_size",
-            "train.n_critic", "loss.name"} <= set(fixed)
+    assert {
+        "generator.width",
+        "data.resolution",
+        "optim.generator.lr",
+        "train.batch_size",
+        "train.n_critic",
+        "loss.name",
+    } <= set(fixed)
     assert not {"train.steps", "train.log_every", "run.out_dir"} & set(fixed)
 
 
@@ -142,8 +163,11 @@ def test_shipped_recipe_validates_and_starts_with_its_command(path, registry):
     first = path.read_text().splitlines()[:4]
     assert first[0].startswith("#")
     assert any(f"ganforge {path.parent.name}/{path.name}" in line for line in first)
-    assert any("=" in line and "ganforge" in line for line in path.read_text().splitlines()
-               if line.startswith("#") and line.count(" ") > 3)
+    assert any(
+        "=" in line and "ganforge" in line
+        for line in path.read_text().splitlines()
+        if line.startswith("#") and line.count(" ") > 3
+    )
     assert recipe.get("train.steps") > 0
 
 
@@ -152,13 +176,16 @@ def test_validate_command_prints_ok(capsys):
     assert capsys.readouterr().out.strip() == "ok"
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["validate", "missing.toml"], "recipe file not found: missing.toml"),
-    (["missing.toml"], "recipe file not found"),
-    (["validate"], "the following arguments are required: recipe"),
-    (["frobnicate", "x"], "recipe file not found: frobnicate"),
-    (["plugins", "--jsn"], "unrecognized arguments"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["validate", "missing.toml"], "recipe file not found: missing.toml"),
+        (["missing.toml"], "recipe file not found"),
+        (["validate"], "the following arguments are required: recipe"),
+        (["frobnicate", "x"], "recipe file not found: frobnicate"),
+        (["plugins", "--jsn"], "unrecognized arguments"),
+    ],
+)
 def test_usage_errors_exit_2_with_one_message(argv, message, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
@@ -175,8 +202,12 @@ def test_help_and_version_exit_0(capsys):
 def test_cli_subprocess_reports_a_bad_recipe_without_traceback(tmp_path):
     bad = tmp_path / "r.toml"
     bad.write_text(dump_toml({**TINY, "train": {"steps": "many"}}))
-    done = subprocess.run([sys.executable, "-m", "ganforge", "validate", str(bad)],
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "ganforge", "validate", str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 2
     assert "train.steps: expected an integer, got str 'many'" in done.stderr
     assert "Traceback" not in done.stderr

@@ -12,11 +12,11 @@ from safetensors import safe_open
 from torch import nn
 
 import ganforge
+from conftest import RECIPES
 from ganforge.components import CriticOutput
 from ganforge.plugins import Plugins
 from ganforge.recipe import load_recipe
-from ganforge.trainer import Trainer, read_metrics
-from conftest import RECIPES
+from ganforge.trainer import read_metrics
 
 
 def snapshot(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -43,8 +43,9 @@ def test_each_update_touches_only_its_own_model(tiny):
             assert all(not p.requires_grad for p in trainer.D.parameters())
         norm = original(model, optimizer, loss)
         assert params_equal(snapshot(other), before_other, other_names)
-        assert not params_equal(snapshot(model), before_self,
-                                g_params if model is trainer.G else d_params)
+        assert not params_equal(
+            snapshot(model), before_self, g_params if model is trainer.G else d_params
+        )
         calls.append("D" if model is trainer.D else "G")
         return norm
 
@@ -105,8 +106,13 @@ class StubPlugin:
 
 
 def test_labels_travel_from_data_to_both_models(tiny):
-    trainer = tiny("data.num_classes=3", "data.conditional=true", "generator.name=cstub",
-                   "discriminator.name=cstub", extra=[("stub", StubPlugin())])
+    trainer = tiny(
+        "data.num_classes=3",
+        "data.conditional=true",
+        "generator.name=cstub",
+        "discriminator.name=cstub",
+        extra=[("stub", StubPlugin())],
+    )
     assert trainer.num_classes == 3
     sampler_state = trainer.sampler.state_dict()
     trainer.train_step(0)
@@ -131,13 +137,25 @@ def test_unconditional_runs_pass_no_labels(tiny):
 def test_sampling_leaves_training_state_untouched(tiny):
     trainer = tiny()
     trainer.train_step(0)
-    state = (snapshot(trainer.G), snapshot(trainer.D), copy.deepcopy(trainer.opt_g.state_dict()),
-             trainer.sampler.state_dict(), torch.get_rng_state(), trainer.latent_rng.get_state())
+    state = (
+        snapshot(trainer.G),
+        snapshot(trainer.D),
+        copy.deepcopy(trainer.opt_g.state_dict()),
+        trainer.sampler.state_dict(),
+        torch.get_rng_state(),
+        trainer.latent_rng.get_state(),
+    )
     first = trainer.save_samples().read_bytes()
     second = trainer.save_samples().read_bytes()
     assert first == second  # a fixed latent batch
-    after = (snapshot(trainer.G), snapshot(trainer.D), trainer.opt_g.state_dict(),
-             trainer.sampler.state_dict(), torch.get_rng_state(), trainer.latent_rng.get_state())
+    after = (
+        snapshot(trainer.G),
+        snapshot(trainer.D),
+        trainer.opt_g.state_dict(),
+        trainer.sampler.state_dict(),
+        torch.get_rng_state(),
+        trainer.latent_rng.get_state(),
+    )
     for x, y in zip(state[:2], after[:2], strict=True):
         assert params_equal(x, y, x)
     assert str(state[2]) == str(after[2])
@@ -153,16 +171,23 @@ def final_generator(trainer) -> dict[str, torch.Tensor]:
 
 def test_sampling_often_or_never_gives_the_same_training(tmp_path, tiny):
     often = final_generator(tiny("train.steps=3", "train.sample_every=1", "train.log_every=1"))
-    never = final_generator(tiny("train.steps=3", "train.sample_every=100", "train.log_every=100",
-                                 f"run.out_dir={tmp_path / 'other'}"))
+    never = final_generator(
+        tiny(
+            "train.steps=3",
+            "train.sample_every=100",
+            "train.log_every=100",
+            f"run.out_dir={tmp_path / 'other'}",
+        )
+    )
     assert params_equal(often, never, often)
 
 
 def test_runs_are_deterministic_for_a_seed(tmp_path, tiny):
     a = final_generator(tiny("train.steps=3", "train.n_critic=2"))
     b = final_generator(tiny("train.steps=3", "train.n_critic=2", f"run.out_dir={tmp_path}/b"))
-    c = final_generator(tiny("train.steps=3", "train.n_critic=2", "run.seed=1",
-                             f"run.out_dir={tmp_path}/c"))
+    c = final_generator(
+        tiny("train.steps=3", "train.n_critic=2", "run.seed=1", f"run.out_dir={tmp_path}/c")
+    )
     assert params_equal(a, b, a)
     assert not params_equal(a, c, a)
 
@@ -177,7 +202,9 @@ class NaNOnce:
 
     def d_loss(self, real, fake, y_real, y_fake):
         self.calls += 1
-        loss = nn.functional.softplus(-real.logits).mean() + nn.functional.softplus(fake.logits).mean()
+        loss = (
+            nn.functional.softplus(-real.logits).mean() + nn.functional.softplus(fake.logits).mean()
+        )
         return loss * float("nan") if self.calls == 2 else loss
 
     def g_loss(self, fake, real, y_real, y_fake):
@@ -223,22 +250,35 @@ class Recorder:
 
 def test_a_run_writes_logs_samples_export_and_calls_lifecycle_hooks(tiny):
     recorder = Recorder()
-    trainer = tiny("train.steps=4", "train.log_every=2", "train.sample_every=3",
-                   extra=[("recorder", recorder)])
+    trainer = tiny(
+        "train.steps=4", "train.log_every=2", "train.sample_every=3", extra=[("recorder", recorder)]
+    )
     export = trainer.fit()
     run_dir = trainer.run_dir
     assert sorted(p.name for p in (run_dir / "samples").iterdir()) == [
-        "step_000003.png", "step_000004.png"]
+        "step_000003.png",
+        "step_000004.png",
+    ]
     metrics = read_metrics(run_dir)
     assert [m["step"] for m in metrics] == [2, 4]
-    for key in ("d_loss", "g_loss", "d_real", "d_fake", "grad_norm_d", "grad_norm_g",
-                "images_per_s", "skipped_steps"):
+    for key in (
+        "d_loss",
+        "g_loss",
+        "d_real",
+        "d_fake",
+        "grad_norm_d",
+        "grad_norm_g",
+        "images_per_s",
+        "skipped_steps",
+    ):
         assert isinstance(metrics[-1][key], (int, float))
     assert recorder.events[0] == ("start", 0, 4, 8)
     assert [e[1] for e in recorder.events if e[0] == "log"] == [2, 4]
     assert recorder.events[-1] == ("end", 4, str(export))
-    assert load_recipe(run_dir / "recipe.toml", registry=Plugins().registry).tables == \
-        trainer.recipe.tables
+    assert (
+        load_recipe(run_dir / "recipe.toml", registry=Plugins().registry).tables
+        == trainer.recipe.tables
+    )
     assert not list(run_dir.rglob("*.tmp"))  # atomic writes leave no temporaries
 
 
@@ -249,9 +289,13 @@ def test_export_is_self_describing(tiny):
         meta = json.loads(f.metadata()["ganforge"])
         tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
     assert meta["format_version"] == 1
-    assert meta["generator"] == {"name": "dcgan", "kwargs": {"latent_dim": 8, "width": 4},
-                                 "plugin": "dcgan", "distribution": "ganforge",
-                                 "version": ganforge.__version__}
+    assert meta["generator"] == {
+        "name": "dcgan",
+        "kwargs": {"latent_dim": 8, "width": 4},
+        "plugin": "dcgan",
+        "distribution": "ganforge",
+        "version": ganforge.__version__,
+    }
     assert meta["latent"] == {"shape": [8], "prior": "normal"}
     assert meta["output"] == {"channels": 3, "resolution": 16, "range": [-1.0, 1.0]}
     assert meta["num_classes"] == 0 and meta["ema"] is False and meta["step"] == 1
@@ -270,8 +314,15 @@ def test_export_is_self_describing(tiny):
 def test_every_shipped_recipe_runs_two_steps_at_a_tiny_size(path, tmp_path, capsys):
     from ganforge.cli import main
 
-    args = [str(path), "train.steps=2", "train.batch_size=4", "generator.width=4",
-            "discriminator.width=4", f"run.out_dir={tmp_path / 'run'}", "data.resolution=16"]
+    args = [
+        str(path),
+        "train.steps=2",
+        "train.batch_size=4",
+        "generator.width=4",
+        "discriminator.width=4",
+        f"run.out_dir={tmp_path / 'run'}",
+        "data.resolution=16",
+    ]
     if "digits" not in path.read_text():
         args += ["data.name=synthetic", "data.size=16"]
     assert main(args) == 0, capsys.readouterr().err

@@ -32,19 +32,30 @@ class DCGANGenerator(nn.Module):
 
     latent_prior = "normal"
 
-    def __init__(self, *, resolution: int, channels: int, num_classes: int = 0,
-                 latent_dim: int = 100, width: int = 64):
+    def __init__(
+        self,
+        *,
+        resolution: int,
+        channels: int,
+        num_classes: int = 0,
+        latent_dim: int = 100,
+        width: int = 64,
+    ):
         super().__init__()
         ups = _upsamplings(resolution)
         self.latent_shape = (latent_dim,)
-        widths = [width * 2 ** i for i in reversed(range(ups))]  # e.g. 32px: 4w, 2w, w
+        widths = [width * 2**i for i in reversed(range(ups))]  # e.g. 32px: 4w, 2w, w
         layers: list[nn.Module] = [
             nn.ConvTranspose2d(latent_dim, widths[0], 4, 1, 0, bias=False),
-            nn.BatchNorm2d(widths[0]), nn.ReLU(True),
+            nn.BatchNorm2d(widths[0]),
+            nn.ReLU(True),
         ]
         for cin, cout in zip(widths, widths[1:], strict=False):
-            layers += [nn.ConvTranspose2d(cin, cout, 4, 2, 1, bias=False),
-                       nn.BatchNorm2d(cout), nn.ReLU(True)]
+            layers += [
+                nn.ConvTranspose2d(cin, cout, 4, 2, 1, bias=False),
+                nn.BatchNorm2d(cout),
+                nn.ReLU(True),
+            ]
         layers += [nn.ConvTranspose2d(widths[-1], channels, 4, 2, 1, bias=False), nn.Tanh()]
         self.net = nn.Sequential(*layers)
         _init_weights(self)
@@ -59,13 +70,22 @@ class DCGANDiscriminator(nn.Module):
     ``norm = "batch"`` is the paper's; ``"none"`` suits critics with gradient penalties.
     """
 
-    def __init__(self, *, resolution: int, channels: int, num_classes: int = 0,
-                 width: int = 64, norm: Literal["batch", "none"] = "batch"):
+    def __init__(
+        self,
+        *,
+        resolution: int,
+        channels: int,
+        num_classes: int = 0,
+        width: int = 64,
+        norm: Literal["batch", "none"] = "batch",
+    ):
         super().__init__()
         downs = _upsamplings(resolution)
-        widths = [width * 2 ** i for i in range(downs)]  # e.g. 32px: w, 2w, 4w
-        layers: list[nn.Module] = [nn.Conv2d(channels, widths[0], 4, 2, 1, bias=False),
-                                   nn.LeakyReLU(0.2, True)]
+        widths = [width * 2**i for i in range(downs)]  # e.g. 32px: w, 2w, 4w
+        layers: list[nn.Module] = [
+            nn.Conv2d(channels, widths[0], 4, 2, 1, bias=False),
+            nn.LeakyReLU(0.2, True),
+        ]
         for cin, cout in zip(widths, widths[1:], strict=False):
             layers.append(nn.Conv2d(cin, cout, 4, 2, 1, bias=norm == "none"))
             if norm == "batch":

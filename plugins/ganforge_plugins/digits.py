@@ -22,12 +22,14 @@ def digits_source(*, resolution: int, channels: int = 1) -> DataSource:
         x = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
         x = F.interpolate(x, size=resolution, mode="bilinear", align_corners=False)
         images = (x.clamp(0, 1) * 255).round().to(torch.uint8).repeat(1, channels, 1, 1)
-        return ImageData(images.numpy(), np.asarray(digits.target, dtype=np.int64),
-                         [str(i) for i in range(10)])
+        return ImageData(
+            images.numpy(), np.asarray(digits.target, dtype=np.int64), [str(i) for i in range(10)]
+        )
 
     # Decoding takes milliseconds: cheaper to rebuild than to cache.
-    return DataSource(f"digits-v1-r{resolution}-c{channels}", load, "scikit-learn digits",
-                      cache=False)
+    return DataSource(
+        f"digits-v1-r{resolution}-c{channels}", load, "scikit-learn digits", cache=False
+    )
 
 
 @hookimpl

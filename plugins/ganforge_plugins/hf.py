@@ -56,9 +56,17 @@ def hf_source(
     if channels not in (1, 3):
         raise DataError(f"hf: channels must be 1 or 3, got {channels}")
     kind, where, files = _locate(path)
-    options = {"v": FORMAT_VERSION, "kind": kind, "path": where, "split": split,
-               "image_column": image_column, "label_column": label_column, "labels": labels,
-               "channels": channels, "resolution": resolution}
+    options = {
+        "v": FORMAT_VERSION,
+        "kind": kind,
+        "path": where,
+        "split": split,
+        "image_column": image_column,
+        "label_column": label_column,
+        "labels": labels,
+        "channels": channels,
+        "resolution": resolution,
+    }
     if kind == "hub":
         options["revision"] = revision
     else:  # decoded images change whenever a file under the path does
@@ -68,8 +76,12 @@ def hf_source(
         ds = _open(kind, where, split, revision)
         return _decode(ds, where, resolution, channels, image_column, label_column, labels)
 
-    return DataSource(fingerprint=json.dumps(options, sort_keys=True), load=load,
-                      description=f"hf {where} [{split}]", metadata={"kind": kind})
+    return DataSource(
+        fingerprint=json.dumps(options, sort_keys=True),
+        load=load,
+        description=f"hf {where} [{split}]",
+        metadata={"kind": kind},
+    )
 
 
 def _locate(path: str) -> tuple[str, str, list[Path]]:
@@ -139,8 +151,11 @@ def _open(kind: str, where: str, split: str, revision: str | None):
     except DataError:
         raise
     except Exception as err:
-        hint = ("; offline, point `path` at a local image folder, .parquet, .arrow or "
-                "save_to_disk path" if kind == "hub" else "")
+        hint = (
+            "; offline, point `path` at a local image folder, .parquet, .arrow or save_to_disk path"
+            if kind == "hub"
+            else ""
+        )
         raise DataError(f"hf: could not load {where!r} (split {split!r}): {err}{hint}") from err
 
 
@@ -154,12 +169,14 @@ def _pick_columns(ds, where: str, image_column, label_column, labels: bool):
             raise DataError(f"hf: {where} has no column {name!r}; columns: {columns}")
     image = image_column or next(
         (c for c in columns if isinstance(features[c], datasets.Image)),
-        next((c for c in ("image", "img") if c in columns), None))
+        next((c for c in ("image", "img") if c in columns), None),
+    )
     if image is None:
         raise DataError(f"hf: {where} has no image column; columns: {columns}; set image_column")
     label = label_column or next(
         (c for c in columns if isinstance(features[c], datasets.ClassLabel)),
-        next((c for c in ("label", "labels") if c in columns), None))
+        next((c for c in ("label", "labels") if c in columns), None),
+    )
     feature = features[label] if labels and label else None
     if isinstance(feature, datasets.ClassLabel) or (
         isinstance(feature, datasets.Value)
@@ -203,8 +220,10 @@ def _decode(ds, where, resolution, channels, image_column, label_column, labels)
         raw_labels = np.searchsorted(np.array(class_names), np.array(raw_labels))
     label_values = np.asarray(raw_labels, dtype=np.int64)
     if label_values.min() < 0:
-        raise DataError(f"hf: column {label!r} of {where} has negative labels (unlabelled rows?); "
-                        "set labels = false to ignore labels")
+        raise DataError(
+            f"hf: column {label!r} of {where} has negative labels (unlabelled rows?); "
+            "set labels = false to ignore labels"
+        )
     return ImageData(images=images, labels=label_values, class_names=class_names)
 
 

@@ -10,9 +10,15 @@ from ganforge import hookimpl
 from ganforge.data import DataSource, ImageData
 
 
-def synthetic_source(*, resolution: int, channels: int = 3, size: int = 256,
-                     num_classes: int = 0, pattern: Literal["blobs", "noise"] = "blobs",
-                     seed: int = 0) -> DataSource:
+def synthetic_source(
+    *,
+    resolution: int,
+    channels: int = 3,
+    size: int = 256,
+    num_classes: int = 0,
+    pattern: Literal["blobs", "noise"] = "blobs",
+    seed: int = 0,
+) -> DataSource:
     """``size`` images: "blobs" draws one bright disc per image (its colour and quadrant set by
     the class when ``num_classes`` > 0), "noise" is uniform noise. Same seed, same images."""
     if size < 1 or channels < 1 or num_classes < 0:
@@ -27,7 +33,9 @@ def synthetic_source(*, resolution: int, channels: int = 3, size: int = 256,
             images = _blobs(rng, labels, num_classes, channels, resolution)
         if not num_classes:
             return ImageData(images)
-        return ImageData(images, labels.astype(np.int64), [f"class_{i}" for i in range(num_classes)])
+        return ImageData(
+            images, labels.astype(np.int64), [f"class_{i}" for i in range(num_classes)]
+        )
 
     fingerprint = f"synthetic-v1-{pattern}-r{resolution}-c{channels}-n{size}-k{num_classes}-s{seed}"
     return DataSource(fingerprint, load, "synthetic images", cache=False)
