@@ -1,0 +1,101 @@
+"""The documented commands, run as a user runs them: in subprocesses."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+
+QUICK = [
+    "train.steps=3",
+    "train.log_every=1",
+    "generator.width=8",
+    "discriminator.width=8",
+    "train.batch_size=16",
+]
+
+
+def run(args, tmp_path: Path, timeout=180) -> subprocess.CompletedProcess:
+    env = {**os.environ, "GANFORGE_CACHE_DIR": str(tmp_path / "cache")}
+    return subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def check_run_dir(run_dir: Path, steps: int) -> None:
+    assert (run_dir / "generator.safetensors").stat().st_size > 0
+    assert (run_dir / "samples" / f"step_{steps:06d}.png").exists()
+    records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == list(range(1, steps + 1))
+    assert (run_dir / "recipe.toml").exists()
+
+
+def test_python_dash_m_trains_the_quickstart(tmp_path):
+    out = tmp_path / "qs"
+    done = run(
+        [sys.executable, "-m", "ganforge", "recipes/quickstart.toml", *QUICK, f"run.out_dir={out}"],
+        tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    check_run_dir(out, 3)
+    assert "global batch 16 = 16 per process" in done.stdout
+    assert "exported" in done.stdout
+
+
+def test_console_script_and_subcommand(tmp_path):
+    script = shutil.which("ganforge", path=str(Path(sys.executable).parent))
+    assert script, "the ganforge console script is installed"
+    out = tmp_path / "qs"
+    done = run([script, "train", "recipes/quickstart.toml", *QUICK, f"run.out_dir={out}"], tmp_path)
+    assert done.returncode == 0, done.stderr
+    check_run_dir(out, 3)
+
+
+def test_accelerate_launch_runs_the_quickstart(tmp_path):
+    launcher = shutil.which("accelerate", path=str(Path(sys.executable).parent))
+    out = tmp_path / "acc"
+    done = run(
+        [
+            launcher,
+            "launch",
+            "--cpu",
+            "--num_processes",
+            "1",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "-m",
+            "ganforge",
+            "recipes/quickstart.toml",
+            *QUICK,
+            f"run.out_dir={out}",
+        ],
+        tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    check_run_dir(out, 3)
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (["recipes/quickstart.toml", "data.name=nope"], "unknown dataset 'nope'"),
+        (["recipes/quickstart.toml", "train.batch_size=0"], "train.batch_size: must be > 0"),
+        (
+            ["recipes/quickstart.toml", "data.name=hf", "data.path=/no/such/dir", "train.steps=1"],
+            "no such file or directory",
+        ),
+    ],
+)
+def test_user_mistakes_exit_2_without_traceback(bad, message, tmp_path):
+    done = run([sys.executable, "-m", "ganforge", *bad, f"run.out_dir={tmp_path / 'r'}"], tmp_path)
+    assert done.returncode == 2
+    assert message in done.stderr and "Traceback" not in done.stderr

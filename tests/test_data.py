@@ -1,0 +1,121 @@
+"""The core's data path: sampling, sharding, caching, conversion, and the built-in sources."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from ganforge.data import (
+    BatchSource,
+    DataSource,
+    ImageData,
+    ShardedSampler,
+    check_image_data,
+    open_store,
+)
+from ganforge.errors import DataError
+from ganforge_plugins.digits import digits_source
+from ganforge_plugins.synthetic import synthetic_source
+
+
+def test_every_image_once_per_epoch_even_across_batch_boundaries():
+    sampler = ShardedSampler(size=10, batch_size=4, seed=3)
+    drawn = torch.cat([sampler.next_indices() for _ in range(5)])  # 20 = two epochs
+    assert sorted(drawn[:10].tolist()) == list(range(10))
+    assert sorted(drawn[10:].tolist()) == list(range(10))
+    assert not torch.equal(drawn[:10], drawn[10:])  # a new permutation each epoch
+    assert sampler.state_dict() == {"epoch": 2, "offset": 0}
+
+
+def test_sampler_state_resumes_the_same_stream():
+    a = ShardedSampler(size=7, batch_size=3, seed=0)
+    for _ in range(4):
+        a.next_indices()
+    b = ShardedSampler(size=7, batch_size=3, seed=0)
+    b.load_state_dict(a.state_dict())
+    for _ in range(5):
+        assert torch.equal(a.next_indices(), b.next_indices())
+
+
+def test_shards_partition_the_global_batch():
+    ranks = [ShardedSampler(size=50, batch_size=8, seed=1, rank=r, world_size=2) for r in (0, 1)]
+    single = ShardedSampler(size=50, batch_size=8, seed=1)
+    for _ in range(9):
+        shards = [s.next_indices() for s in ranks]
+        assert all(len(s) == 4 for s in shards)
+        assert sorted(torch.cat(shards).tolist()) == sorted(single.next_indices().tolist())
+    with pytest.raises(ValueError, match="does not divide"):
+        ShardedSampler(size=50, batch_size=7, seed=1, world_size=2)
+
+
+def test_batches_are_scaled_to_minus_one_one_with_labels():
+    images = np.array([[[[0, 255]]], [[[128, 64]]]], dtype=np.uint8)  # 2×1×1×2
+    data = ImageData(images, np.array([1, 0]), ["a", "b"])
+    source = BatchSource(data, ShardedSampler(2, 2, seed=0), torch.device("cpu"))
+    x, y = source.next(with_labels=True)
+    order = y.tolist()
+    assert x.dtype == torch.float32 and x.min() >= -1 and x.max() <= 1
+    by_label = {label: x[i] for i, label in enumerate(order)}
+    assert torch.allclose(by_label[1], torch.tensor([[[-1.0, 1.0]]]))
+    assert source.next(with_labels=False)[1] is None
+
+
+def test_the_store_decodes_once_and_memory_maps_after(tmp_path):
+    calls = []
+
+    def load():
+        calls.append(1)
+        return ImageData(np.full((3, 1, 4, 4), 7, np.uint8), np.array([0, 1, 1]), ["x", "y"])
+
+    source = DataSource("unit-test-v1", load)
+    first = open_store(source, 4, cache_dir=tmp_path)
+    second = open_store(source, 4, cache_dir=tmp_path)
+    assert len(calls) == 1
+    assert isinstance(second.images, np.memmap)
+    assert np.array_equal(first.images, second.images) and second.class_names == ["x", "y"]
+    assert second.num_classes == 2
+
+
+def test_a_damaged_store_is_rebuilt(tmp_path, capsys):
+    source = DataSource("unit-test-v2", lambda: ImageData(np.zeros((2, 1, 4, 4), np.uint8)))
+    open_store(source, 4, cache_dir=tmp_path)
+    (store,) = (tmp_path / "data").iterdir()
+    (store / "images.npy").write_bytes(b"garbage")
+    assert open_store(source, 4, cache_dir=tmp_path).images.shape == (2, 1, 4, 4)
+    assert "rebuilding damaged data cache" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "images, labels, message",
+    [
+        (np.zeros((2, 1, 4, 4), np.float32), None, "must be uint8"),
+        (np.zeros((0, 1, 4, 4), np.uint8), None, "no images"),
+        (np.zeros((2, 1, 8, 8), np.uint8), None, "expected 4×4"),
+        (np.zeros((2, 1, 4, 4), np.uint8), np.array([0.5, 1.0]), "labels must be N integers"),
+    ],
+)
+def test_malformed_data_is_a_data_error(images, labels, message):
+    with pytest.raises(DataError, match=message):
+        check_image_data(ImageData(images, labels), 4, "test source")
+
+
+def test_digits_are_labelled_and_upsampled():
+    data = digits_source(resolution=32).load()
+    assert data.images.shape == (1797, 1, 32, 32) and data.images.dtype == np.uint8
+    assert data.num_classes == 10 and data.class_names[3] == "3"
+    assert data.images.max() == 255 and data.images[:, :, :, 0].mean() < 1  # empty left column
+    assert digits_source(resolution=16, channels=3).load().images.shape == (1797, 3, 16, 16)
+
+
+def test_synthetic_data_is_reproducible_and_class_dependent():
+    a = synthetic_source(resolution=16, channels=3, size=64, num_classes=4, seed=5)
+    b = synthetic_source(resolution=16, channels=3, size=64, num_classes=4, seed=5)
+    da, db = a.load(), b.load()
+    assert a.fingerprint == b.fingerprint and np.array_equal(da.images, db.images)
+    assert da.num_classes == 4 and set(da.labels.tolist()) == {0, 1, 2, 3}
+    means = [da.images[da.labels == k].mean(axis=(0, 2, 3)) for k in range(4)]
+    assert len({tuple(np.round(m)) for m in means}) == 4  # each class has its own colour
+    other = synthetic_source(resolution=32, channels=1, size=8, pattern="noise")
+    assert other.fingerprint != a.fingerprint and other.load().images.shape == (8, 1, 32, 32)
+    assert other.load().labels is None
