@@ -7,8 +7,8 @@ import subprocess
 import types
 
 import ganforge
-from ganforge.plugins import Plugins
 from conftest import ROOT
+from ganforge.plugins import Plugins
 
 README = (ROOT / "README.md").read_text()
 
