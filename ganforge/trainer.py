@@ -139,6 +139,8 @@ class Trainer:
         self.G, self.D, self.opt_g, self.opt_d = self.acc.prepare(
             generator, discriminator, opt_g, opt_d
         )
+        # G itself, outside any distributed wrapper: for latent shapes, sampling and export.
+        self.generator = self.acc.unwrap_model(self.G)
 
         # Per-rank streams: data order and latents differ across ranks, repeat across runs.
         rank = self.acc.process_index
@@ -192,7 +194,7 @@ class Trainer:
         return as_critic_output(self.D(x, y))
 
     def latents(self, n: int) -> torch.Tensor:
-        return sample_latents(self.acc.unwrap_model(self.G), n, self.latent_rng, self.acc.device)
+        return sample_latents(self.generator, n, self.latent_rng, self.acc.device)
 
     def train_step(self, step: int) -> tuple[Phase, Phase]:
         """One generator update: n_critic D updates on fresh reals, then one G update."""
@@ -339,7 +341,7 @@ class Trainer:
         """The fixed latent batch (and labels, a row per class) every sample grid uses."""
         count = self.recipe.get("train.sample_count")
         rng = torch.Generator().manual_seed(self.seed + 2**31 - 1)  # never the training stream
-        z = sample_latents(self.acc.unwrap_model(self.G), count, rng, self.acc.device)
+        z = sample_latents(self.generator, count, rng, self.acc.device)
         y = None
         if self.num_classes:
             y = torch.arange(count, device=self.acc.device) // max(count // self.num_classes, 1)
@@ -349,7 +351,7 @@ class Trainer:
     @torch.no_grad()
     def generate(self, z: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         """Images from the generator in eval mode, leaving every training state untouched."""
-        generator = self.acc.unwrap_model(self.G)
+        generator = self.generator
         was_training = generator.training
         generator.eval()  # batch-norm running statistics are read, not updated
         try:
@@ -364,7 +366,7 @@ class Trainer:
         return save_grid(self.run_dir / "samples" / f"step_{self.step:06d}.png", images, nrow)
 
     def export(self) -> Path:
-        generator = self.acc.unwrap_model(self.G)
+        generator = self.generator
         metadata = export_metadata(
             generator,
             self.registry.get("generator", self.g_spec.name),

@@ -99,3 +99,35 @@ def test_user_mistakes_exit_2_without_traceback(bad, message, tmp_path):
     done = run([sys.executable, "-m", "ganforge", *bad, f"run.out_dir={tmp_path / 'r'}"], tmp_path)
     assert done.returncode == 2
     assert message in done.stderr and "Traceback" not in done.stderr
+
+
+def test_bf16_mixed_precision_trains_on_the_cpu(tmp_path):
+    out = tmp_path / "bf16"
+    done = run(
+        [
+            sys.executable,
+            "-m",
+            "ganforge",
+            "recipes/quickstart.toml",
+            *QUICK,
+            "run.mixed_precision=bf16",
+            f"run.out_dir={out}",
+        ],
+        tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "mixed precision bf16" in done.stdout
+    check_run_dir(out, 3)
+    last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert last["skipped_steps"] == 0 and abs(last["d_loss"]) < 100
+
+
+def test_validate_and_help_do_not_import_heavy_libraries(tmp_path):
+    probe = (
+        "import sys; from ganforge.cli import main; "
+        "assert main(['validate', 'recipes/dcgan.toml']) == 0; main(['--help']); "
+        "heavy = [m for m in ('datasets', 'accelerate') if m in sys.modules]; "
+        "assert not heavy, heavy"
+    )
+    done = run([sys.executable, "-c", probe], tmp_path)
+    assert done.returncode == 0, done.stderr
