@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -32,7 +31,16 @@ def as_critic_output(out: torch.Tensor | CriticOutput) -> CriticOutput:
     return out
 
 
-Critic = Callable[[torch.Tensor, "torch.Tensor | None"], CriticOutput]
+class Critic(Protocol):
+    """``critic(x, y, float32=False)``: D with labels and augmentation applied by the core.
+
+    ``float32=True`` runs D with autocast off on float32 inputs: use it for penalties on input
+    gradients (gradient penalty, R1, R2).
+    """
+
+    def __call__(
+        self, x: torch.Tensor, y: torch.Tensor | None, *, float32: bool = False
+    ) -> CriticOutput: ...
 
 
 @runtime_checkable

@@ -26,7 +26,11 @@ from ganforge.errors import DataError
 
 @dataclass(frozen=True)
 class ImageData:
-    """Decoded images: ``images`` uint8 N×C×H×W (array or memory map), ``labels`` int N or None."""
+    """Decoded samples and optional integer labels (N) and class names.
+
+    ``images`` is uint8 N×C×H×W for images (array or memory map), or float32 N×D for point
+    data such as the toy 2-D sets, which the core passes through unscaled.
+    """
 
     images: np.ndarray
     labels: np.ndarray | None = None
@@ -42,12 +46,18 @@ class ImageData:
         return int(self.labels.max()) + 1 if len(self.labels) else 0
 
     @property
+    def is_image(self) -> bool:
+        return self.images.ndim == 4
+
+    @property
     def channels(self) -> int:
+        """Image channels, or the dimension of point data."""
         return int(self.images.shape[1])
 
     @property
     def resolution(self) -> int:
-        return int(self.images.shape[2])
+        """Image side length; 0 for point data."""
+        return int(self.images.shape[2]) if self.is_image else 0
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -78,16 +88,23 @@ def cache_root() -> Path:
 def check_image_data(data: ImageData, resolution: int, where: str) -> None:
     """Raise DataError unless ``data`` keeps the ImageData contract at ``resolution``."""
     images = data.images
-    if images.dtype != np.uint8 or images.ndim != 4:
+    if images.ndim == 2:
+        if images.dtype != np.float32 or not np.isfinite(images).all():
+            raise DataError(f"{where}: point data must be finite float32 N×D, got {images.dtype}")
+        if resolution:
+            raise DataError(f"{where}: point data has no resolution; remove data.resolution")
+    elif images.dtype != np.uint8 or images.ndim != 4:
         raise DataError(f"{where}: images must be uint8 N×C×H×W, got {images.dtype} {images.shape}")
-    if len(images) == 0:
-        raise DataError(f"{where}: the data source holds no images")
-    if images.shape[2:] != (resolution, resolution):
+    elif not resolution:
+        raise DataError(f"{where}: image data needs data.resolution")
+    elif images.shape[2:] != (resolution, resolution):
         raise DataError(
             f"{where}: images are {images.shape[2:]}, expected {resolution}×{resolution}"
         )
-    if images.shape[1] not in (1, 3, 4):
+    elif images.shape[1] not in (1, 3, 4):
         raise DataError(f"{where}: expected 1, 3 or 4 channels, got {images.shape[1]}")
+    if len(images) == 0:
+        raise DataError(f"{where}: the data source holds no images")
     if data.labels is not None:
         labels = data.labels
         if labels.shape != (len(images),) or not np.issubdtype(labels.dtype, np.integer):
@@ -193,10 +210,11 @@ class BatchSource:
         self.sampler, self.device = sampler, device
 
     def next(self, with_labels: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The next shard as float images in [-1, 1] on the device, and labels or None."""
+        """The next shard on the device (images as floats in [-1, 1]), and labels or None."""
         idx = self.sampler.next_indices()
-        images = self.images.index_select(0, idx).to(self.device, non_blocking=True)
-        x = images.float().div_(127.5).sub_(1.0)
+        x = self.images.index_select(0, idx).to(self.device, non_blocking=True)
+        if x.dtype == torch.uint8:
+            x = x.float().div_(127.5).sub_(1.0)
         if not with_labels:
             return x, None
         return x, self.labels.index_select(0, idx).to(self.device, non_blocking=True)

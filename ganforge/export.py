@@ -50,7 +50,11 @@ def export_metadata(
             "shape": list(latent_shape(generator)),
             "prior": getattr(generator, "latent_prior", "normal"),
         },
-        "output": {"channels": channels, "resolution": resolution, "range": [-1.0, 1.0]},
+        "output": (
+            {"kind": "image", "channels": channels, "resolution": resolution, "range": [-1.0, 1.0]}
+            if resolution
+            else {"kind": "points", "channels": channels, "resolution": 0, "range": None}
+        ),
         "num_classes": num_classes,
         "class_names": class_names,
         "ema": ema,

@@ -63,6 +63,10 @@ OPTIMIZER = {
     "betas": Key(list, [0.5, 0.999], OPTIM, _betas),
     "eps": Key(float, 1e-8, OPTIM, positive),
     "weight_decay": Key(float, 0.0, OPTIM, non_negative),
+    # Linear decay to 0 at lr_decay_steps, its own horizon: train.steps only says when to stop.
+    "lr_decay": Key(str, "none", OPTIM, one_of("none", "linear")),
+    "lr_decay_start": Key(int, 0, OPTIM, non_negative),
+    "lr_decay_steps": Key(int, 0, OPTIM, non_negative),
 }
 
 #: Core keys per section. Component sections also take their factory's keyword arguments.
@@ -75,8 +79,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
     },
     "data": {
         "name": Key(str, REQUIRED, MODEL),
+        # Image data needs it; point data (toy 2-D sets) has none and leaves it at 0.
         "resolution": Key(
-            int, REQUIRED, MODEL, lambda v: None if 4 <= v <= 4096 else "must be in 4..4096"
+            int, 0, MODEL, lambda v: None if v == 0 or 4 <= v <= 4096 else "must be in 4..4096"
         ),
         "conditional": Key(bool, False, MODEL),
     },
@@ -93,6 +98,11 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "sample_count": Key(int, 64, None, positive),
     },
 }
+SCHEMA["ema"] = {
+    # decay 0 disables the average; sampling and export use it when enabled.
+    "decay": Key(float, 0.0, OPTIM, lambda v: None if 0 <= v < 1 else "must be in [0, 1)"),
+    "warmup_steps": Key(int, 0, OPTIM, non_negative),
+}
 REGULARIZER_KEYS = {"every": Key(int, 1, OPTIM, positive)}
 #: Sections whose extra keys go to a registered factory, and the registry kind of each.
 COMPONENT_SECTIONS = {
@@ -102,7 +112,17 @@ COMPONENT_SECTIONS = {
     "loss": "loss",
 }
 SECTION_ROLES = {"data": MODEL, "generator": MODEL, "discriminator": MODEL, "loss": OPTIM}
-SECTIONS = ("run", "data", "generator", "discriminator", "loss", "regularizers", "optim", "train")
+SECTIONS = (
+    "run",
+    "data",
+    "generator",
+    "discriminator",
+    "loss",
+    "regularizers",
+    "optim",
+    "ema",
+    "train",
+)
 
 
 @dataclass(frozen=True)
@@ -338,6 +358,17 @@ def _check_optim(table, problems) -> dict[str, Any]:
             problems.append((f"optim.{model}", "must be a table"))
             sub = {}
         out[model] = _check_table(f"optim.{model}", sub, OPTIMIZER, problems)
+        resolved = out[model]
+        if resolved.get("lr_decay") == "linear" and not (
+            isinstance(resolved.get("lr_decay_steps"), int)
+            and resolved["lr_decay_steps"] > resolved.get("lr_decay_start", 0)
+        ):
+            problems.append(
+                (
+                    f"optim.{model}.lr_decay_steps",
+                    "linear decay needs lr_decay_steps > lr_decay_start",
+                )
+            )
     return out
 
 

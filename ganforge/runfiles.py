@@ -62,3 +62,30 @@ def save_grid(path: Path, images: torch.Tensor, nrow: int | None = None) -> Path
     array = image_grid(images, nrow)
     picture = Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array)
     return atomic_write(path, lambda tmp: picture.save(tmp, format="PNG"))
+
+
+def save_scatter(
+    path: Path, points: torch.Tensor, reference: torch.Tensor, size: int = 384
+) -> Path:
+    """Plot 2-D samples (dark) over reference data (light) as a PNG, atomically.
+
+    Only the first two dimensions are drawn; the view is fitted to the reference data.
+    """
+    from PIL import ImageDraw
+
+    pts, ref = points.detach().float().cpu()[:, :2], reference.float().cpu()[:, :2]
+    low, high = ref.min(0).values, ref.max(0).values
+    centre, half = (low + high) / 2, (high - low).max().item() * 0.6 + 1e-6
+    picture = Image.new("RGB", (size, size), "white")
+    draw = ImageDraw.Draw(picture)
+
+    def pixel(p):
+        xy = ((p - centre) / half * 0.5 + 0.5) * (size - 1)
+        return float(xy[0]), float(size - 1 - xy[1])
+
+    for p, colour, r in [(q, (190, 200, 230), 1) for q in ref] + [
+        (q, (200, 40, 40), 1) for q in pts
+    ]:
+        x, y = pixel(p)
+        draw.ellipse((x - r, y - r, x + r, y + r), fill=colour)
+    return atomic_write(path, lambda tmp: picture.save(tmp, format="PNG"))

@@ -13,9 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
+from ganforge.averaging import EMA, lr_factor, set_lr
 from ganforge.components import (
     CriticOutput,
     Loss,
@@ -29,7 +31,7 @@ from ganforge.errors import DataError, PluginError, RecipeError
 from ganforge.export import export_generator, export_metadata
 from ganforge.plugins import Plugins
 from ganforge.recipe import Recipe
-from ganforge.runfiles import append_jsonl, save_grid, write_text
+from ganforge.runfiles import append_jsonl, save_grid, save_scatter, write_text
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,7 @@ class Phase:
 
     loss: torch.Tensor
     grad_norm: torch.Tensor
+    skipped: torch.Tensor
     logs: dict[str, torch.Tensor]
     real: CriticOutput | None = None
     fake: CriticOutput | None = None
@@ -141,6 +144,9 @@ class Trainer:
         )
         # G itself, outside any distributed wrapper: for latent shapes, sampling and export.
         self.generator = self.acc.unwrap_model(self.G)
+        self.optim = optim
+        ema = recipe.section("ema")
+        self.ema = EMA(self.generator, ema["decay"], ema["warmup_steps"]) if ema["decay"] else None
 
         # Per-rank streams: data order and latents differ across ranks, repeat across runs.
         rank = self.acc.process_index
@@ -189,9 +195,21 @@ class Trainer:
 
     # ------------------------------------------------------------------ the step
 
-    def critic(self, x: torch.Tensor, y: torch.Tensor | None) -> CriticOutput:
-        """The only way the core (and plugins) call D: labels passed, output normalised."""
-        return as_critic_output(self.D(x, y))
+    def critic(
+        self, x: torch.Tensor, y: torch.Tensor | None, *, float32: bool = False
+    ) -> CriticOutput:
+        """The only way the core (and plugins) call D: labels passed, output normalised.
+
+        ``float32=True`` runs D with autocast off on float32 inputs, for penalties on input
+        gradients: under mixed precision their double backward would lose precision and
+        overflow, and the loss scaler must only scale the final backward.
+        """
+        if not float32:
+            return as_critic_output(self.D(x, y))
+        # Accelerate wraps the prepared model's forward in autocast; bypass that wrapper.
+        forward = getattr(self.D, "_original_forward", self.D)
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            return as_critic_output(forward(x.float(), y))
 
     def latents(self, n: int) -> torch.Tensor:
         return sample_latents(self.generator, n, self.latent_rng, self.acc.device)
@@ -199,6 +217,9 @@ class Trainer:
     def train_step(self, step: int) -> tuple[Phase, Phase]:
         """One generator update: n_critic D updates on fresh reals, then one G update."""
         conditional = self.num_classes > 0
+        for optimizer, model in ((self.opt_d, "discriminator"), (self.opt_g, "generator")):
+            config = self.optim[model]
+            set_lr(optimizer, config["lr"] * lr_factor(step, config))
         for _ in range(self.n_critic):
             real, y_real = self.batches.next(with_labels=conditional)
             y_fake = y_real  # fakes follow the data's class distribution
@@ -209,9 +230,8 @@ class Trainer:
             loss = self.loss.d_loss(real_out, fake_out, y_real, y_fake)
             ctx = RegularizerContext("d", step, self.G, self.critic, real, fake, z, y_real, y_fake)
             loss, logs = self._regularize(ctx, loss)
-            d = Phase(
-                loss.detach(), self._update(self.D, self.opt_d, loss), logs, real_out, fake_out
-            )
+            norm, skipped = self._update(self.D, self.opt_d, loss)
+            d = Phase(loss.detach(), norm, skipped, logs, real_out, fake_out)
 
         # G phase: D is frozen and its gradients are not all-reduced; G's are.
         self.D.requires_grad_(False)
@@ -223,8 +243,11 @@ class Trainer:
             loss = self.loss.g_loss(fake_out, real_out, y_real, y_fake)
             ctx = RegularizerContext("g", step, self.G, self.critic, real, fake, z, y_real, y_fake)
             loss, logs = self._regularize(ctx, loss)
-            g = Phase(loss.detach(), self._update(self.G, self.opt_g, loss), logs)
+            norm, skipped = self._update(self.G, self.opt_g, loss)
+            g = Phase(loss.detach(), norm, skipped, logs)
         self.D.requires_grad_(True)
+        if self.ema is not None:  # skipped together with the G step it follows
+            self.ema.update(step + 1, skipped)
         return d, g
 
     def _regularize(self, ctx: RegularizerContext, loss: torch.Tensor):
@@ -238,11 +261,13 @@ class Trainer:
             logs.update({f"{name}/{k}": v for k, v in reg_logs.items()})
         return loss, logs
 
-    def _update(self, model: nn.Module, optimizer, loss: torch.Tensor) -> torch.Tensor:
+    def _update(
+        self, model: nn.Module, optimizer, loss: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Backward, the non-finite check, optional clipping and the optimizer step.
 
-        Returns the gradient norm (a device tensor). A non-finite loss or gradient on any rank
-        skips this optimizer step on every rank, decided on the device.
+        Returns the gradient norm and the skip flag (device tensors). A non-finite loss or
+        gradient on any rank skips this optimizer step on every rank, decided on the device.
         """
         optimizer.zero_grad(set_to_none=True)
         self.acc.backward(loss)
@@ -258,7 +283,7 @@ class Trainer:
         optimizer.optimizer.found_inf = found_inf  # read by the fused step: skip when 1
         optimizer.step()
         self.skipped += found_inf
-        return norm
+        return norm, found_inf
 
     # ------------------------------------------------------------------ the loop
 
@@ -333,6 +358,8 @@ class Trainer:
         return {
             "step": self.step,
             **values,
+            "lr_g": self.opt_g.param_groups[0]["lr"],
+            "lr_d": self.opt_d.param_groups[0]["lr"],
             "skipped_steps": int(self.skipped.item()),
             "images_per_s": images_per_s,
         }
@@ -348,10 +375,15 @@ class Trainer:
             y = y.clamp_(max=self.num_classes - 1)
         return z, y
 
+    @property
+    def sampling_generator(self) -> nn.Module:
+        """What samples and the export come from: the EMA generator when enabled, else G."""
+        return self.ema.module if self.ema is not None else self.generator
+
     @torch.no_grad()
     def generate(self, z: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
-        """Images from the generator in eval mode, leaving every training state untouched."""
-        generator = self.generator
+        """Samples in eval mode, leaving every training state untouched."""
+        generator = self.sampling_generator
         was_training = generator.training
         generator.eval()  # batch-norm running statistics are read, not updated
         try:
@@ -360,13 +392,18 @@ class Trainer:
             generator.train(was_training)
 
     def save_samples(self) -> Path:
+        """A grid of the fixed latent batch (a scatter plot over the data for point data)."""
         z, y = self._sampling_inputs()
-        images = self.generate(z, y)
+        samples = self.generate(z, y)
+        path = self.run_dir / "samples" / f"step_{self.step:06d}.png"
+        if not self.data.is_image:
+            reference = torch.from_numpy(np.asarray(self.data.images[: 4 * len(z)]))
+            return save_scatter(path, samples, reference)
         nrow = max(len(z) // self.num_classes, 1) if self.num_classes else None
-        return save_grid(self.run_dir / "samples" / f"step_{self.step:06d}.png", images, nrow)
+        return save_grid(path, samples, nrow)
 
     def export(self) -> Path:
-        generator = self.generator
+        generator = self.sampling_generator
         metadata = export_metadata(
             generator,
             self.registry.get("generator", self.g_spec.name),
@@ -377,7 +414,7 @@ class Trainer:
             class_names=list(self.data.class_names)
             if self.num_classes and self.data.class_names
             else None,
-            ema=False,
+            ema=self.ema is not None,
             recipe_toml=self.recipe.to_toml(),
             step=self.step,
         )

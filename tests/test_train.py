@@ -297,7 +297,7 @@ def test_export_is_self_describing(tiny):
         "version": ganforge.__version__,
     }
     assert meta["latent"] == {"shape": [8], "prior": "normal"}
-    assert meta["output"] == {"channels": 3, "resolution": 16, "range": [-1.0, 1.0]}
+    assert meta["output"] == {"kind": "image", "channels": 3, "resolution": 16, "range": [-1, 1]}
     assert meta["num_classes"] == 0 and meta["ema"] is False and meta["step"] == 1
     assert "[generator]" in meta["recipe"]
     # The weights alone rebuild the generator: same outputs for the same latents.
