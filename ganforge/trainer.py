@@ -206,10 +206,20 @@ class Trainer:
         """
         if not float32:
             return as_critic_output(self.D(x, y))
-        # Accelerate wraps the prepared model's forward in autocast; bypass that wrapper.
-        forward = getattr(self.D, "_original_forward", self.D)
+        # Under mixed precision Accelerate replaces the inner module's forward with an autocast
+        # wrapper (inside any DDP wrapper). Swap the original back in for this one call, still
+        # going through DDP and the module's hooks.
+        inner = self.acc.unwrap_model(self.D)
+        original = inner.__dict__.get("_original_forward")
+        wrapped = inner.__dict__.get("forward")
         with torch.autocast(device_type=x.device.type, enabled=False):
-            return as_critic_output(forward(x.float(), y))
+            if original is None or wrapped is None:
+                return as_critic_output(self.D(x.float(), y))
+            inner.forward = original
+            try:
+                return as_critic_output(self.D(x.float(), y))
+            finally:
+                inner.forward = wrapped
 
     def latents(self, n: int) -> torch.Tensor:
         return sample_latents(self.generator, n, self.latent_rng, self.acc.device)

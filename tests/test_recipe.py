@@ -62,7 +62,7 @@ def test_every_problem_is_reported_at_once_with_suggestions(tmp_path, registry):
     assert "did you mean 'bce'" in problems["loss.name"]
     assert "expected a number, got str 'fast'" in problems["optim.generator.lr"]
     assert "did you mean 'train'" in problems["trian"]
-    assert "Literal['batch', 'none']" in problems["discriminator.norm"]
+    assert "expects Literal['batch', 'none'" in problems["discriminator.norm"]
     assert "'bf16'" in problems["run.mixed_precision"]
     assert "expected an integer" in problems["data.resolution"]
     assert "did you mean 'discriminator'" in problems["optim.discriminatr"]

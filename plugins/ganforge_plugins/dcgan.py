@@ -9,11 +9,17 @@ import torch
 from torch import nn
 
 from ganforge import hookimpl
+from ganforge.components import CriticOutput
+from ganforge_plugins._layers import (
+    check_resolution,
+    critic_output,
+    dropout_layers,
+    spectral_norm_all,
+)
 
 
 def _upsamplings(resolution: int) -> int:
-    if resolution not in (16, 32, 64, 128):
-        raise ValueError(f"DCGAN supports resolutions 16, 32, 64 and 128, not {resolution}")
+    check_resolution("DCGAN", resolution, (16, 32, 64, 128))
     return int(math.log2(resolution)) - 2  # from 4×4 up to the resolution
 
 
@@ -64,10 +70,24 @@ class DCGANGenerator(nn.Module):
         return self.net(z.reshape(z.shape[0], -1, 1, 1))
 
 
+def _norm_layer(norm: str, channels: int) -> list[nn.Module]:
+    if norm == "batch":
+        return [nn.BatchNorm2d(channels)]
+    if norm == "layer":
+        # Over C×H×W per sample with a per-channel scale and shift: WGAN-GP's critic layer norm,
+        # and unlike nn.LayerNorm([C, H, W]) it does not tie its parameters to one resolution.
+        return [nn.GroupNorm(1, channels)]
+    return []
+
+
 class DCGANDiscriminator(nn.Module):
     """Strided convolutions with leaky ReLU down to 4×4, then one 4×4 convolution to a logit.
 
-    ``norm = "batch"`` is the paper's; ``"none"`` suits critics with gradient penalties.
+    ``norm``: ``"batch"`` is the paper's; ``"none"`` and ``"layer"`` (per-sample layer norm)
+    suit critics with gradient penalties, whose per-sample gradients batch norm would mix;
+    ``"spectral"`` spectrally normalises every layer (SNGAN), without batch norm.
+    ``dropout`` follows each hidden activation (CT-GAN's consistency term perturbs D with it).
+    Returns the logits and the flattened activations the last layer reads as ``features``.
     """
 
     def __init__(
@@ -77,7 +97,8 @@ class DCGANDiscriminator(nn.Module):
         channels: int,
         num_classes: int = 0,
         width: int = 64,
-        norm: Literal["batch", "none"] = "batch",
+        norm: Literal["batch", "none", "layer", "spectral"] = "batch",
+        dropout: float = 0.0,
     ):
         super().__init__()
         downs = _upsamplings(resolution)
@@ -85,18 +106,20 @@ class DCGANDiscriminator(nn.Module):
         layers: list[nn.Module] = [
             nn.Conv2d(channels, widths[0], 4, 2, 1, bias=False),
             nn.LeakyReLU(0.2, True),
+            *dropout_layers(dropout),
         ]
         for cin, cout in zip(widths, widths[1:], strict=False):
-            layers.append(nn.Conv2d(cin, cout, 4, 2, 1, bias=norm == "none"))
-            if norm == "batch":
-                layers.append(nn.BatchNorm2d(cout))
-            layers.append(nn.LeakyReLU(0.2, True))
+            # A bias only where no normalisation layer with its own shift follows.
+            layers.append(nn.Conv2d(cin, cout, 4, 2, 1, bias=norm in ("none", "spectral")))
+            layers += [*_norm_layer(norm, cout), nn.LeakyReLU(0.2, True), *dropout_layers(dropout)]
         layers.append(nn.Conv2d(widths[-1], 1, 4, 1, 0, bias=False))
         self.net = nn.Sequential(*layers)
         _init_weights(self)
+        if norm == "spectral":
+            spectral_norm_all(self)
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        return self.net(x).flatten(1)
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> CriticOutput:
+        return critic_output(self.net[:-1](x), self.net[-1])
 
 
 @hookimpl
