@@ -99,16 +99,8 @@ class Trainer:
         self.batch_size, self.grad_clip = train["batch_size"], train["grad_clip"]
         world = self.acc.num_processes
         if self.batch_size % world:
-            raise RecipeError(
-                [
-                    (
-                        "train.batch_size",
-                        f"{self.batch_size} does not divide by the "
-                        f"{world} processes of this launch",
-                    )
-                ],
-                recipe.source,
-            )
+            problem = f"{self.batch_size} does not divide by the {world} processes of this launch"
+            raise RecipeError([("train.batch_size", problem)], recipe.source)
         self.run_dir = recipe.run_dir
         self.seed = run["seed"]
 
@@ -157,15 +149,15 @@ class Trainer:
         self.step = 0
         self.skipped = torch.zeros((), device=self.acc.device)
         self.info = RunInfo(
-            recipe,
-            self.run_dir,
-            world,
-            self.batch_size // world,
-            self.step,
-            self.steps,
-            self.data.channels,
-            self.data.resolution,
-            self.num_classes,
+            recipe=recipe,
+            run_dir=self.run_dir,
+            num_processes=world,
+            per_process_batch=self.batch_size // world,
+            start_step=self.step,
+            steps=self.steps,
+            channels=self.data.channels,
+            resolution=self.data.resolution,
+            num_classes=self.num_classes,
         )
 
     # ------------------------------------------------------------------ building
@@ -183,8 +175,9 @@ class Trainer:
         try:
             obj = entry.factory(**core, **kwargs)
         except (ValueError, TypeError) as err:  # a factory rejecting the recipe's options
+            table = {"dataset": "data", "regularizer": f"regularizers.{name}"}.get(kind, kind)
             raise RecipeError(
-                [(kind, f"{name!r} rejected its options: {err}")], self.recipe.source
+                [(table, f"{kind} {name!r} rejected its options: {err}")], self.recipe.source
             ) from None
         if not isinstance(obj, expected):
             raise PluginError(
