@@ -223,12 +223,17 @@ class Trainer:
         for optimizer, model in ((self.opt_d, "discriminator"), (self.opt_g, "generator")):
             config = self.optim[model]
             set_lr(optimizer, config["lr"] * lr_factor(step, config))
-        for _ in range(self.n_critic):
+        for i in range(self.n_critic):
             real, y_real = self.batches.next(with_labels=conditional)
             y_fake = y_real  # fakes follow the data's class distribution
             z = self.latents(len(real))
-            with torch.no_grad():  # no graph into G during the D update
-                fake = self.G(z, y_fake)
+            # The last critic update's fakes are generated with a graph and reused by the G
+            # update (one G forward per step, as in the DCGAN reference); D only sees them
+            # detached, so its loss has no graph into G.
+            last = i == self.n_critic - 1
+            with torch.set_grad_enabled(last):
+                generated = self.G(z, y_fake)
+            fake = generated.detach()
             real_out, fake_out = self.critic(real, y_real), self.critic(fake, y_fake)
             loss = self.loss.d_loss(real_out, fake_out, y_real, y_fake)
             ctx = RegularizerContext("d", step, self.G, self.critic, real, fake, z, y_real, y_fake)
@@ -239,8 +244,7 @@ class Trainer:
         # G phase: D is frozen and its gradients are not all-reduced; G's are.
         self.D.requires_grad_(False)
         with self.acc.no_sync(self.D):
-            z = self.latents(len(real))
-            fake = self.G(z, y_fake)
+            fake = generated
             fake_out = self.critic(fake, y_fake)
             real_out = self.critic(real, y_real) if self.loss.needs_real_for_g else None
             loss = self.loss.g_loss(fake_out, real_out, y_real, y_fake)

@@ -89,7 +89,7 @@ def test_unsupported_resolutions_are_rejected(factory, resolution):
 
 
 def test_a_recipe_with_an_unsupported_resolution_is_a_recipe_error(tiny):
-    with pytest.raises(RecipeError, match="generator: 'resnet' rejected its options"):
+    with pytest.raises(RecipeError, match="generator 'resnet' rejected its options"):
         tiny("generator.name=resnet")  # the tiny recipe is 16 px
 
 

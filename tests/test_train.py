@@ -65,9 +65,10 @@ def test_the_d_phase_puts_no_gradient_into_g(tiny):
     original, g_grads = trainer._update, []
 
     def recording_update(model, optimizer, loss):
-        if model is trainer.D:
+        result = original(model, optimizer, loss)
+        if model is trainer.D:  # after D's backward and step: nothing reached G
             g_grads.append([p.grad for p in trainer.G.parameters()])
-        return original(model, optimizer, loss)
+        return result
 
     trainer._update = recording_update
     trainer.train_step(0)
@@ -120,7 +121,7 @@ def test_labels_travel_from_data_to_both_models(tiny):
     trainer.sampler.load_state_dict(sampler_state)
     expected = trainer.batches.labels[trainer.sampler.next_indices()]
     g_seen, d_seen = trainer.G.seen, trainer.D.seen
-    assert len(g_seen) == 2 and len(d_seen) == 3  # D phase: real, fake; G phase: fake
+    assert len(g_seen) == 1 and len(d_seen) == 3  # one G forward; D: real, fake, then fake
     for y in g_seen + d_seen:
         assert torch.equal(y, expected)
     assert len(trainer.save_samples().read_bytes()) > 0
