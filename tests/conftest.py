@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -28,6 +30,12 @@ def isolated(tmp_path, monkeypatch):
     monkeypatch.setenv("GANFORGE_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.delenv("GANFORGE_DISABLE_PLUGINS", raising=False)
     monkeypatch.chdir(tmp_path)
+
+
+def run_command(args, tmp_path: Path, timeout=180) -> subprocess.CompletedProcess:
+    """Run a command from the repository root as a user would, with an isolated cache."""
+    env = {**os.environ, "GANFORGE_CACHE_DIR": str(tmp_path / "cache")}
+    return subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def tiny_tables(tmp_path: Path, *overrides: str) -> dict:

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from conftest import run_command
 
 QUICK = [
     "train.steps=3",
@@ -20,11 +18,6 @@ QUICK = [
     "discriminator.width=8",
     "train.batch_size=16",
 ]
-
-
-def run(args, tmp_path: Path, timeout=180) -> subprocess.CompletedProcess:
-    env = {**os.environ, "GANFORGE_CACHE_DIR": str(tmp_path / "cache")}
-    return subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def check_run_dir(run_dir: Path, steps: int) -> None:
@@ -37,7 +30,7 @@ def check_run_dir(run_dir: Path, steps: int) -> None:
 
 def test_python_dash_m_trains_the_quickstart(tmp_path):
     out = tmp_path / "qs"
-    done = run(
+    done = run_command(
         [sys.executable, "-m", "ganforge", "recipes/quickstart.toml", *QUICK, f"run.out_dir={out}"],
         tmp_path,
     )
@@ -51,7 +44,9 @@ def test_console_script_and_subcommand(tmp_path):
     script = shutil.which("ganforge", path=str(Path(sys.executable).parent))
     assert script, "the ganforge console script is installed"
     out = tmp_path / "qs"
-    done = run([script, "train", "recipes/quickstart.toml", *QUICK, f"run.out_dir={out}"], tmp_path)
+    done = run_command(
+        [script, "train", "recipes/quickstart.toml", *QUICK, f"run.out_dir={out}"], tmp_path
+    )
     assert done.returncode == 0, done.stderr
     check_run_dir(out, 3)
 
@@ -59,7 +54,7 @@ def test_console_script_and_subcommand(tmp_path):
 def test_accelerate_launch_runs_the_quickstart(tmp_path):
     launcher = shutil.which("accelerate", path=str(Path(sys.executable).parent))
     out = tmp_path / "acc"
-    done = run(
+    done = run_command(
         [
             launcher,
             "launch",
@@ -96,14 +91,16 @@ def test_accelerate_launch_runs_the_quickstart(tmp_path):
     ],
 )
 def test_user_mistakes_exit_2_without_traceback(bad, message, tmp_path):
-    done = run([sys.executable, "-m", "ganforge", *bad, f"run.out_dir={tmp_path / 'r'}"], tmp_path)
+    done = run_command(
+        [sys.executable, "-m", "ganforge", *bad, f"run.out_dir={tmp_path / 'r'}"], tmp_path
+    )
     assert done.returncode == 2
     assert message in done.stderr and "Traceback" not in done.stderr
 
 
 def test_bf16_mixed_precision_trains_on_the_cpu(tmp_path):
     out = tmp_path / "bf16"
-    done = run(
+    done = run_command(
         [
             sys.executable,
             "-m",
@@ -129,5 +126,5 @@ def test_validate_and_help_do_not_import_heavy_libraries(tmp_path):
         "heavy = [m for m in ('datasets', 'accelerate') if m in sys.modules]; "
         "assert not heavy, heavy"
     )
-    done = run([sys.executable, "-c", probe], tmp_path)
+    done = run_command([sys.executable, "-c", probe], tmp_path)
     assert done.returncode == 0, done.stderr

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
 import sys
 import textwrap
 
@@ -14,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import ROOT
+from conftest import run_command
 from ganforge.components import CriticOutput, Regularizer, RegularizerContext, as_critic_output
 from ganforge.errors import RecipeError
 from ganforge.plugins import Plugins
@@ -290,17 +288,11 @@ def test_a_lazy_regularizer_runs_every_k_steps(tiny):
 # so the bf16 checks run in subprocesses.
 
 
-def run_python(args, tmp_path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "GANFORGE_CACHE_DIR": str(tmp_path / "cache")}
-    return subprocess.run(
-        [sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=180
-    )
-
-
 def test_r1_under_bf16_mixed_precision_logs_a_finite_penalty(tmp_path):
     out = tmp_path / "run"
-    done = run_python(
+    done = run_command(
         [
+            sys.executable,
             "-m",
             "ganforge",
             "recipes/quickstart.toml",
@@ -355,7 +347,7 @@ BF16_CRITIC = textwrap.dedent(
 
 
 def test_the_float32_critic_escapes_bf16_autocast(tmp_path):
-    done = run_python(["-c", BF16_CRITIC, str(tmp_path / "run")], tmp_path)
+    done = run_command([sys.executable, "-c", BF16_CRITIC, str(tmp_path / "run")], tmp_path)
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["mixed_precision"] == "bf16"
