@@ -1,4 +1,5 @@
-"""The command line: ``ganforge [train] RECIPE [overrides]``, ``validate``, ``plugins``.
+"""The command line: ``ganforge [train] RECIPE [overrides]``, ``validate``, ``plugins``,
+``export`` and ``generate``.
 
 Everything goes through :func:`main`, which returns the exit status: 0 on success, 2 for any
 mistake in what the user gave (recipe, path, plugin, data), printed as one message.
@@ -14,7 +15,7 @@ from collections.abc import Sequence
 from ganforge import __version__
 from ganforge.errors import GanforgeError
 
-COMMANDS = ("train", "validate", "plugins")
+COMMANDS = ("train", "validate", "plugins", "export", "generate")
 USAGE_ERROR = 2
 
 
@@ -26,7 +27,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="ganforge", description="Train GANs from TOML recipes with plugins.")
     parser.add_argument("--version", action="version", version=f"ganforge {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="{train,validate,plugins}")
+    sub = parser.add_subparsers(dest="command", metavar="{" + ",".join(COMMANDS) + "}")
     for name, help_ in (
         ("train", "train a recipe (the default command)"),
         ("validate", "check a recipe and print ok, or every problem"),
@@ -39,8 +40,35 @@ def build_parser() -> argparse.ArgumentParser:
             metavar="KEY=VALUE",
             help="override recipe keys at any depth, e.g. train.steps=100",
         )
+        if name == "train":
+            cmd.add_argument(
+                "--no-resume",
+                action="store_true",
+                help="start a new run; an earlier run in the folder is moved aside "
+                '(train.resume = "never")',
+            )
     plugins = sub.add_parser("plugins", help="list plugins and what they register")
     plugins.add_argument("--json", action="store_true", help="machine-readable output")
+
+    export = sub.add_parser(
+        "export", help="export a run's or checkpoint's generator to one safetensors file"
+    )
+    export.add_argument("source", help="a run folder (its newest checkpoint) or a checkpoint")
+    export.add_argument("--out", required=True, help="the .safetensors file to write")
+    export.add_argument("--no-ema", action="store_true", help="export G itself, not its EMA")
+
+    generate = sub.add_parser("generate", help="sample an exported generator")
+    generate.add_argument("model", help="a .safetensors file written by ganforge")
+    generate.add_argument("--num", type=int, default=64, help="number of samples (default 64)")
+    generate.add_argument("--seed", type=int, default=0, help="latent seed (default 0)")
+    where = generate.add_mutually_exclusive_group(required=True)
+    where.add_argument("--out", help="one grid .png (a scatter plot for points), or a .npy array")
+    where.add_argument("--out-dir", help="a folder for one PNG per sample")
+    generate.add_argument("--truncation", type=float, help="truncation ψ, where supported")
+    generate.add_argument(
+        "--class", dest="label", help="class index or name for conditional models (default: all)"
+    )
+    generate.add_argument("--device", default="cpu", help="torch device (default cpu)")
     return parser
 
 
@@ -58,7 +86,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command is None:
             parser.print_help()
             return USAGE_ERROR
-        return {"train": _train, "validate": _validate, "plugins": _plugins}[args.command](args)
+        handlers = {
+            "train": _train,
+            "validate": _validate,
+            "plugins": _plugins,
+            "export": _export,
+            "generate": _generate,
+        }
+        return handlers[args.command](args)
     except GanforgeError as err:
         print(f"ganforge: error: {err}", file=sys.stderr)
         return USAGE_ERROR
@@ -83,6 +118,8 @@ def _validate(args) -> int:
 
 
 def _train(args) -> int:
+    if args.no_resume:
+        args.overrides.append("train.resume=never")
     plugins, recipe = _load(args)
     from ganforge.trainer import Trainer  # torch-heavy; imported only to train
 
@@ -106,4 +143,32 @@ def _plugins(args) -> int:
         print(f"{plugin['name']}  ({origin}{version})")
         for kind, names in plugin["registers"].items():
             print(f"    {kind}: {', '.join(names)}")
+    return 0
+
+
+def _export(args) -> int:
+    from ganforge.checkpoint import find_checkpoint
+    from ganforge.export import export_checkpoint
+
+    checkpoint = find_checkpoint(args.source)
+    path = export_checkpoint(checkpoint, args.out, ema=not args.no_ema)
+    print(f"ganforge: exported step {checkpoint.step} of {checkpoint.path} to {path}")
+    return 0
+
+
+def _generate(args) -> int:
+    from ganforge.sampling import write_samples
+
+    paths = write_samples(
+        args.model,
+        num=args.num,
+        seed=args.seed,
+        out=args.out,
+        out_dir=args.out_dir,
+        truncation=args.truncation,
+        label=args.label,
+        device=args.device,
+    )
+    where = paths[0] if args.out else f"{len(paths)} files in {args.out_dir}"
+    print(f"ganforge: wrote {args.num} samples (seed {args.seed}) to {where}")
     return 0

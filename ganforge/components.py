@@ -112,3 +112,9 @@ def sample_latents(
     else:
         raise ValueError(f"unknown latent prior {prior!r}")
     return z.to(device, non_blocking=True)
+
+
+def grid_labels(count: int, num_classes: int) -> torch.Tensor:
+    """Labels for a sample grid of ``count``: a row (or run) of samples per class, in order."""
+    per_class = max(count // num_classes, 1)
+    return (torch.arange(count) // per_class).clamp_(max=num_classes - 1)

@@ -8,17 +8,25 @@ recipe. Nothing in the file is pickled.
 
 from __future__ import annotations
 
+import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
+from torch import nn
 
 import ganforge
-from ganforge.components import latent_shape
+from ganforge.checkpoint import Checkpoint, CheckpointError, load_module, strip_prefix, warn
+from ganforge.components import latent_shape, sample_latents
+from ganforge.errors import GanforgeError
+from ganforge.plugins import Plugins
 from ganforge.registry import Entry
-from ganforge.runfiles import atomic_write
+from ganforge.runfiles import atomic_write, cpu_tensors
 
 FORMAT_VERSION = 1
 METADATA_KEY = "ganforge"
@@ -65,11 +73,183 @@ def export_metadata(
     }
 
 
-def export_generator(path: Path, generator: torch.nn.Module, metadata: dict[str, Any]) -> Path:
-    """Write the generator's parameters and buffers with ``metadata``, atomically."""
-    # Cloned to plain CPU tensors: safetensors refuses shared storage (tied weights, views).
-    tensors = {
-        k: v.detach().to("cpu", copy=True).contiguous() for k, v in generator.state_dict().items()
-    }
+def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over names, dtypes, shapes and bytes: detects damage safetensors cannot."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name]
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        digest.update(t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def write_export(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, Any]) -> Path:
+    """Write CPU ``tensors`` with ``metadata`` (plus their digest) as one file, atomically."""
+    metadata = {**metadata, "tensors_sha256": tensors_digest(tensors)}
     header = {METADATA_KEY: json.dumps(metadata)}
     return atomic_write(Path(path), lambda tmp: save_file(tensors, str(tmp), metadata=header))
+
+
+def export_generator(path: Path, generator: torch.nn.Module, metadata: dict[str, Any]) -> Path:
+    """Write the generator's parameters and buffers with ``metadata``, atomically."""
+    return write_export(path, cpu_tensors(generator.state_dict()), metadata)
+
+
+def export_checkpoint(checkpoint: Checkpoint, out: Path, *, ema: bool = True) -> Path:
+    """Export a checkpoint's generator (its EMA when it has one and ``ema``) to ``out``."""
+    models = checkpoint.tensors("models")
+    averaged = strip_prefix(models, "ema.")
+    use_ema = ema and bool(averaged)
+    tensors = averaged if use_ema else strip_prefix(models, "generator.")
+    metadata = {**checkpoint.state["export"], "ema": use_ema, "step": checkpoint.step}
+    return write_export(out, tensors, metadata)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+@dataclass(frozen=True)
+class GeneratorInfo:
+    """What an export says about its generator: how to rebuild it, and how to sample it."""
+
+    name: str
+    kwargs: dict[str, Any]
+    distribution: str | None
+    version: str | None
+    latent_shape: tuple[int, ...]
+    latent_prior: str
+    output: str  # "image" (B×C×H×W in ``value_range``) or "points" (B×D)
+    channels: int
+    resolution: int
+    num_classes: int
+    class_names: list[str] | None
+    ema: bool
+    step: int
+    supports_truncation: bool
+    metadata: dict[str, Any]  # everything, including the resolved recipe
+
+    @classmethod
+    def from_metadata(cls, meta: dict[str, Any]) -> GeneratorInfo:
+        generator, latent, output = meta["generator"], meta["latent"], meta["output"]
+        return cls(
+            name=generator["name"],
+            kwargs=dict(generator["kwargs"]),
+            distribution=generator.get("distribution"),
+            version=generator.get("version"),
+            latent_shape=tuple(int(d) for d in latent["shape"]),
+            latent_prior=latent["prior"],
+            output=output["kind"],
+            channels=int(output["channels"]),
+            resolution=int(output["resolution"]),
+            num_classes=int(meta["num_classes"]),
+            class_names=meta.get("class_names"),
+            ema=bool(meta["ema"]),
+            step=int(meta["step"]),
+            supports_truncation=bool(meta.get("supports_truncation", False)),
+            metadata=meta,
+        )
+
+
+class ExportError(GanforgeError):
+    """A file that is not a usable ganforge export."""
+
+
+def read_export(path: str | Path) -> tuple[dict[str, torch.Tensor], GeneratorInfo]:
+    """The tensors and metadata of an export, verified; never unpickles."""
+    path = Path(path)
+    if not path.is_file():
+        raise ExportError(f"{path} does not exist" if not path.exists() else f"{path} is a folder")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+        tensors = load_file(str(path))
+    except SafetensorError as err:
+        raise ExportError(f"{path} is not a safetensors file, or is truncated: {err}") from None
+    if METADATA_KEY not in header:
+        raise ExportError(f"{path} is a safetensors file but not a ganforge export (no metadata)")
+    try:
+        meta = json.loads(header[METADATA_KEY])
+        version = meta["format_version"]
+    except (json.JSONDecodeError, TypeError, KeyError) as err:
+        raise ExportError(f"{path} has damaged ganforge metadata: {err}") from None
+    if version > FORMAT_VERSION:
+        raise ExportError(
+            f"{path} uses export format {version}; this ganforge ({ganforge.__version__}) reads "
+            f"up to {FORMAT_VERSION}: upgrade ganforge"
+        )
+    if meta.get("tensors_sha256") != tensors_digest(tensors):
+        raise ExportError(f"{path} is damaged: its weights do not match their checksum")
+    try:
+        info = GeneratorInfo.from_metadata(meta)
+    except (KeyError, TypeError, ValueError) as err:
+        raise ExportError(f"{path} has incomplete ganforge metadata: missing {err}") from None
+    return tensors, info
+
+
+def load_generator(
+    path: str | Path, device: str | torch.device = "cpu", plugins: Plugins | None = None
+) -> tuple[nn.Module, GeneratorInfo]:
+    """Rebuild an exported generator through the plugin registry, ready to sample.
+
+    Returns the module (eval mode, no gradients, on ``device``) and its :class:`GeneratorInfo`
+    (latent shape and prior, output format, classes). No recipe is needed.
+    """
+    tensors, info = read_export(path)
+    plugins = plugins or Plugins()
+    entry = plugins.registry.find("generator", info.name)
+    provider = f"{info.distribution or 'an unnamed plugin'} {info.version or ''}".strip()
+    if entry is None:
+        raise ExportError(
+            f"{path} needs generator {info.name!r} from {provider}, which is not installed "
+            f"(or is blocked); install it, e.g. pip install {info.distribution or '<plugin>'}"
+        )
+    core = {"resolution": info.resolution, "channels": info.channels}
+    core["num_classes"] = info.num_classes
+    installed = f"{entry.distribution or 'a plugin'} {entry.version or ''}".strip()
+    try:
+        generator = entry.factory(**core, **info.kwargs)
+        load_module(generator, tensors, f"the weights in {path}")
+    except (CheckpointError, TypeError, ValueError) as err:
+        raise ExportError(
+            f"{path} was written with generator {info.name!r} of {provider}; the installed "
+            f"{installed} cannot rebuild it: {err}"
+        ) from None
+    if (
+        info.version
+        and entry.version
+        and (info.distribution, info.version)
+        != (
+            entry.distribution,
+            entry.version,
+        )
+    ):
+        warn(f"{path} was written with {provider}; loaded with {installed}")
+    return generator.to(device).eval().requires_grad_(False), info
+
+
+def latents(info: GeneratorInfo, num: int, seed: int) -> torch.Tensor:
+    """``num`` latents from the export's prior, drawn from ``seed`` on the CPU."""
+    probe = SimpleNamespace(latent_shape=info.latent_shape, latent_prior=info.latent_prior)
+    return sample_latents(probe, num, torch.Generator().manual_seed(seed))
+
+
+@torch.no_grad()
+def generate(
+    generator: nn.Module,
+    info: GeneratorInfo,
+    num: int,
+    seed: int = 0,
+    *,
+    labels: torch.Tensor | None = None,
+    truncation: float | None = None,
+) -> torch.Tensor:
+    """``num`` samples from a loaded generator; the same seed gives the same samples.
+
+    Conditional generators take ``labels`` (``num`` class indices). ``truncation`` (ψ) is passed
+    to generators that declare ``supports_truncation``.
+    """
+    device = next(iter(generator.parameters()), torch.empty(0)).device
+    z = latents(info, num, seed).to(device)
+    y = None if labels is None else labels.to(device)
+    extra = {} if truncation is None else {"truncation": truncation}
+    return generator(z, y, **extra)

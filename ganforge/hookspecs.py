@@ -117,6 +117,17 @@ def ganforge_log(run: RunInfo, step: int, values: dict[str, Any]) -> None:
 
 
 @hookspec
+def ganforge_checkpoint(run: RunInfo, step: int, path: str) -> None:
+    """Called after each checkpoint of ``run`` is complete on disk, at ``step``.
+
+    ``path`` is the checkpoint folder (``RUN_DIR/checkpoints/step_NNNNNN``): its files are final
+    (copy or upload them from here), though older checkpoints beyond ``train.keep_checkpoints``
+    are removed as new ones are written. Called every ``train.checkpoint_every`` steps and at
+    the end of training, on the main process.
+    """
+
+
+@hookspec
 def ganforge_run_end(run: RunInfo, step: int, export_path: str | None) -> None:
     """Called once after the last ``step`` of ``run``, after the final samples and the export.
 

@@ -113,6 +113,9 @@ class Plugins:
     def log(self, run: Any, step: int, values: dict[str, Any]) -> None:
         self.pm.hook.ganforge_log(run=run, step=step, values=values)
 
+    def checkpoint(self, run: Any, step: int, path: str) -> None:
+        self.pm.hook.ganforge_checkpoint(run=run, step=step, path=path)
+
     def run_end(self, run: Any, step: int, export_path: str | None) -> None:
         self.pm.hook.ganforge_run_end(run=run, step=step, export_path=export_path)
 

@@ -96,6 +96,15 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "log_every": Key(int, 50, None, positive),
         "sample_every": Key(int, 500, None, positive),
         "sample_count": Key(int, 64, None, positive),
+        # Checkpoints every k steps and at the end (0: only at the end); the newest
+        # keep_checkpoints are kept (0: all).
+        "checkpoint_every": Key(int, 1000, None, non_negative),
+        "keep_checkpoints": Key(int, 3, None, non_negative),
+        # "auto": continue from the newest checkpoint in the run directory, if any; "never": a
+        # new run (an earlier one in the folder is moved aside); or a checkpoint or run folder.
+        "resume": Key(str, "auto", None, lambda v: None if v.strip() else "must not be empty"),
+        # A checkpoint or run folder whose weights (not optimizer state) a new run starts from.
+        "init_from": Key(str, ""),
     },
 }
 SCHEMA["ema"] = {

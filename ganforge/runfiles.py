@@ -14,6 +14,14 @@ import torch
 from PIL import Image
 
 
+def default_mode(folder: bool = False) -> int:
+    """The permissions ``open``/``mkdir`` would give under the process umask (temporary files
+    are created owner-only; what a run keeps should not be)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return (0o777 if folder else 0o666) & ~umask
+
+
 def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
     """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it into place.
 
@@ -25,11 +33,35 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
     os.close(fd)
     try:
         write(Path(tmp))
+        os.chmod(tmp, default_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def cpu_tensors(state: dict[str, torch.Tensor], prefix: str = "") -> dict[str, torch.Tensor]:
+    """Detached, contiguous CPU copies (safetensors refuses shared storage: tied weights, views)."""
+    return {f"{prefix}{k}": v.detach().to("cpu", copy=True).contiguous() for k, v in state.items()}
+
+
+def cut_jsonl(path: Path, step: int) -> None:
+    """Keep the records of a JSON-lines log up to ``step``, dropping any torn last line.
+
+    A resumed run continues the log from its checkpoint, so no step appears twice.
+    """
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:  # a write cut short by a crash
+            continue
+        if isinstance(record, dict) and record.get("step", 0) <= step:
+            kept.append(line + "\n")
+    write_text(path, "".join(kept))
 
 
 def write_text(path: Path, text: str) -> Path:
@@ -57,9 +89,9 @@ def image_grid(images: torch.Tensor, nrow: int | None = None, pad: int = 2) -> n
     return grid.permute(1, 2, 0).numpy()
 
 
-def save_grid(path: Path, images: torch.Tensor, nrow: int | None = None) -> Path:
+def save_grid(path: Path, images: torch.Tensor, nrow: int | None = None, pad: int = 2) -> Path:
     """Save a grid of images in [-1, 1] as a PNG, atomically."""
-    array = image_grid(images, nrow)
+    array = image_grid(images, nrow, pad)
     picture = Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array)
     return atomic_write(path, lambda tmp: picture.save(tmp, format="PNG"))
 

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ganforge import state
 from ganforge.averaging import EMA, lr_factor, set_lr
 from ganforge.components import (
     CriticOutput,
@@ -24,6 +25,7 @@ from ganforge.components import (
     Regularizer,
     RegularizerContext,
     as_critic_output,
+    grid_labels,
     sample_latents,
 )
 from ganforge.data import BatchSource, DataSource, ImageData, ShardedSampler, open_store
@@ -31,7 +33,7 @@ from ganforge.errors import DataError, PluginError, RecipeError
 from ganforge.export import export_generator, export_metadata
 from ganforge.plugins import Plugins
 from ganforge.recipe import Recipe
-from ganforge.runfiles import append_jsonl, save_grid, save_scatter, write_text
+from ganforge.runfiles import append_jsonl, cut_jsonl, save_grid, save_scatter, write_text
 
 
 @dataclass(frozen=True)
@@ -134,8 +136,9 @@ class Trainer:
         self.G, self.D, self.opt_g, self.opt_d = self.acc.prepare(
             generator, discriminator, opt_g, opt_d
         )
-        # G itself, outside any distributed wrapper: for latent shapes, sampling and export.
+        # The models outside any distributed wrapper: for sampling, checkpoints and export.
         self.generator = self.acc.unwrap_model(self.G)
+        self.discriminator = self.acc.unwrap_model(self.D)
         self.optim = optim
         ema = recipe.section("ema")
         self.ema = EMA(self.generator, ema["decay"], ema["warmup_steps"]) if ema["decay"] else None
@@ -148,6 +151,8 @@ class Trainer:
         torch.manual_seed(self.seed + rank)  # dropout and other module randomness
         self.step = 0
         self.skipped = torch.zeros((), device=self.acc.device)
+        # Resume (train.resume) or start from another run's weights (train.init_from).
+        self.start_message = state.start(self)
         self.info = RunInfo(
             recipe=recipe,
             run_dir=self.run_dir,
@@ -304,12 +309,13 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "samples").mkdir(exist_ok=True)
             write_text(self.run_dir / "recipe.toml", self.recipe.to_toml())
-            if self.step == 0:  # a fresh run does not append to an earlier run's log
-                (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
+            # The log continues from the starting step: no step is logged twice.
+            cut_jsonl(self.run_dir / "metrics.jsonl", self.step)
         acc.print(
             f"ganforge: {acc.num_processes} process(es) on {acc.device}, global batch "
             f"{self.batch_size} = {self.info.per_process_batch} per process, mixed "
-            f"precision {acc.mixed_precision}, run dir {self.run_dir}"
+            f"precision {acc.mixed_precision}, run dir {self.run_dir}\n"
+            f"ganforge: {self.start_message}; training to step {self.steps}"
         )
         if main:
             self.plugins.run_start(self.info)
@@ -341,6 +347,9 @@ class Trainer:
                     self.plugins.log(self.info, self.step, values)
             if main and (self.step % train["sample_every"] == 0 or self.step == self.steps):
                 self.save_samples()
+            every = train["checkpoint_every"]
+            if (every and self.step % every == 0) or self.step == self.steps:
+                self.save_checkpoint()
         bar.close()
         export_path = self.export() if main else None
         acc.wait_for_everyone()
@@ -376,10 +385,7 @@ class Trainer:
         count = self.recipe.get("train.sample_count")
         rng = torch.Generator().manual_seed(self.seed + 2**31 - 1)  # never the training stream
         z = sample_latents(self.generator, count, rng, self.acc.device)
-        y = None
-        if self.num_classes:
-            y = torch.arange(count, device=self.acc.device) // max(count // self.num_classes, 1)
-            y = y.clamp_(max=self.num_classes - 1)
+        y = grid_labels(count, self.num_classes).to(self.acc.device) if self.num_classes else None
         return z, y
 
     @property
@@ -409,10 +415,17 @@ class Trainer:
         nrow = max(len(z) // self.num_classes, 1) if self.num_classes else None
         return save_grid(path, samples, nrow)
 
-    def export(self) -> Path:
-        generator = self.sampling_generator
-        metadata = export_metadata(
-            generator,
+    def save_checkpoint(self) -> Path | None:
+        """Write the whole training state (every process calls it; the main one writes)."""
+        path = state.save_checkpoint(self)
+        if path is not None:
+            self.plugins.checkpoint(self.info, self.step, str(path))
+        return path
+
+    def export_metadata(self) -> dict[str, Any]:
+        """What an export of the sampling generator says about itself (``export.py``)."""
+        return export_metadata(
+            self.sampling_generator,
             self.registry.get("generator", self.g_spec.name),
             dict(self.g_spec.kwargs),
             channels=self.data.channels,
@@ -425,7 +438,11 @@ class Trainer:
             recipe_toml=self.recipe.to_toml(),
             step=self.step,
         )
-        return export_generator(self.run_dir / "generator.safetensors", generator, metadata)
+
+    def export(self) -> Path:
+        """Write ``RUN_DIR/generator.safetensors``: the sampling generator and its metadata."""
+        path = self.run_dir / "generator.safetensors"
+        return export_generator(path, self.sampling_generator, self.export_metadata())
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:

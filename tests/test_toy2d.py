@@ -70,6 +70,16 @@ def test_point_data_trains_samples_a_scatter_and_exports(tiny):
     with safe_open(str(path), framework="pt") as f:
         meta = json.loads(f.metadata()["ganforge"])
     assert meta["output"] == {"kind": "points", "channels": 2, "resolution": 0, "range": None}
+    # `ganforge generate` writes the points as an array or a scatter plot, not as images.
+    from ganforge.cli import main
+    from ganforge.export import latents, read_export
+
+    assert main(["generate", str(path), "--num", "5", "--out", "points.npy"]) == 0
+    z = latents(read_export(path)[1], 5, seed=0)
+    assert np.array_equal(np.load("points.npy"), trainer.generate(z, None).numpy())
+    assert main(["generate", str(path), "--out", "points.png"]) == 0
+    assert Image.open("points.png").size == (384, 384)
+    assert main(["generate", str(path), "--out-dir", "each"]) == 2
 
 
 def test_point_data_rejects_a_resolution_and_image_models_reject_points(tiny):

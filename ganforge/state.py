@@ -1,0 +1,162 @@
+"""The training state a checkpoint holds, taken from and given back to a :class:`Trainer`.
+
+Everything a run needs to continue exactly: G, D and EMA weights and buffers, both
+optimizers, the loss scaler, the step, the sampler position, every process's random streams
+and the skipped-step counter. Learning-rate decay and EMA warm-up are functions of the step,
+so they need no state of their own.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from ganforge.checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    check_resumable,
+    find_checkpoint,
+    flatten_optimizer,
+    gather_rank_states,
+    list_checkpoints,
+    load_module,
+    restore_rng,
+    resume_target,
+    rng_states,
+    set_aside,
+    strip_prefix,
+    unflatten_optimizer,
+    warn,
+    write_checkpoint,
+)
+from ganforge.runfiles import cpu_tensors
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from ganforge.trainer import Trainer
+
+
+def _models(trainer: Trainer) -> dict[str, nn.Module]:
+    models = {"generator": trainer.generator, "discriminator": trainer.discriminator}
+    if trainer.ema is not None:
+        models["ema"] = trainer.ema.module
+    return models
+
+
+def _optimizers(trainer: Trainer) -> dict[str, torch.optim.Optimizer]:
+    return {"generator": trainer.opt_g, "discriminator": trainer.opt_d}
+
+
+def save_checkpoint(trainer: Trainer) -> Path | None:
+    """Write the trainer's state as ``checkpoints/step_NNNNNN``; called on every process.
+
+    The main process gathers every process's random states and writes; it returns the
+    checkpoint folder there and None elsewhere.
+    """
+    acc = trainer.acc
+    rng = gather_rank_states(rng_states(trainer.latent_rng), acc)  # collective
+    path = None
+    if acc.is_main_process:
+        models: dict[str, torch.Tensor] = {}
+        for name, module in _models(trainer).items():
+            models.update(cpu_tensors(module.state_dict(), f"{name}."))
+        optim_tensors, optim_json = {}, {}
+        for name, optimizer in _optimizers(trainer).items():
+            tensors, document = flatten_optimizer(optimizer.state_dict(), f"{name}.")
+            optim_tensors.update(tensors)
+            optim_json[name] = document
+        state = {
+            "skipped_steps": int(trainer.skipped.item()),
+            "sampler": trainer.sampler.state_dict(),
+            "data_size": len(trainer.data),
+            "world_size": acc.num_processes,
+            "scaler": acc.scaler.state_dict() if acc.scaler is not None else None,
+            "optimizers": optim_json,
+            "recipe": trainer.recipe.tables,
+            "export": trainer.export_metadata(),
+        }
+        path = write_checkpoint(
+            trainer.run_dir,
+            trainer.step,
+            {"models": models, "optimizers": optim_tensors, "rng": rng},
+            state,
+            keep=trainer.recipe.get("train.keep_checkpoints"),
+        )
+    acc.wait_for_everyone()
+    return path
+
+
+def restore(trainer: Trainer, checkpoint: Checkpoint) -> None:
+    """Give the trainer every piece of state in ``checkpoint`` (on every process)."""
+    state, where = checkpoint.state, checkpoint.path
+    models = checkpoint.tensors("models")
+    for name, module in _models(trainer).items():
+        load_module(module, strip_prefix(models, f"{name}."), f"the {name} weights in {where}")
+    optim = checkpoint.tensors("optimizers")
+    for name, optimizer in _optimizers(trainer).items():
+        saved = unflatten_optimizer(
+            strip_prefix(optim, f"{name}."), state["optimizers"][name], optimizer.state_dict()
+        )
+        optimizer.load_state_dict(saved)
+    if trainer.acc.scaler is not None and state["scaler"] is not None:
+        trainer.acc.scaler.load_state_dict(state["scaler"])
+    trainer.sampler.load_state_dict(state["sampler"])
+    if state["data_size"] != len(trainer.data):
+        warn(
+            f"the data has {len(trainer.data)} samples, the checkpoint's had "
+            f"{state['data_size']}: training continues, but not in the original data order"
+        )
+    rank, world = trainer.acc.process_index, trainer.acc.num_processes
+    if state["world_size"] == world:
+        restore_rng(strip_prefix(checkpoint.tensors("rng"), f"rank{rank}."), trainer.latent_rng)
+    else:
+        # Per-process streams cannot be mapped onto another number of processes: derive new
+        # ones from the seed and step, so the resumed run is still reproducible.
+        warn(
+            f"the checkpoint was written by {state['world_size']} process(es), this launch has "
+            f"{world}: random streams restart from the seed at step {checkpoint.step}"
+        )
+        trainer.latent_rng.manual_seed(trainer.seed * 7919 + rank + 1 + checkpoint.step * 104729)
+        torch.manual_seed(trainer.seed + rank + checkpoint.step * 104729)
+    trainer.skipped.fill_(state["skipped_steps"])
+    trainer.step = checkpoint.step
+
+
+def initialise_from(trainer: Trainer, checkpoint: Checkpoint) -> None:
+    """Start from another run's G, D (and EMA) weights, with fresh optimizers and counters."""
+    models, where = checkpoint.tensors("models"), checkpoint.path
+    load_module(trainer.generator, strip_prefix(models, "generator."), f"generator in {where}")
+    load_module(
+        trainer.discriminator, strip_prefix(models, "discriminator."), f"discriminator in {where}"
+    )
+    if trainer.ema is not None:
+        ema = strip_prefix(models, "ema.") or trainer.generator.state_dict()
+        load_module(trainer.ema.module, ema, f"EMA generator in {where}")
+
+
+def start(trainer: Trainer) -> str:
+    """Apply ``train.resume`` / ``train.init_from`` to a new trainer; say what happened."""
+    train = trainer.recipe.section("train")
+    message = "new run"
+    if train["resume"] == "never" and list_checkpoints(trainer.run_dir):
+        if trainer.acc.is_main_process:
+            message = f"new run; the earlier run was moved to {set_aside(trainer.run_dir)}"
+        trainer.acc.wait_for_everyone()
+    checkpoint = resume_target(train["resume"], trainer.run_dir)
+    if checkpoint is not None:
+        check_resumable(checkpoint.state["recipe"], trainer.recipe, checkpoint.path)
+        if checkpoint.step > trainer.steps:
+            raise CheckpointError(
+                f"{checkpoint.path} is at step {checkpoint.step}, past train.steps = "
+                f"{trainer.steps}: raise train.steps to continue it, or choose another run.out_dir"
+            )
+        restore(trainer, checkpoint)
+        return f"resumed from {checkpoint.path} at step {checkpoint.step}"
+    if train["init_from"]:
+        source = find_checkpoint(train["init_from"])
+        initialise_from(trainer, source)
+        message += f", initialised from the weights of {source.path} (step {source.step})"
+    return message

@@ -1,0 +1,295 @@
+"""Checkpoints lose nothing: exact resume (interrupted and extended), atomic writes, damaged
+checkpoints skipped, recipe changes refused, fine-tuning from weights, nothing unpickled."""
+
+from __future__ import annotations
+
+import pickle
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+import ganforge
+from conftest import ROOT
+from ganforge.checkpoint import (
+    CheckpointError,
+    flatten_optimizer,
+    latest_checkpoint,
+    list_checkpoints,
+    open_checkpoint,
+)
+from ganforge.errors import RecipeError
+from ganforge.trainer import read_metrics
+
+# Everything that could drift on resume: several critic steps, EMA with warm-up, LR decay,
+# dropout (global RNG), batch norm (buffers), a lazy penalty (step-dependent), and 32 images
+# in batches of 8 × n_critic 2 = two steps per epoch, so the sampler crosses epochs mid-run.
+EXACT = (
+    "train.n_critic=2",
+    "train.log_every=1",
+    "ema.decay=0.9",
+    "ema.warmup_steps=3",
+    "optim.generator.lr_decay=linear",
+    "optim.generator.lr_decay_steps=8",
+    "optim.discriminator.lr_decay=linear",
+    "optim.discriminator.lr_decay_start=2",
+    "optim.discriminator.lr_decay_steps=10",
+    "discriminator.dropout=0.2",
+    "regularizers.r1.gamma=0.5",
+    "regularizers.r1.every=2",
+    "loss.name=hinge",
+)
+N = 3
+
+
+def full_state(trainer) -> dict[str, torch.Tensor]:
+    """Every tensor of the training state, plus counters and random streams."""
+    out = {}
+    for name, module in (
+        ("G", trainer.generator),
+        ("D", trainer.discriminator),
+        ("EMA", trainer.ema.module),
+    ):
+        out.update({f"{name}.{k}": v.clone() for k, v in module.state_dict().items()})
+    for name, optimizer in (("opt_g.", trainer.opt_g), ("opt_d.", trainer.opt_d)):
+        out.update(flatten_optimizer(optimizer.state_dict(), name)[0])
+    out["step"] = torch.tensor(trainer.step)
+    out["sampler"] = torch.tensor([trainer.sampler.epoch, trainer.sampler.offset])
+    out["latent_rng"] = trainer.latent_rng.get_state()
+    out["torch_rng"] = torch.get_rng_state()
+    return out
+
+
+def assert_same_state(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, f"differs after resume: {different}"
+
+
+class StopAfter:
+    """Interrupts training (like Ctrl-C) when a given step is logged."""
+
+    def __init__(self, step):
+        self.step = step
+
+    @ganforge.hookimpl
+    def ganforge_log(self, run, step, values):
+        if step == self.step:
+            raise KeyboardInterrupt
+
+
+@pytest.fixture
+def uninterrupted(tmp_path, tiny):
+    trainer = tiny(*EXACT, f"train.steps={2 * N}", f"run.out_dir={tmp_path / 'straight'}")
+    trainer.fit()
+    return trainer
+
+
+def test_an_interrupted_run_resumes_bit_for_bit(tiny, uninterrupted):
+    first = tiny(
+        *EXACT,
+        f"train.steps={2 * N}",
+        f"train.checkpoint_every={N}",
+        extra=[("stop", StopAfter(N + 2))],
+    )
+    with pytest.raises(KeyboardInterrupt):
+        first.fit()
+    assert [m["step"] for m in read_metrics(first.run_dir)] == list(range(1, N + 3))
+
+    resumed = tiny(*EXACT, f"train.steps={2 * N}", f"train.checkpoint_every={N}")
+    assert resumed.step == N and resumed.info.start_step == N
+    resumed.fit()
+    assert_same_state(full_state(resumed), full_state(uninterrupted))
+    # The log is cut back to the checkpoint, then continues: every step once, same values.
+    logged, straight = read_metrics(resumed.run_dir), read_metrics(uninterrupted.run_dir)
+    assert [m["step"] for m in logged] == list(range(1, 2 * N + 1))
+    assert [m["d_loss"] for m in logged] == [m["d_loss"] for m in straight]
+
+
+def test_a_finished_run_extended_equals_the_longer_run(tiny, uninterrupted):
+    short = tiny(*EXACT, f"train.steps={N}", "train.checkpoint_every=0")
+    short.fit()
+    assert [p.name for p in list_checkpoints(short.run_dir)] == [f"step_{N:06d}"]
+    extended = tiny(*EXACT, f"train.steps={2 * N}", "train.log_every=2")  # logging may change
+    assert extended.step == N
+    extended.fit()
+    assert_same_state(full_state(extended), full_state(uninterrupted))
+
+
+class Recorder:
+    def __init__(self):
+        self.checkpoints = []
+
+    @ganforge.hookimpl
+    def ganforge_checkpoint(self, run, step, path):
+        self.checkpoints.append((step, path))
+
+
+def test_checkpoints_every_k_steps_and_at_the_end_keeping_the_newest(tiny):
+    recorder = Recorder()
+    trainer = tiny(
+        "train.steps=5",
+        "train.checkpoint_every=2",
+        "train.keep_checkpoints=2",
+        extra=[("rec", recorder)],
+    )
+    trainer.fit()
+    root = trainer.run_dir / "checkpoints"
+    assert [step for step, _ in recorder.checkpoints] == [2, 4, 5]
+    assert recorder.checkpoints[-1][1] == str(root / "step_000005")
+    assert sorted(p.name for p in root.iterdir()) == ["step_000004", "step_000005"]
+    files = sorted(p.name for p in (root / "step_000005").iterdir())
+    assert files == [
+        "models.safetensors",
+        "optimizers.safetensors",
+        "rng.safetensors",
+        "state.json",
+    ]
+    assert open_checkpoint(root / "step_000005").state["sampler"] == trainer.sampler.state_dict()
+
+
+def test_a_damaged_newest_checkpoint_is_skipped_with_a_warning(tiny, capsys):
+    tiny("train.steps=3", "train.checkpoint_every=1").fit()
+    run = tiny("train.steps=3").run_dir
+    newest = run / "checkpoints" / "step_000003" / "models.safetensors"
+    newest.write_bytes(newest.read_bytes()[:-10])  # truncated on disk
+    capsys.readouterr()
+    resumed = tiny("train.steps=4")
+    assert resumed.step == 2
+    err = capsys.readouterr().err
+    assert "warning: skipping checkpoint" in err and "step_000003" in err
+    with pytest.raises(CheckpointError, match="damaged"):  # named explicitly: an error
+        tiny("train.steps=4", f"train.resume={newest.parent}")
+
+
+def test_a_checkpoint_killed_mid_write_leaves_the_previous_one_usable(tmp_path):
+    # A separate process dies (no cleanup, like SIGKILL) halfway through writing the second
+    # checkpoint's optimizer file.
+    script = textwrap.dedent(
+        f"""
+        import os, sys
+        sys.path.insert(0, {str(ROOT / "tests")!r})
+        from pathlib import Path
+        import ganforge.checkpoint as checkpoint
+        from conftest import make_trainer
+
+        real_save, calls = checkpoint.save_file, []
+
+        def dying_save(tensors, filename):
+            calls.append(filename)
+            real_save(tensors, filename)
+            if len(calls) == 5:  # checkpoint 2: models, then optimizers, cut short
+                Path(filename).write_bytes(Path(filename).read_bytes()[:100])
+                os._exit(137)
+
+        checkpoint.save_file = dying_save
+        make_trainer(Path({str(tmp_path)!r}), "train.steps=6", "train.checkpoint_every=2").fit()
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 137, done.stderr
+    root = tmp_path / "run" / "checkpoints"
+    assert [p.name for p in list_checkpoints(tmp_path / "run")] == ["step_000002"]
+    assert list(root.glob(".step_000004.*.tmp"))  # the torn write, never under its final name
+    assert latest_checkpoint(tmp_path / "run").step == 2
+
+    from conftest import make_trainer
+
+    resumed = make_trainer(tmp_path, "train.steps=6", "train.checkpoint_every=2")
+    assert resumed.step == 2
+    resumed.fit()
+    assert [p.name for p in list_checkpoints(tmp_path / "run")] == [
+        "step_000002",
+        "step_000004",
+        "step_000006",
+    ]
+    assert not list(root.glob(".*.tmp"))  # the torn write is cleaned up
+
+
+def test_a_resume_refuses_a_recipe_that_changes_models_or_optimisation(tiny):
+    tiny("train.steps=2").fit()
+    with pytest.raises(RecipeError) as err:
+        tiny("train.steps=4", "generator.width=8", "optim.generator.lr=0.001")
+    keys = [key for key, _ in err.value.problems]
+    assert keys[:2] == ["generator.width", "optim.generator.lr"]
+    assert "init_from" in str(err.value)
+    # Steps, logging, sampling and checkpoint settings may change.
+    resumed = tiny("train.steps=4", "train.log_every=3", "train.sample_every=7")
+    assert resumed.step == 2
+    with pytest.raises(CheckpointError, match="past train.steps"):
+        tiny("train.steps=1")
+
+
+def test_resume_never_moves_the_earlier_run_aside(tmp_path, tiny):
+    first = tiny("train.steps=2")
+    first.fit()
+    fresh = tiny("train.steps=2", "train.resume=never")
+    assert fresh.step == 0 and "moved to" in fresh.start_message
+    moved = [p for p in tmp_path.iterdir() if p.name.startswith("run.before-")]
+    assert len(moved) == 1 and list_checkpoints(moved[0])  # nothing the user made is lost
+    assert not (tmp_path / "run").exists()
+
+
+def test_init_from_takes_weights_but_not_optimizer_state_or_counters(tmp_path, tiny):
+    source = tiny("train.steps=3", "ema.decay=0.5")
+    source.fit()
+    tuned = tiny(
+        f"train.init_from={source.run_dir}",
+        "train.steps=2",
+        "ema.decay=0.5",
+        "optim.generator.lr=0.001",  # a new run: the optimisation may change
+        f"run.out_dir={tmp_path / 'tuned'}",
+    )
+    assert tuned.step == 0 and not tuned.opt_g.state_dict()["state"]
+    for mine, theirs in (
+        (tuned.generator, source.generator),
+        (tuned.discriminator, source.discriminator),
+        (tuned.ema.module, source.ema.module),
+    ):
+        for k, v in theirs.state_dict().items():
+            assert torch.equal(mine.state_dict()[k], v), k
+    with pytest.raises(CheckpointError, match="do not fit"):
+        tiny(f"train.init_from={source.run_dir}", "generator.width=8", "run.out_dir=other")
+
+
+def test_checkpoints_load_with_pickle_disabled(tiny, monkeypatch):
+    trainer = tiny("train.steps=2", "ema.decay=0.5")
+    trainer.fit()
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("something tried to unpickle")
+
+    for name in ("load", "loads", "Unpickler"):
+        monkeypatch.setattr(pickle, name, refuse)
+    monkeypatch.setattr(torch, "load", refuse)
+    resumed = tiny("train.steps=3", "ema.decay=0.5")
+    assert resumed.step == 2
+    resumed.fit()
+    from ganforge.export import export_checkpoint
+
+    path = export_checkpoint(latest_checkpoint(resumed.run_dir), resumed.run_dir / "e.safetensors")
+    for export in (path, resumed.run_dir / "generator.safetensors"):
+        generator, info = ganforge.load_generator(export)
+        assert info.step == 3 and info.ema
+
+
+def test_the_cli_resumes_by_default_and_starts_anew_with_no_resume(tmp_path, capsys):
+    from conftest import tiny_tables
+    from ganforge.cli import main
+    from ganforge.recipe import dump_toml
+
+    recipe = tmp_path / "tiny.toml"
+    recipe.write_text(dump_toml(tiny_tables(tmp_path)))
+    assert main([str(recipe), "train.steps=2"]) == 0
+    assert main([str(recipe), "train.steps=3"]) == 0
+    assert "resumed from" in capsys.readouterr().out
+    assert [m["step"] for m in read_metrics(tmp_path / "run")] == [1, 2, 3]
+    assert main(["train", str(recipe), "train.steps=1", "--no-resume"]) == 0
+    assert "the earlier run was moved to" in capsys.readouterr().out
+    assert [m["step"] for m in read_metrics(tmp_path / "run")] == [1]
+    assert main([str(recipe), "train.steps=2", "generator.width=8"]) == 2
+    assert "generator.width: is 8, but the checkpoint" in capsys.readouterr().err
