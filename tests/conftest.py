@@ -32,6 +32,23 @@ def isolated(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
 
 
+@pytest.fixture
+def no_unpickling(monkeypatch):
+    """Any attempt to unpickle (``pickle.load(s)`` or ``torch.load``) fails the test.
+
+    (``pickle.Unpickler`` itself stays: libraries subclass it at import time.)"""
+    import pickle
+
+    import torch
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("something tried to unpickle")
+
+    for name in ("load", "loads"):
+        monkeypatch.setattr(pickle, name, refuse)
+    monkeypatch.setattr(torch, "load", refuse)
+
+
 def run_command(args, tmp_path: Path, timeout=180) -> subprocess.CompletedProcess:
     """Run a command from the repository root as a user would, with an isolated cache."""
     env = {**os.environ, "GANFORGE_CACHE_DIR": str(tmp_path / "cache")}

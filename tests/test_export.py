@@ -18,6 +18,9 @@ from ganforge.export import latents, read_export, write_export
 from ganforge.plugins import Plugins
 from ganforge.sampling import write_samples
 
+# Every export in this module is read with unpickling disabled.
+pytestmark = pytest.mark.usefixtures("no_unpickling")
+
 
 def test_generate_gives_the_samples_of_the_in_training_generator(tmp_path, tiny):
     trainer = tiny("train.steps=3", "ema.decay=0.5")
