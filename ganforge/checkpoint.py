@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 import ganforge
@@ -76,7 +77,10 @@ class Checkpoint:
 
     def tensors(self, name: str) -> dict[str, torch.Tensor]:
         """The tensors of ``<name>.safetensors`` on the CPU."""
-        return load_file(str(self.path / f"{name}.safetensors"))
+        try:
+            return load_file(str(self.path / f"{name}.safetensors"))
+        except (OSError, SafetensorError) as err:  # changed on disk since it was verified
+            raise CheckpointError(f"{self.path}: cannot read {name}.safetensors: {err}") from None
 
 
 def _sha256(path: Path) -> str:
@@ -87,8 +91,24 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+#: The files of a checkpoint, and the keys (with their JSON types) of its state.json.
+FILES = ("models.safetensors", "optimizers.safetensors", "rng.safetensors")
+REQUIRED = {
+    "format_version": int,
+    "step": int,
+    "skipped_steps": int,
+    "sampler": dict,
+    "data_size": int,
+    "world_size": int,
+    "optimizers": dict,
+    "recipe": dict,
+    "export": dict,
+    "files": dict,
+}
+
+
 def open_checkpoint(path: str | Path) -> Checkpoint:
-    """Verify a checkpoint folder (every file present, sizes and checksums) and open it."""
+    """Verify a checkpoint folder (state.json complete, every file's size and checksum)."""
     path = Path(path)
     if not path.is_dir():
         raise CheckpointError(f"{path} is not a checkpoint folder")
@@ -96,20 +116,34 @@ def open_checkpoint(path: str | Path) -> Checkpoint:
         state = json.loads((path / STATE_FILE).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise CheckpointError(f"{path} has no {STATE_FILE}: not a ganforge checkpoint") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"{path / STATE_FILE} is damaged: {err}") from None
-    if not isinstance(state, dict) or "format_version" not in state or "files" not in state:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{path / STATE_FILE} is unreadable: {err}") from None
+    if not isinstance(state, dict):
         raise CheckpointError(f"{path / STATE_FILE} is not a ganforge checkpoint state")
-    if state["format_version"] > FORMAT_VERSION:
+    version = state.get("format_version")
+    if isinstance(version, int) and version > FORMAT_VERSION:
         raise CheckpointError(
-            f"{path} was written by a newer ganforge (checkpoint format "
-            f"{state['format_version']}, this version reads {FORMAT_VERSION}); upgrade ganforge"
+            f"{path} was written by a newer ganforge (checkpoint format {version}, this "
+            f"version reads {FORMAT_VERSION}); upgrade ganforge"
+        )
+    wrong = [k for k, kind in REQUIRED.items() if not isinstance(state.get(k), kind)]
+    if wrong:
+        raise CheckpointError(f"{path / STATE_FILE} is damaged: bad or missing {', '.join(wrong)}")
+    if sorted(state["files"]) != sorted(FILES):
+        raise CheckpointError(
+            f"{path / STATE_FILE} is damaged: it does not list {', '.join(FILES)}"
         )
     for name, expected in state["files"].items():
         file = path / name
-        if not file.is_file():
-            raise CheckpointError(f"{path} is incomplete: {name} is missing")
-        if file.stat().st_size != expected["bytes"] or _sha256(file) != expected["sha256"]:
+        try:
+            intact = (
+                file.stat().st_size == expected["bytes"] and _sha256(file) == expected["sha256"]
+            )
+        except FileNotFoundError:
+            raise CheckpointError(f"{path} is incomplete: {name} is missing") from None
+        except (OSError, TypeError, KeyError) as err:
+            raise CheckpointError(f"{path} is damaged: {name}: {err}") from None
+        if not intact:
             raise CheckpointError(f"{path} is damaged: {name} does not match its checksum")
     return Checkpoint(path, state)
 
@@ -119,8 +153,7 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     root = Path(run_dir) / CHECKPOINTS
     if not root.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _NAME.match(p.name))]
-    return [p for _, p in sorted(found)]
+    return sorted((p for p in root.iterdir() if _NAME.match(p.name)), key=_step_of)
 
 
 def latest_checkpoint(run_dir: Path) -> Checkpoint | None:
@@ -182,18 +215,13 @@ def write_checkpoint(
         (tmp / STATE_FILE).write_text(json.dumps(document, indent=1), encoding="utf-8")
         _fsync_folder(tmp)
         tmp.chmod(default_mode(folder=True))
-        if final.exists():  # rewriting a step (e.g. a run resumed at its last checkpoint)
-            old = root / f".{final.name}.old"
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
+        if final.exists():  # an earlier checkpoint of this step: kept, under another name
+            set_aside(final, "replaced")
+        os.replace(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _prune(root, keep)
+    _prune(root, step, keep)
     return final
 
 
@@ -204,13 +232,19 @@ def _fsync_folder(folder: Path) -> None:
             os.fsync(f.fileno())
 
 
-def _prune(root: Path, keep: int) -> None:
-    # Temporary folders of writes that died (killed mid-write) are incomplete by definition.
+def _prune(root: Path, step: int, keep: int) -> None:
+    """Remove temporary folders of writes that died, and all but the newest ``keep``
+    checkpoints up to ``step`` (the one just written always stays)."""
     for stale in root.glob(".step_*.tmp"):
         shutil.rmtree(stale, ignore_errors=True)
     if keep > 0:
-        for old in list_checkpoints(root.parent)[:-keep]:
+        older = [p for p in list_checkpoints(root.parent) if _step_of(p) <= step]
+        for old in older[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
+
+
+def _step_of(path: Path) -> int:
+    return int(_NAME.match(path.name).group(1))
 
 
 def load_module(module: torch.nn.Module, tensors: dict[str, torch.Tensor], what: str) -> None:
@@ -257,15 +291,15 @@ def unflatten_optimizer(
 # --------------------------------------------------------------------------- random states
 
 
-def rng_states(latent_rng: torch.Generator) -> dict[str, torch.Tensor]:
-    """This process's random streams as uint8 tensors."""
+def rng_states(latent_rng: torch.Generator, device: torch.device) -> dict[str, torch.Tensor]:
+    """This process's random streams as uint8 tensors (the same names on every process)."""
     import random
 
     import numpy as np
 
     states = {"torch": torch.get_rng_state(), "latent": latent_rng.get_state()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        states["cuda"] = torch.cuda.get_rng_state()
+    if device.type == "cuda":
+        states["cuda"] = torch.cuda.get_rng_state(device)
     py = random.getstate()
     np_state = np.random.get_state()
     text = json.dumps(
@@ -278,15 +312,17 @@ def rng_states(latent_rng: torch.Generator) -> dict[str, torch.Tensor]:
     return states
 
 
-def restore_rng(states: dict[str, torch.Tensor], latent_rng: torch.Generator) -> None:
+def restore_rng(
+    states: dict[str, torch.Tensor], latent_rng: torch.Generator, device: torch.device
+) -> None:
     import random
 
     import numpy as np
 
     torch.set_rng_state(states["torch"])
     latent_rng.set_state(states["latent"])
-    if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state(states["cuda"])
+    if "cuda" in states and device.type == "cuda":
+        torch.cuda.set_rng_state(states["cuda"], device)
     host = json.loads(bytes(states["host"].tolist()).decode())
     version, internal, gauss = host["python"]
     random.setstate((version, tuple(internal), gauss))
@@ -354,20 +390,34 @@ def resume_target(setting: str, run_dir: Path) -> Checkpoint | None:
     """What ``train.resume`` points at: None for a new run."""
     if setting == "never":
         return None
-    if setting == "auto":
-        return latest_checkpoint(run_dir)
-    return find_checkpoint(setting)
+    if setting != "auto":
+        return find_checkpoint(setting)
+    found = latest_checkpoint(run_dir)
+    if found is None and list_checkpoints(run_dir):
+        raise CheckpointError(
+            f"{run_dir} holds checkpoints, but none is usable (see the warnings above); "
+            'start a new run with --no-resume (train.resume = "never"), which moves the '
+            "earlier run aside"
+        )
+    return found
 
 
-def set_aside(run_dir: Path) -> Path:
-    """Move an earlier run out of the way of a new one in the same folder; nothing is deleted."""
+def set_aside(path: Path, why: str) -> Path:
+    """Rename ``path`` out of the way (``<name>.<why>-<date>-<time>``); nothing is deleted."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    target = run_dir.with_name(f"{run_dir.name}.before-{stamp}")
+    target = path.with_name(f"{path.name}.{why}-{stamp}")
     try:
-        os.replace(run_dir, target)
+        os.replace(path, target)
     except OSError as err:
         raise CheckpointError(
-            f"{run_dir} holds an earlier run's checkpoints and could not be moved aside for a "
-            f"new run ({err}); choose another run.out_dir"
+            f"could not move {path} aside ({err}); choose another run.out_dir"
         ) from None
     return target
+
+
+def set_aside_newer(checkpoint: Checkpoint, run_dir: Path) -> list[Path]:
+    """Checkpoints of ``run_dir`` past the one a run resumes from (damaged ones skipped, or a
+    line abandoned by resuming an older checkpoint) are renamed, so that "auto" later resumes
+    this run's own line, and the newest-``keep`` rule never counts them."""
+    newer = [p for p in list_checkpoints(run_dir) if _step_of(p) > checkpoint.step]
+    return [set_aside(p, "superseded") for p in newer]

@@ -97,6 +97,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except GanforgeError as err:
         print(f"ganforge: error: {err}", file=sys.stderr)
         return USAGE_ERROR
+    except OSError as err:  # a path the user gave: missing, unwritable, a folder, a full disk
+        print(f"ganforge: error: {err}", file=sys.stderr)
+        return USAGE_ERROR
 
 
 def console_main() -> None:

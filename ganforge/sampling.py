@@ -38,6 +38,12 @@ def _device(name: str) -> torch.device:
         raise GanforgeError(f"--device {name!r}: {err}") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise GanforgeError(f"--device {name!r}: no CUDA device is available")
+    try:
+        if device.type == "meta":
+            raise RuntimeError("holds no data")
+        torch.empty(1, device=device)
+    except (RuntimeError, AssertionError, NotImplementedError) as err:
+        raise GanforgeError(f"--device {name!r} cannot be used: {err}") from None
     return device
 
 

@@ -26,6 +26,7 @@ from ganforge.checkpoint import (
     resume_target,
     rng_states,
     set_aside,
+    set_aside_newer,
     strip_prefix,
     unflatten_optimizer,
     warn,
@@ -57,7 +58,7 @@ def save_checkpoint(trainer: Trainer) -> Path | None:
     checkpoint folder there and None elsewhere.
     """
     acc = trainer.acc
-    rng = gather_rank_states(rng_states(trainer.latent_rng), acc)  # collective
+    rng = gather_rank_states(rng_states(trainer.latent_rng, acc.device), acc)  # collective
     path = None
     if acc.is_main_process:
         models: dict[str, torch.Tensor] = {}
@@ -73,6 +74,7 @@ def save_checkpoint(trainer: Trainer) -> Path | None:
             "sampler": trainer.sampler.state_dict(),
             "data_size": len(trainer.data),
             "world_size": acc.num_processes,
+            "mixed_precision": acc.mixed_precision,
             "scaler": acc.scaler.state_dict() if acc.scaler is not None else None,
             "optimizers": optim_json,
             "recipe": trainer.recipe.tables,
@@ -111,7 +113,8 @@ def restore(trainer: Trainer, checkpoint: Checkpoint) -> None:
         )
     rank, world = trainer.acc.process_index, trainer.acc.num_processes
     if state["world_size"] == world:
-        restore_rng(strip_prefix(checkpoint.tensors("rng"), f"rank{rank}."), trainer.latent_rng)
+        own = strip_prefix(checkpoint.tensors("rng"), f"rank{rank}.")
+        restore_rng(own, trainer.latent_rng, trainer.acc.device)
     else:
         # Per-process streams cannot be mapped onto another number of processes: derive new
         # ones from the seed and step, so the resumed run is still reproducible.
@@ -139,21 +142,36 @@ def initialise_from(trainer: Trainer, checkpoint: Checkpoint) -> None:
 
 def start(trainer: Trainer) -> str:
     """Apply ``train.resume`` / ``train.init_from`` to a new trainer; say what happened."""
-    train = trainer.recipe.section("train")
+    train, acc = trainer.recipe.section("train"), trainer.acc
     message = "new run"
-    if train["resume"] == "never" and list_checkpoints(trainer.run_dir):
-        if trainer.acc.is_main_process:
-            message = f"new run; the earlier run was moved to {set_aside(trainer.run_dir)}"
-        trainer.acc.wait_for_everyone()
+    if train["resume"] == "never":
+        # Every process is past its own look at the folder before the main one moves it.
+        acc.wait_for_everyone()
+        if acc.is_main_process and list_checkpoints(trainer.run_dir):
+            moved = set_aside(trainer.run_dir, "before")
+            message = f"new run; the earlier run was moved to {moved}"
+        acc.wait_for_everyone()
     checkpoint = resume_target(train["resume"], trainer.run_dir)
     if checkpoint is not None:
         check_resumable(checkpoint.state["recipe"], trainer.recipe, checkpoint.path)
+        saved_precision = checkpoint.state.get("mixed_precision", acc.mixed_precision)
+        if saved_precision != acc.mixed_precision:
+            raise CheckpointError(
+                f"{checkpoint.path} was trained with mixed precision {saved_precision!r}, this "
+                f"launch uses {acc.mixed_precision!r}: set run.mixed_precision = "
+                f'"{saved_precision}" (or launch with --mixed_precision {saved_precision})'
+            )
         if checkpoint.step > trainer.steps:
             raise CheckpointError(
                 f"{checkpoint.path} is at step {checkpoint.step}, past train.steps = "
                 f"{trainer.steps}: raise train.steps to continue it, or choose another run.out_dir"
             )
         restore(trainer, checkpoint)
+        # Every process has read the folder before the main one renames anything in it.
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            for moved in set_aside_newer(checkpoint, trainer.run_dir):
+                warn(f"resuming from step {checkpoint.step}: set aside {moved}")
         return f"resumed from {checkpoint.path} at step {checkpoint.step}"
     if train["init_from"]:
         source = find_checkpoint(train["init_from"])

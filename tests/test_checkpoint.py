@@ -3,6 +3,8 @@ checkpoints skipped, recipe changes refused, fine-tuning from weights, nothing u
 
 from __future__ import annotations
 
+import json
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -151,18 +153,75 @@ def test_checkpoints_every_k_steps_and_at_the_end_keeping_the_newest(tiny):
     assert open_checkpoint(root / "step_000005").state["sampler"] == trainer.sampler.state_dict()
 
 
-def test_a_damaged_newest_checkpoint_is_skipped_with_a_warning(tiny, capsys):
-    tiny("train.steps=3", "train.checkpoint_every=1").fit()
-    run = tiny("train.steps=3").run_dir
-    newest = run / "checkpoints" / "step_000003" / "models.safetensors"
-    newest.write_bytes(newest.read_bytes()[:-10])  # truncated on disk
+def truncate_models(folder):
+    file = folder / "models.safetensors"
+    file.write_bytes(file.read_bytes()[:-10])
+
+
+def drop_rng(folder):
+    (folder / "rng.safetensors").unlink()
+
+
+def edit_state(**changes):
+    def edit(folder):
+        state = json.loads((folder / "state.json").read_text())
+        state.update(changes)
+        for key, value in changes.items():
+            if value is None:
+                del state[key]
+        (folder / "state.json").write_text(json.dumps(state))
+
+    return edit
+
+
+@pytest.mark.parametrize(
+    ("damage", "reason"),
+    [
+        (truncate_models, "models.safetensors does not match its checksum"),
+        (drop_rng, "rng.safetensors is missing"),
+        (edit_state(recipe=None), "bad or missing recipe"),
+        (edit_state(files={}), "does not list"),
+        (edit_state(step="3"), "bad or missing step"),
+        (lambda folder: (folder / "state.json").write_text("{"), "unreadable"),
+    ],
+    ids=["truncated", "missing-file", "missing-key", "no-files", "wrong-type", "bad-json"],
+)
+def test_a_damaged_newest_checkpoint_is_skipped_with_a_warning(damage, reason, tiny, capsys):
+    tiny("train.steps=3", "train.checkpoint_every=1", "train.keep_checkpoints=1").fit()
+    root = tiny("train.steps=3").run_dir / "checkpoints"
+    # keep_checkpoints=1 keeps the newest only: add an older one back to fall back on.
+    tiny("train.steps=2", "train.checkpoint_every=1", "run.out_dir=older").fit()
+    shutil.copytree("older/checkpoints/step_000002", root / "step_000002")
+    damage(root / "step_000003")
     capsys.readouterr()
-    resumed = tiny("train.steps=4")
+
+    resumed = tiny("train.steps=4", "train.checkpoint_every=1", "train.keep_checkpoints=1")
     assert resumed.step == 2
     err = capsys.readouterr().err
-    assert "warning: skipping checkpoint" in err and "step_000003" in err
-    with pytest.raises(CheckpointError, match="damaged"):  # named explicitly: an error
-        tiny("train.steps=4", f"train.resume={newest.parent}")
+    assert "warning: skipping checkpoint" in err and "step_000003" in err and reason in err
+    resumed.fit()
+    # The damaged checkpoint was set aside (not deleted), and never outranks the new ones.
+    assert [p.name for p in list_checkpoints(resumed.run_dir)] == ["step_000004"]
+    assert [p.name for p in root.iterdir() if p.name.startswith("step_000003.superseded-")]
+
+
+def test_a_damaged_checkpoint_named_explicitly_or_the_only_one_is_an_error(tiny):
+    tiny("train.steps=2", "train.checkpoint_every=0").fit()
+    folder = tiny("train.steps=2").run_dir / "checkpoints" / "step_000002"
+    truncate_models(folder)
+    with pytest.raises(CheckpointError, match="damaged"):
+        tiny("train.steps=4", f"train.resume={folder}")
+    with pytest.raises(CheckpointError, match="none is usable.*--no-resume"):
+        tiny("train.steps=4")
+
+
+def test_resuming_an_older_checkpoint_sets_the_newer_ones_aside(tiny):
+    tiny("train.steps=3", "train.checkpoint_every=1", "train.keep_checkpoints=0").fit()
+    run = tiny("train.steps=3").run_dir
+    older = tiny("train.steps=3", f"train.resume={run / 'checkpoints' / 'step_000001'}")
+    assert older.step == 1
+    assert [p.name for p in list_checkpoints(run)] == ["step_000001"]
+    assert tiny("train.steps=3").step == 1  # "auto" now follows the resumed line
 
 
 def test_a_checkpoint_killed_mid_write_leaves_the_previous_one_usable(tmp_path):
@@ -223,6 +282,9 @@ def test_a_resume_refuses_a_recipe_that_changes_models_or_optimisation(tiny):
     assert resumed.step == 2
     with pytest.raises(CheckpointError, match="past train.steps"):
         tiny("train.steps=1")
+    edit_state(mixed_precision="bf16")(resumed.run_dir / "checkpoints" / "step_000002")
+    with pytest.raises(CheckpointError, match="mixed precision 'bf16'"):
+        tiny("train.steps=4")
 
 
 def test_resume_never_moves_the_earlier_run_aside(tmp_path, tiny):

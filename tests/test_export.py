@@ -202,6 +202,7 @@ def test_a_missing_generator_plugin_is_named(export_file, capsys, monkeypatch):
         (["--device", "cuda:0"], "no CUDA device")
         if not torch.cuda.is_available()
         else (["--device", "bogus"], "--device 'bogus'"),
+        (["--device", "meta"], "--device 'meta' cannot be used"),
     ],
 )
 def test_generate_option_mistakes_exit_2(args, message, export_file, capsys):
@@ -213,9 +214,16 @@ def test_generate_option_mistakes_exit_2(args, message, export_file, capsys):
     assert message in err and "Traceback" not in err
 
 
-def test_export_of_a_non_checkpoint_is_one_clear_error(tmp_path, capsys):
+def test_export_of_a_non_checkpoint_or_to_a_bad_path_is_one_clear_error(tiny, tmp_path, capsys):
     assert main(["export", str(tmp_path), "--out", "x.safetensors"]) == 2
     assert "neither a run folder nor a checkpoint folder" in capsys.readouterr().err
+    run_dir = tiny("train.steps=1").run_dir
+    tiny("train.steps=1").fit()
+    capsys.readouterr()
+    for out in (str(tmp_path), str(run_dir / "generator.safetensors" / "x.safetensors")):
+        assert main(["export", str(run_dir), "--out", out]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("ganforge: error:") and "Traceback" not in err
 
 
 def _write(path, data):
