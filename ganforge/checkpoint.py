@@ -330,38 +330,6 @@ def restore_rng(
     np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), *rest))
 
 
-def gather_rank_states(
-    local: dict[str, torch.Tensor], accelerator
-) -> dict[str, torch.Tensor] | None:
-    """Every process's ``local`` tensors (uint8) on the main process as ``rank<r>.<name>``.
-
-    A collective call: every process calls it; the main process gets the dict, others None.
-    """
-    world = accelerator.num_processes
-    if world == 1:
-        return {f"rank0.{k}": v for k, v in local.items()}
-    import torch.distributed as dist
-
-    device = accelerator.device
-    names = sorted(local)
-    flat = torch.cat([local[n].reshape(-1).to(torch.uint8) for n in names]).to(device)
-    sizes = torch.tensor([local[n].numel() for n in names], device=device)
-    all_sizes = [torch.empty_like(sizes) for _ in range(world)]
-    dist.all_gather(all_sizes, sizes)
-    longest = max(int(s.sum()) for s in all_sizes)
-    padded = torch.zeros(longest, dtype=torch.uint8, device=device)
-    padded[: flat.numel()] = flat
-    everyone = [torch.empty_like(padded) for _ in range(world)]
-    dist.all_gather(everyone, padded)
-    if not accelerator.is_main_process:
-        return None
-    out = {}
-    for rank, (data, rank_sizes) in enumerate(zip(everyone, all_sizes, strict=True)):
-        parts = torch.split(data.cpu()[: int(rank_sizes.sum())], rank_sizes.tolist())
-        out.update({f"rank{rank}.{n}": p.clone() for n, p in zip(names, parts, strict=True)})
-    return out
-
-
 # --------------------------------------------------------------------------- resume rules
 
 

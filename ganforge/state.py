@@ -19,7 +19,6 @@ from ganforge.checkpoint import (
     check_resumable,
     find_checkpoint,
     flatten_optimizer,
-    gather_rank_states,
     list_checkpoints,
     load_module,
     restore_rng,
@@ -32,6 +31,7 @@ from ganforge.checkpoint import (
     warn,
     write_checkpoint,
 )
+from ganforge.distributed import gather_rank_states
 from ganforge.runfiles import cpu_tensors
 
 if TYPE_CHECKING:

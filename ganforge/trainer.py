@@ -29,6 +29,7 @@ from ganforge.components import (
     sample_latents,
 )
 from ganforge.data import BatchSource, DataSource, ImageData, ShardedSampler, open_store
+from ganforge.distributed import broadcast_buffers, make_accelerator
 from ganforge.errors import DataError, PluginError, RecipeError
 from ganforge.export import export_generator, export_metadata
 from ganforge.plugins import Plugins
@@ -61,19 +62,6 @@ class Phase:
     logs: dict[str, torch.Tensor]
     real: CriticOutput | None = None
     fake: CriticOutput | None = None
-
-
-def make_accelerator(mixed_precision: str):
-    from accelerate import Accelerator  # lazy: keeps `ganforge validate` fast
-    from accelerate.utils import DistributedDataParallelKwargs
-
-    # Buffers (batch-norm statistics) are not broadcast at every forward: with two models and
-    # several forwards per step that would overwrite each rank's train-mode statistics mid-step.
-    ddp = DistributedDataParallelKwargs(broadcast_buffers=False)
-    kwargs: dict[str, Any] = {"kwargs_handlers": [ddp]}
-    if mixed_precision != "auto":  # "auto" defers to `accelerate launch --mixed_precision`
-        kwargs["mixed_precision"] = mixed_precision
-    return Accelerator(**kwargs)
 
 
 def build_optimizer(params, config: dict[str, Any]) -> torch.optim.Optimizer:
@@ -351,6 +339,7 @@ class Trainer:
             if (every and self.step % every == 0) or self.step == self.steps:
                 self.save_checkpoint()
         bar.close()
+        self.sync_buffers()
         export_path = self.export() if main else None
         acc.wait_for_everyone()
         if main:
@@ -415,8 +404,19 @@ class Trainer:
         nrow = max(len(z) // self.num_classes, 1) if self.num_classes else None
         return save_grid(path, samples, nrow)
 
+    def sync_buffers(self) -> None:
+        """Give every process the main process's buffers (batch-norm statistics).
+
+        Buffers are not broadcast during the step (see ``make_accelerator``), so each rank's
+        running statistics follow its own shard. Before each checkpoint and the export they are
+        made identical, the same way in every run, so what is saved is every rank's state.
+        """
+        modules = [self.generator, self.discriminator]
+        broadcast_buffers(modules + ([self.ema.module] if self.ema else []), self.acc)
+
     def save_checkpoint(self) -> Path | None:
         """Write the whole training state (every process calls it; the main one writes)."""
+        self.sync_buffers()
         path = state.save_checkpoint(self)
         if path is not None:
             self.plugins.checkpoint(self.info, self.step, str(path))

@@ -49,9 +49,9 @@ def no_unpickling(monkeypatch):
     monkeypatch.setattr(torch, "load", refuse)
 
 
-def run_command(args, tmp_path: Path, timeout=180) -> subprocess.CompletedProcess:
+def run_command(args, tmp_path: Path, timeout=180, env=None) -> subprocess.CompletedProcess:
     """Run a command from the repository root as a user would, with an isolated cache."""
-    env = {**os.environ, "GANFORGE_CACHE_DIR": str(tmp_path / "cache")}
+    env = {**os.environ, "GANFORGE_CACHE_DIR": str(tmp_path / "cache"), **(env or {})}
     return subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 

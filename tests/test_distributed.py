@@ -1,0 +1,143 @@
+"""Two processes over gloo on the CPU, launched as users launch them: DDP gives the model one
+process gives, every rank holds the same state at each checkpoint and at the end, and the
+launch types the GAN step cannot run are refused."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import ROOT, run_command
+
+WORKER = ROOT / "tests" / "launch_worker.py"
+QUICK = (
+    "train.steps=4",
+    "train.checkpoint_every=2",
+    "train.log_every=1",
+    "generator.width=8",
+    "discriminator.width=8",
+    "train.batch_size=16",
+    "ema.decay=0.9",
+)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch_two(tmp_path: Path, mixed_precision: str, *args: str):
+    """Two real CPU ranks from the shipped multi-GPU config (``--cpu`` alone would start one)."""
+    launcher = shutil.which("accelerate", path=str(Path(sys.executable).parent))
+    command = [
+        launcher,
+        "launch",
+        "--config_file",
+        str(ROOT / "configs" / "accelerate" / "multi_gpu.yaml"),
+        "--num_processes",
+        "2",
+        "--mixed_precision",
+        mixed_precision,
+        "--main_process_port",
+        str(free_port()),
+        *args,
+    ]
+    return run_command(command, tmp_path, timeout=300, env={"ACCELERATE_USE_CPU": "1"})
+
+
+def quickstart(tmp_path: Path, out: Path, *overrides: str):
+    """The quickstart on two ranks in bf16, every rank's models recorded under ``out``."""
+    return launch_two(tmp_path, "bf16", str(WORKER), "quickstart", str(out), *overrides)
+
+
+def test_two_processes_train_the_model_one_process_trains(tmp_path):
+    sys.path.insert(0, str(ROOT / "tests"))
+    import launch_worker
+
+    launch_worker.equivalence(tmp_path)
+    single = load_file(str(tmp_path / "equivalence_1_rank0.safetensors"))
+    done = launch_two(tmp_path, "no", str(WORKER), "equivalence", str(tmp_path / "two"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "global batch 8 = 4 per process" in done.stdout
+    for rank in (0, 1):
+        two = load_file(str(tmp_path / "two" / f"equivalence_2_rank{rank}.safetensors"))
+        assert two.keys() == single.keys()
+        for key in single:
+            torch.testing.assert_close(two[key], single[key], rtol=0, atol=1e-6, msg=key)
+
+
+def test_two_process_quickstart_agrees_on_every_rank_exports_and_resumes_exactly(tmp_path):
+    out = tmp_path / "worker"
+    run = tmp_path / "run"
+    done = launch_two(
+        tmp_path, "bf16", str(WORKER), "quickstart", str(out), *QUICK, f"run.out_dir={run}"
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "2 process(es)" in done.stdout and "global batch 16 = 8 per process" in done.stdout
+    assert "mixed precision bf16" in done.stdout
+    assert (run / "generator.safetensors").stat().st_size > 0
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_000002", "step_000004"]
+
+    # Each rank's batch-norm statistics follow its own shard during the step...
+    before = [load_file(str(out / f"before_sync_2_rank{r}.safetensors")) for r in (0, 1)]
+    running = [k for k in before[0] if k.startswith("discriminator.") and "running_mean" in k]
+    assert running and not all(torch.equal(before[0][k], before[1][k]) for k in running)
+    # ...and are made identical before each checkpoint and the export: every parameter and
+    # buffer agrees across ranks, and the checkpoint holds exactly that state.
+    for tag in ("checkpoint_2", "checkpoint_4", "end"):
+        rank0, rank1 = (load_file(str(out / f"{tag}_rank{r}.safetensors")) for r in (0, 1))
+        different = [k for k in rank0 if not torch.equal(rank0[k], rank1[k])]
+        assert not different, f"{tag}: ranks differ in {different}"
+        if tag.startswith("checkpoint"):
+            step = int(tag.split("_")[1])
+            saved = load_file(str(run / "checkpoints" / f"step_{step:06d}" / "models.safetensors"))
+            assert saved.keys() == rank0.keys()
+            assert all(torch.equal(saved[k], rank0[k]) for k in saved)
+    rng = load_file(str(run / "checkpoints" / "step_000004" / "rng.safetensors"))
+    assert {k.split(".")[0] for k in rng} == {"rank0", "rank1"}
+    assert not torch.equal(rng["rank0.latent"], rng["rank1.latent"])  # each rank's own stream
+
+    # Extended to 6 steps, the 2-rank run resumes each rank's own state: every rank ends where
+    # the ranks of an uninterrupted 6-step run end.
+    longer = (*QUICK, "train.steps=6")
+    done = launch_two(
+        tmp_path, "bf16", str(WORKER), "quickstart", str(out), *longer, f"run.out_dir={run}"
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "resumed from" in done.stdout
+    straight = tmp_path / "straight"
+    done = launch_two(
+        tmp_path,
+        "bf16",
+        str(WORKER),
+        "quickstart",
+        str(straight),
+        *longer,
+        f"run.out_dir={tmp_path}/s",
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    for rank in (0, 1):
+        resumed = load_file(str(out / f"end_rank{rank}.safetensors"))
+        expected = load_file(str(straight / f"end_rank{rank}.safetensors"))
+        assert all(torch.equal(resumed[k], expected[k]) for k in expected), rank
+
+
+def test_deepspeed_and_other_unsupported_launches_are_refused_clearly():
+    from accelerate.utils import DistributedType
+
+    from ganforge.distributed import refuse_unsupported
+    from ganforge.errors import GanforgeError
+
+    refuse_unsupported(DistributedType.MULTI_GPU, DistributedType)  # DDP: fine
+    refuse_unsupported(DistributedType.NO, DistributedType)
+    with pytest.raises(GanforgeError, match="DeepSpeed launches are not supported"):
+        refuse_unsupported(DistributedType.DEEPSPEED, DistributedType)
+    with pytest.raises(GanforgeError, match="FSDP launches are not supported"):
+        refuse_unsupported(DistributedType.FSDP, DistributedType)
