@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# GPU check: the paths only a GPU can verify, in one short script (about 3 minutes), with a
+# table printed last. Record its numbers in docs/benchmarks.md and docs/distributed.md.
+#
+#   bash benchmarks/gpu_check.sh prepare   # here (with internet to PyPI): builds build/gpu_wheels
+#   bash benchmarks/gpu_check.sh           # on the GPU machine, from the repository root, with
+#                                          # build/gpu_wheels carried along
+#
+# The GPU image has its own Python and torch but not every dependency, and no internet: the
+# ganforge wheel (so its entry points are installed: the built-ins are found through them) and
+# any missing dependency are installed from build/gpu_wheels with --no-deps, against the
+# machine's torch. GPU_CHECK_ALLOW_CPU=1 runs the same script on a CPU (tiny, for testing it).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+WHEELS=$ROOT/build/gpu_wheels
+
+if [[ "${1:-}" == "prepare" ]]; then
+    rm -rf "$WHEELS" && mkdir -p "$WHEELS"
+    python -m pip wheel -q --no-deps . -w "$WHEELS"
+    # What the image may lack (installed there only when missing), for its Python 3.12.
+    python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+        --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+        -d "$WHEELS" scikit-learn scipy joblib threadpoolctl pillow
+    du -sh "$WHEELS"
+    exit 0
+fi
+
+OUT=${OUT:-$ROOT/build/gpu_check}
+SITE=$ROOT/build/gpu_site
+rm -rf "$OUT" "$SITE" && mkdir -p "$OUT" "$SITE"
+python -m pip install -q --no-index --no-deps --target "$SITE" "$WHEELS"/ganforge-*.whl
+for spec in sklearn:scikit_learn scipy:scipy joblib:joblib threadpoolctl:threadpoolctl PIL:pillow; do
+    module=${spec%%:*} wheel=${spec##*:}
+    if ! python -c "import $module" 2>/dev/null; then
+        python -m pip install -q --no-index --no-deps --target "$SITE" "$WHEELS"/"$wheel"-*.whl
+    fi
+done
+export PYTHONPATH=$SITE
+cd "$OUT"  # run the installed wheel, not the source tree
+
+CUDA=$(python -c "import torch; print(int(torch.cuda.is_available()))")
+if [[ "$CUDA" != 1 && "${GPU_CHECK_ALLOW_CPU:-0}" != 1 ]]; then
+    echo "gpu_check: no CUDA device (set GPU_CHECK_ALLOW_CPU=1 to dry-run on a CPU)"; exit 1
+fi
+python - <<'EOF' | tee "$OUT/device.txt"
+import accelerate, torch, ganforge
+name = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu (dry run)"
+print(f"device: {name}; torch {torch.__version__}; accelerate {accelerate.__version__}; "
+      f"ganforge {ganforge.__version__}")
+EOF
+if [[ "$CUDA" == 1 ]]; then QS_STEPS=400 WG_STEPS=150 EXTRA=(); else
+    QS_STEPS=6 WG_STEPS=3
+    EXTRA=(generator.width=8 discriminator.width=8 train.batch_size=16 data.resolution=32)
+fi
+CONFIG=$ROOT/configs/accelerate/one_gpu.yaml
+status=()
+
+run() {  # run NAME TIMEOUT COMMAND...: record its exit status and wall time
+    local name=$1 limit=$2; shift 2
+    local start=$SECONDS
+    timeout "$limit" "$@" >"$OUT/$name.log" 2>&1
+    local rc=$?
+    status+=("$name $rc $((SECONDS - start))")
+    [[ $rc == 0 ]] || { echo "--- $name failed (exit $rc):"; tail -20 "$OUT/$name.log"; }
+}
+
+train() {  # train NAME PRECISION RECIPE OVERRIDES...
+    local name=$1 precision=$2 recipe=$3; shift 3
+    run "$name" 150 accelerate launch --config_file "$CONFIG" --mixed_precision "$precision" \
+        -m ganforge "$ROOT/recipes/$recipe" "run.out_dir=$OUT/$name" train.log_every=50 \
+        train.checkpoint_every=0 "$@" "${EXTRA[@]}"
+}
+
+train quickstart_bf16 bf16 quickstart.toml "train.steps=$QS_STEPS"
+train quickstart_fp16 fp16 quickstart.toml "train.steps=$QS_STEPS"
+train wgan_gp_bf16 bf16 wgan_gp.toml data.name=synthetic "train.steps=$WG_STEPS"
+train wgan_gp_fp16 fp16 wgan_gp.toml data.name=synthetic "train.steps=$WG_STEPS"
+# Resume on the GPU: a copy of the bf16 quickstart extended by 100 steps from its checkpoint.
+cp -r "$OUT/quickstart_bf16" "$OUT/quickstart_bf16_resumed"
+train quickstart_bf16_resumed bf16 quickstart.toml "train.steps=$((QS_STEPS + 100))"
+run generate_cuda 60 python -m ganforge generate "$OUT/quickstart_bf16/generator.safetensors" \
+    --num 64 --out "$OUT/generated.png" --device "$([[ $CUDA == 1 ]] && echo cuda || echo cpu)"
+# fp16 with its loss scaler, every loss and regularizer (skips itself without CUDA).
+run fp16_every_loss 200 python -m pytest -q -p no:cacheprovider -m gpu \
+    "$ROOT/tests/test_precision.py" --rootdir "$ROOT"
+
+python - "$OUT" "${status[@]}" <<'EOF'
+import json, sys
+from pathlib import Path
+
+out, rows = Path(sys.argv[1]), [r.split() for r in sys.argv[2:]]
+print()
+print((out / "device.txt").read_text().strip())
+print(f"| check | exit | wall s | steps | real img/s (last log) | skipped | d_loss | g_loss |")
+print("|---|---|---|---|---|---|---|---|")
+for name, rc, wall in rows:
+    metrics = out / name / "metrics.jsonl"
+    cells = ["", "", "", "", ""]
+    if metrics.exists() and not name.startswith(("generate", "fp16_every")):
+        last = json.loads(metrics.read_text().splitlines()[-1])
+        cells = [str(last["step"]), f"{last['images_per_s']:.0f}", str(last["skipped_steps"]),
+                 f"{last['d_loss']:.3f}", f"{last['g_loss']:.3f}"]
+    if name.endswith("_resumed"):
+        resumed = "resumed from" in (out / f"{name}.log").read_text()
+        cells[0] += " (resumed)" if resumed else " (NOT resumed)"
+    if name == "fp16_every_loss":
+        log = (out / f"{name}.log").read_text().strip().splitlines()
+        cells[0] = log[-1] if log else ""
+    print(f"| {name} | {rc} | {wall} | " + " | ".join(cells) + " |")
+EOF
