@@ -11,11 +11,12 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from ganforge import __version__
 from ganforge.errors import GanforgeError
 
-COMMANDS = ("train", "validate", "plugins", "export", "generate")
+COMMANDS = ("train", "validate", "plugins", "export", "generate", "eval")
 USAGE_ERROR = 2
 
 
@@ -69,6 +70,23 @@ def build_parser() -> argparse.ArgumentParser:
         "--class", dest="label", help="class index or name for conditional models (default: all)"
     )
     generate.add_argument("--device", default="cpu", help="torch device (default cpu)")
+
+    evaluate = sub.add_parser("eval", help="score an exported generator against a data set")
+    evaluate.add_argument("model", help="a .safetensors file written by ganforge")
+    evaluate.add_argument(
+        "--data", required=True, help="a recipe (its [data] and [eval]) or a data set's name"
+    )
+    evaluate.add_argument("--num", type=int, default=10_000, help="samples (default 10000)")
+    evaluate.add_argument(
+        "--metric",
+        action="append",
+        dest="metrics",
+        help="a metric (repeatable; default: the data's defaults)",
+    )
+    evaluate.add_argument("--extractor", help="feature extractor (default: the data's choice)")
+    evaluate.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    evaluate.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    evaluate.add_argument("--out", help="write the results as JSON")
     return parser
 
 
@@ -92,6 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "plugins": _plugins,
             "export": _export,
             "generate": _generate,
+            "eval": _eval,
         }
         return handlers[args.command](args)
     except GanforgeError as err:
@@ -174,4 +193,28 @@ def _generate(args) -> int:
     )
     where = paths[0] if args.out else f"{len(paths)} files in {args.out_dir}"
     print(f"ganforge: wrote {args.num} samples (seed {args.seed}) to {where}")
+    return 0
+
+
+def _eval(args) -> int:
+    from ganforge.evaluation import table
+    from ganforge.runfiles import write_text
+    from ganforge.sampling import evaluate_model
+
+    if args.num < 10:
+        raise GanforgeError(f"--num must be at least 10, not {args.num}")
+    result = evaluate_model(
+        args.model,
+        args.data,
+        num=args.num,
+        metrics=args.metrics,
+        extractor=args.extractor,
+        seed=args.seed,
+        device=args.device,
+    )
+    print(f"{result['model']} vs {result['data']}: {result['num']} samples, {result['extractor']}")
+    print(table(result["metrics"]))
+    if args.out:
+        write_text(Path(args.out), json.dumps(result, indent=2) + "\n")
+        print(f"ganforge: wrote {args.out}")
     return 0

@@ -227,10 +227,15 @@ def load_generator(
     return generator.to(device).eval().requires_grad_(False), info
 
 
+def latents_from(info: GeneratorInfo, num: int, rng: torch.Generator) -> torch.Tensor:
+    """``num`` latents from the export's prior, drawn from ``rng`` on the CPU."""
+    probe = SimpleNamespace(latent_shape=info.latent_shape, latent_prior=info.latent_prior)
+    return sample_latents(probe, num, rng)
+
+
 def latents(info: GeneratorInfo, num: int, seed: int) -> torch.Tensor:
     """``num`` latents from the export's prior, drawn from ``seed`` on the CPU."""
-    probe = SimpleNamespace(latent_shape=info.latent_shape, latent_prior=info.latent_prior)
-    return sample_latents(probe, num, torch.Generator().manual_seed(seed))
+    return latents_from(info, num, torch.Generator().manual_seed(seed))
 
 
 @torch.no_grad()

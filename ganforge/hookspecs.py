@@ -98,6 +98,31 @@ def ganforge_register_datasets(register: Register) -> None:
 
 
 @hookspec
+def ganforge_register_feature_extractors(register: Register) -> None:
+    """Register feature extractors for evaluation, chosen as ``[eval] extractor = ...``.
+
+    ``factory(**kwargs)`` returns a :class:`ganforge.evaluation.FeatureExtractor`: an
+    ``nn.Module`` called on samples (images in [-1, 1], B×C×H×W at any resolution and 1 or 3
+    channels, or B×D points) returning ``(features, logits)``: B×F features and B×K class
+    logits, or ``None`` when it has no classifier head. It declares ``fingerprint`` (changes
+    whenever its outputs would: weights, preprocessing), which keys the cache of real-data
+    features, and ``num_classes`` (K, 0 without logits).
+    """
+
+
+@hookspec
+def ganforge_register_metrics(register: Register) -> None:
+    """Register evaluation metrics, used as ``[eval.metrics.NAME]`` tables and ``--metric NAME``.
+
+    ``factory(**kwargs)`` returns a :class:`ganforge.evaluation.Metric`: called as
+    ``metric(real, fake, context)`` with two :class:`ganforge.evaluation.Features` (features,
+    logits, labels and, for point data, the samples themselves) and an
+    :class:`ganforge.evaluation.EvalContext`; returns a dict of floats (names without the
+    metric's prefix, e.g. ``{"": 12.3}`` or ``{"precision": 0.7, "recall": 0.6}``).
+    """
+
+
+@hookspec
 def ganforge_run_start(run: RunInfo) -> None:
     """Called once before the first step, after models, optimizers and data are ready.
 

@@ -112,6 +112,14 @@ SCHEMA["ema"] = {
     "decay": Key(float, 0.0, OPTIM, lambda v: None if 0 <= v < 1 else "must be in [0, 1)"),
     "warmup_steps": Key(int, 0, OPTIM, non_negative),
 }
+SCHEMA["eval"] = {
+    # Metrics every k steps during training (0: never), on `num` generated samples against
+    # as many real ones; `extractor` empty: the data source's choice, else by kind of data.
+    "every": Key(int, 0, None, non_negative),
+    "num": Key(int, 2000, None, lambda v: None if v >= 10 else "must be >= 10"),
+    "extractor": Key(str, ""),
+}
+EVAL_TABLES = ("extractor_options", "metrics")
 REGULARIZER_KEYS = {"every": Key(int, 1, OPTIM, positive)}
 #: Sections whose extra keys go to a registered factory, and the registry kind of each.
 COMPONENT_SECTIONS = {
@@ -131,6 +139,7 @@ SECTIONS = (
     "optim",
     "ema",
     "train",
+    "eval",
 )
 
 
@@ -306,6 +315,8 @@ def validate(
             resolved[section] = _check_regularizers(value, registry, problems)
         elif section == "optim":
             resolved[section] = _check_optim(value, problems)
+        elif section == "eval":
+            resolved[section] = _check_eval(value, registry, problems)
         else:
             resolved[section] = _check_table(
                 section,
@@ -397,6 +408,42 @@ def _check_regularizers(table, registry, problems) -> dict[str, Any]:
                 kwargs = {k: v for k, v in resolved.items() if k != "every"}
                 _bind_kwargs(where, entry, kwargs, problems)
         out[name] = resolved
+    return out
+
+
+def _check_eval(table, registry, problems) -> dict[str, Any]:
+    """``[eval]`` keys, ``[eval.extractor_options]`` and one ``[eval.metrics.NAME]`` per metric,
+    each bound to its plugin's factory."""
+    core = {k: v for k, v in table.items() if k not in EVAL_TABLES}
+    out = _check_table("eval", core, SCHEMA["eval"], problems)
+    options = table.get("extractor_options", {})
+    metrics = table.get("metrics", {})
+    for name, value in (("extractor_options", options), ("metrics", metrics)):
+        if not isinstance(value, Mapping):
+            problems.append((f"eval.{name}", "must be a table"))
+    out["extractor_options"] = dict(options) if isinstance(options, Mapping) else {}
+    out["metrics"] = {}
+    for name, kwargs in (metrics if isinstance(metrics, Mapping) else {}).items():
+        where = f"eval.metrics.{name}"
+        if not isinstance(kwargs, Mapping):
+            problems.append((where, "must be a table of the metric's options"))
+            continue
+        out["metrics"][name] = dict(kwargs)
+        if registry is not None:
+            entry = registry.find("metric", name)
+            if entry is None:
+                problems.append((where, registry.unknown_message("metric", name)))
+            else:
+                _bind_kwargs(where, entry, dict(kwargs), problems)
+    extractor = out.get("extractor")
+    if registry is not None and isinstance(extractor, str) and extractor:
+        entry = registry.find("feature_extractor", extractor)
+        if entry is None:
+            problems.append(
+                ("eval.extractor", registry.unknown_message("feature_extractor", extractor))
+            )
+        else:
+            _bind_kwargs("eval.extractor_options", entry, out["extractor_options"], problems)
     return out
 
 

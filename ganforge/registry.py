@@ -15,6 +15,8 @@ REGISTRATION_HOOKS = {
     "loss": "ganforge_register_losses",
     "regularizer": "ganforge_register_regularizers",
     "dataset": "ganforge_register_datasets",
+    "feature_extractor": "ganforge_register_feature_extractors",
+    "metric": "ganforge_register_metrics",
 }
 KINDS = tuple(REGISTRATION_HOOKS)
 
@@ -25,6 +27,8 @@ CORE_ARGS: dict[str, tuple[str, ...]] = {
     "loss": (),
     "regularizer": (),
     "dataset": ("resolution",),
+    "feature_extractor": (),
+    "metric": (),
 }
 
 

@@ -1,4 +1,5 @@
-"""``ganforge generate``: samples of an exported generator written as images or arrays."""
+"""Using an export without its recipe: ``ganforge generate`` (samples written as images or
+arrays) and ``ganforge eval`` (metrics against a data set)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import torch
 
 from ganforge.components import grid_labels
 from ganforge.errors import GanforgeError
-from ganforge.export import GeneratorInfo, generate, load_generator
+from ganforge.export import GeneratorInfo, generate, latents_from, load_generator
 from ganforge.plugins import Plugins
 from ganforge.runfiles import atomic_write, save_grid, save_scatter
 
@@ -102,3 +103,89 @@ def write_samples(
         return [save_scatter(out, samples, samples)]
     nrow = max(num // info.num_classes, 1) if info.num_classes and label is None else None
     return [save_grid(out, samples, nrow)]
+
+
+def _open_data(spec: str, info: GeneratorInfo, plugins: Plugins):
+    """``spec`` is a recipe (its data and [eval] tables) or a registered data set's name."""
+    from ganforge.data import open_store
+    from ganforge.evaluation import build
+    from ganforge.recipe import load_recipe
+
+    registry = plugins.registry
+    if spec.endswith(".toml"):
+        recipe = load_recipe(spec, (), registry)
+        data_cfg = recipe.component("data")
+        name, kwargs, evaluation = data_cfg.name, dict(data_cfg.kwargs), recipe.section("eval")
+        resolution = recipe.get("data.resolution")
+    else:
+        name, kwargs, evaluation, resolution = spec, {}, {}, info.resolution
+    if resolution != info.resolution:
+        raise GanforgeError(
+            f"{spec} gives {resolution}-pixel data, the generator makes {info.resolution}"
+        )
+    source = build(registry, "dataset", name, {"resolution": resolution, **kwargs}, "data")
+    return source, open_store(source, resolution), evaluation
+
+
+def evaluate_model(
+    model: str | Path,
+    data: str,
+    *,
+    num: int = 10_000,
+    metrics: list[str] | None = None,
+    extractor: str | None = None,
+    seed: int = 0,
+    device: str = "cpu",
+    plugins: Plugins | None = None,
+) -> dict:
+    """Metrics of an export's samples against ``data``, and of held-out real data (the
+    ceiling), as a JSON-ready dict."""
+    from ganforge.evaluation import extract, generated_batches, prepare
+
+    plugins = plugins or Plugins()
+    dev = _device(device)
+    generator, info = load_generator(model, dev, plugins)
+    source, images, eval_cfg = _open_data(data, info, plugins)
+    if images.is_image != (info.output == "image") or images.channels != info.channels:
+        raise GanforgeError(f"{data} does not look like what the generator makes")
+    conditional = info.num_classes > 0 and images.num_classes == info.num_classes
+    chosen = None
+    if metrics:
+        chosen = {m: eval_cfg.get("metrics", {}).get(m, {}) for m in metrics}
+    elif eval_cfg.get("metrics"):
+        chosen = eval_cfg["metrics"]
+    evaluation = prepare(
+        plugins.registry,
+        images,
+        source.fingerprint,
+        source.metadata,
+        num=num,
+        extractor=extractor or eval_cfg.get("extractor") or None,
+        extractor_options=eval_cfg.get("extractor_options"),
+        metrics=chosen,
+        conditional=conditional,
+        device=dev,
+        seed=seed,
+    )
+    points = info.output == "points"
+    batches = generated_batches(
+        lambda z, y: generator(z.to(dev), None if y is None else y.to(dev)),
+        lambda n, rng: latents_from(info, n, rng),
+        num,
+        info.num_classes if conditional else 0,
+        seed,
+    )
+    with torch.no_grad():
+        fake = extract(evaluation.extractor, batches, dev, keep_samples=points)
+    results = {"generated": evaluation.score(fake)}
+    if evaluation.held_out is not None:
+        results["real (held out)"] = evaluation.score(evaluation.held_out)
+    return {
+        "model": str(model),
+        "data": data,
+        "extractor": evaluation.extractor.fingerprint,
+        "num": num,
+        "real_reference": len(evaluation.real),
+        "seed": seed,
+        "metrics": results,
+    }

@@ -49,6 +49,29 @@ def no_unpickling(monkeypatch):
     monkeypatch.setattr(torch, "load", refuse)
 
 
+@pytest.fixture(scope="session")
+def _trained_digits_classifier(tmp_path_factory):
+    from ganforge_plugins.digits import train_digits_classifier
+
+    net, accuracy = train_digits_classifier()
+    path = tmp_path_factory.mktemp("digits") / "digits-cnn-v1.safetensors"
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(path))
+    return path, accuracy
+
+
+@pytest.fixture
+def digits_classifier(_trained_digits_classifier, tmp_path):
+    """The digits extractor's classifier, trained once per session, in this test's cache."""
+    import shutil
+
+    path, accuracy = _trained_digits_classifier
+    (tmp_path / "cache" / "eval").mkdir(parents=True, exist_ok=True)
+    shutil.copy(path, tmp_path / "cache" / "eval" / path.name)
+    return accuracy
+
+
 def run_command(args, tmp_path: Path, timeout=180, env=None) -> subprocess.CompletedProcess:
     """Run a command from the repository root as a user would, with an isolated cache."""
     env = {**os.environ, "GANFORGE_CACHE_DIR": str(tmp_path / "cache"), **(env or {})}

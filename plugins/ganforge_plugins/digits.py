@@ -1,13 +1,22 @@
-"""scikit-learn's bundled handwritten digits (1,797 8×8 images, 10 classes): no download."""
+"""scikit-learn's bundled handwritten digits (1,797 8×8 images, 10 classes): no download.
+
+Also the ``digits`` feature extractor: a small CNN classifier trained on the digits at first
+use (seconds on a CPU) and cached, whose penultimate features give a Fréchet distance and whose
+logits give an Inception Score for digit generators, offline.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
 
 from ganforge import hookimpl
-from ganforge.data import DataSource, ImageData
+from ganforge.data import DataSource, ImageData, cache_root
+from ganforge.export import tensors_digest
+from ganforge.runfiles import atomic_write
 
 
 def digits_source(*, resolution: int, channels: int = 1) -> DataSource:
@@ -28,10 +37,96 @@ def digits_source(*, resolution: int, channels: int = 1) -> DataSource:
 
     # Decoding takes milliseconds: cheaper to rebuild than to cache.
     return DataSource(
-        f"digits-v1-r{resolution}-c{channels}", load, "scikit-learn digits", cache=False
+        f"digits-v1-r{resolution}-c{channels}",
+        load,
+        "scikit-learn digits",
+        cache=False,
+        metadata={"eval_extractor": "digits"},
     )
+
+
+class DigitsClassifier(nn.Module):
+    """A small CNN on 32×32 digits; features are its 64-d penultimate layer before the ReLU
+    (after it, units dead on every input would make covariances singular)."""
+
+    num_classes = 10
+    fingerprint = "digits-cnn-v1"
+
+    def __init__(self):
+        super().__init__()
+        blocks = [
+            nn.Sequential(
+                nn.Conv2d(c, c2, 3, padding=1), nn.BatchNorm2d(c2), nn.ReLU(), nn.MaxPool2d(2)
+            )
+            for c, c2 in ((1, 32), (32, 64))
+        ]  # 16 -> 8 -> 4
+        self.body = nn.Sequential(nn.AvgPool2d(2), *blocks, nn.Flatten(), nn.Linear(64 * 16, 64))
+        self.head = nn.Sequential(nn.ReLU(), nn.Dropout(0.3), nn.Linear(64, 10))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images in [-1, 1] at any resolution, 1 or 3 channels -> (features, logits)."""
+        x = x.float().mean(1, keepdim=True)  # grey
+        if x.shape[-1] != 32:
+            x = F.interpolate(x, size=32, mode="bilinear", align_corners=False)
+        features = self.body(x)
+        return features, self.head(features)
+
+
+def _digits_split():
+    """The digits at 32 px in [-1, 1], split 80/20 (stratified, seeded) for the classifier."""
+    data = digits_source(resolution=32).load()
+    x = torch.from_numpy(data.images).float().div(127.5).sub(1)
+    y = torch.from_numpy(data.labels)
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
+    test = torch.zeros(len(x), dtype=torch.bool)
+    for c in range(10):
+        members = order[y[order] == c]
+        test[members[: len(members) // 5]] = True
+    return x[~test], y[~test], x[test], y[test]
+
+
+def train_digits_classifier(epochs: int = 12) -> tuple[DigitsClassifier, float]:
+    """Adam with ±2 px shifts; returns the network (eval mode) and its held-out accuracy."""
+    x, y, x_test, y_test = _digits_split()
+    gen = torch.Generator().manual_seed(0)
+    with torch.random.fork_rng():  # leaves the caller's random streams alone
+        torch.manual_seed(0)
+        net = DigitsClassifier()
+        opt = torch.optim.Adam(net.parameters(), 2e-3)
+        for _ in range(epochs):
+            for idx in torch.randperm(len(x), generator=gen).split(64):
+                shift = tuple(torch.randint(-2, 3, (2,), generator=gen).tolist())
+                _, logits = net(torch.roll(x[idx], shift, (2, 3)))
+                loss = F.cross_entropy(logits, y[idx])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+    net.eval()
+    with torch.no_grad():
+        accuracy = (net(x_test)[1].argmax(1) == y_test).float().mean().item()
+    return net, accuracy
+
+
+def digits_extractor() -> DigitsClassifier:
+    """The digits classifier, trained at first use and cached (safetensors)."""
+    path = cache_root() / "eval" / "digits-cnn-v1.safetensors"
+    net = DigitsClassifier()
+    try:
+        net.load_state_dict(load_file(str(path)))
+    except Exception:  # noqa: BLE001 - missing or damaged: train it again
+        net, _ = train_digits_classifier()
+        tensors = {k: v.contiguous() for k, v in net.state_dict().items()}
+        atomic_write(path, lambda tmp: save_file(tensors, str(tmp)))
+    digest = tensors_digest(net.state_dict())
+    net.fingerprint = f"digits-cnn-v1-{digest[:12]}"  # the weights, not the recipe
+    return net.eval().requires_grad_(False)
 
 
 @hookimpl
 def ganforge_register_datasets(register):
     register("digits", digits_source)
+
+
+@hookimpl
+def ganforge_register_feature_extractors(register):
+    register("digits", digits_extractor)

@@ -61,7 +61,29 @@ def toy2d_source(
     def load() -> ImageData:
         return ImageData(sample_toy(dataset, size, np.random.default_rng(seed)))
 
-    return DataSource(f"toy2d-v1-{dataset}-n{size}-s{seed}", load, f"toy2d {dataset}", cache=False)
+    metadata = {"toy2d": dataset}
+    if centres(dataset) is not None:  # mixtures are scored by the modes they cover
+        metadata["eval_metrics"] = ["toy2d"]
+    return DataSource(
+        f"toy2d-v1-{dataset}-n{size}-s{seed}",
+        load,
+        f"toy2d {dataset}",
+        cache=False,
+        metadata=metadata,
+    )
+
+
+class ToyModes:
+    """Modes covered and high-quality fraction of generated points (mixtures of Gaussians)."""
+
+    def __call__(self, real, fake, context) -> dict:
+        from ganforge.evaluation import EvalError
+
+        dataset = context.data_metadata.get("toy2d")
+        if fake.samples is None or dataset is None or centres(dataset) is None:
+            raise EvalError("metric 'toy2d' is for the toy2d mixtures (8gaussians, 25gaussians)")
+        stats = mode_stats(fake.samples.numpy(), dataset)
+        return {"modes": stats["modes"], "high_quality": stats["high_quality"]}
 
 
 def mode_stats(points: np.ndarray, dataset: str) -> dict[str, float]:
@@ -152,3 +174,8 @@ def ganforge_register_generators(register):
 @hookimpl
 def ganforge_register_discriminators(register):
     register("mlp", MLPDiscriminator)
+
+
+@hookimpl
+def ganforge_register_metrics(register):
+    register("toy2d", ToyModes)

@@ -1,0 +1,292 @@
+"""Evaluation: samples → features (a feature-extractor plugin) → metrics (metric plugins).
+
+The core owns what every metric needs: drawing real and generated samples reproducibly,
+running the extractor in batches, caching real-data features per dataset and extractor,
+gathering features from every process, and choosing defaults per kind of data. The numbers
+themselves come from plugins (``ganforge_register_feature_extractors``,
+``ganforge_register_metrics``); the built-ins are in ``ganforge_plugins.metrics``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from ganforge.data import ImageData, cache_root
+from ganforge.errors import GanforgeError, RecipeError
+from ganforge.registry import Registry
+from ganforge.runfiles import atomic_write
+
+
+@dataclass
+class Features:
+    """What one side (real or generated) of an evaluation looks like to the metrics.
+
+    ``features``: N×F float64; ``logits``: N×K float64 class logits (None without a classifier
+    head); ``labels``: N class indices (real: the data's, generated: the conditioning labels;
+    None when unlabelled); ``samples``: the N×D points themselves, for point data only.
+    """
+
+    features: torch.Tensor
+    logits: torch.Tensor | None = None
+    labels: torch.Tensor | None = None
+    samples: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        names = ("features", "logits", "labels", "samples")
+        return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
+
+
+@dataclass(frozen=True)
+class EvalContext:
+    """What a metric may need to know besides the two feature sets."""
+
+    num_classes: int = 0
+    class_names: list[str] | None = None
+    extractor_classes: int = 0
+    data_metadata: dict = field(default_factory=dict)
+    seed: int = 0
+
+
+@runtime_checkable
+class FeatureExtractor(Protocol):
+    fingerprint: str
+    num_classes: int
+
+    def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]: ...
+
+
+@runtime_checkable
+class Metric(Protocol):
+    def __call__(self, real: Features, fake: Features, context: EvalContext) -> dict: ...
+
+
+class EvalError(GanforgeError):
+    """An evaluation that cannot run as asked (metric, extractor, data)."""
+
+
+# --------------------------------------------------------------------------- choosing
+
+
+def default_extractor(data: ImageData, metadata: dict) -> str:
+    """A data source may name its extractor (the digits name theirs); else by kind of data."""
+    return metadata.get("eval_extractor") or ("inception" if data.is_image else "identity")
+
+
+def default_metrics(extractor_classes: int, conditional: bool, metadata: dict) -> list[str]:
+    names = ["fd", "kid", "pr"]
+    if extractor_classes:
+        names.append("is")
+    if conditional:
+        names.append("intra_fd")
+        if extractor_classes:
+            names.append("accuracy")
+    return names + [m for m in metadata.get("eval_metrics", []) if m not in names]
+
+
+def build(registry: Registry, kind: str, name: str, kwargs: dict[str, Any], where: str):
+    entry = registry.find(kind, name)
+    if entry is None:
+        raise RecipeError([(where, registry.unknown_message(kind, name))])
+    try:
+        return entry.factory(**kwargs)
+    except (TypeError, ValueError) as err:
+        raise RecipeError([(where, f"{kind} {name!r} rejected its options: {err}")]) from None
+
+
+# --------------------------------------------------------------------------- features
+
+
+@torch.no_grad()
+def extract(extractor, batches, device: torch.device, keep_samples: bool = False) -> Features:
+    """Run ``extractor`` over ``(x, y)`` batches; everything comes back float64 on the CPU."""
+    features, logits, labels, samples = [], [], [], []
+    for x, y in batches:
+        f, k = extractor(x.to(device))
+        features.append(f.double().cpu())
+        if k is not None:
+            logits.append(k.double().cpu())
+        if y is not None:
+            labels.append(y.cpu())
+        if keep_samples:
+            samples.append(x.float().cpu())
+    return Features(
+        torch.cat(features),
+        torch.cat(logits) if logits else None,
+        torch.cat(labels) if labels else None,
+        torch.cat(samples) if samples else None,
+    )
+
+
+def real_batches(data: ImageData, indices: np.ndarray, batch: int):
+    """Real samples in [-1, 1] (points as they are) with their labels, in batches."""
+    for start in range(0, len(indices), batch):
+        idx = np.sort(indices[start : start + batch])
+        x = torch.from_numpy(np.asarray(data.images[idx]))
+        x = x.float().div(127.5).sub(1) if x.dtype == torch.uint8 else x.float()
+        y = torch.from_numpy(np.asarray(data.labels[idx])) if data.labels is not None else None
+        yield x, y
+
+
+def real_split(n_data: int, num: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A seeded split of the data: up to ``num`` reference samples and up to ``num`` held out
+    (the held-out half scores the real data itself: the ceiling a generator can reach)."""
+    order = np.random.default_rng(seed).permutation(n_data)
+    size = min(num, n_data // 2) if n_data < 2 * num else num
+    return order[:size], order[size : 2 * size]
+
+
+def cached_real_features(
+    key_parts: list[str], compute: Callable[[], Features], cache: bool = True
+) -> Features:
+    """Real-data features, cached under ``$GANFORGE_CACHE_DIR/eval`` (safetensors, no pickle)."""
+    key = hashlib.sha256("|".join(key_parts).encode()).hexdigest()[:24]
+    path = cache_root() / "eval" / f"{key}.safetensors"
+    if cache and path.exists():
+        try:
+            return Features(**load_file(str(path)))
+        except Exception:  # noqa: BLE001 - a damaged cache entry is recomputed, not trusted
+            path.unlink(missing_ok=True)
+    features = compute()
+    if cache:
+        tensors = {k: v.contiguous() for k, v in features.tensors().items()}
+        atomic_write(path, lambda tmp: save_file(tensors, str(tmp)))
+    return features
+
+
+# --------------------------------------------------------------------------- evaluating
+
+
+@dataclass
+class Evaluation:
+    """A configured evaluation: one extractor, several metrics, real-data features ready."""
+
+    extractor: Any
+    metrics: dict[str, Any]
+    real: Features
+    held_out: Features | None
+    context: EvalContext
+    device: torch.device
+    batch: int = 250
+
+    def score(self, fake: Features) -> dict[str, float]:
+        """Every metric of ``fake`` against the real features, as ``name`` or ``name/part``."""
+        out: dict[str, float] = {}
+        for name, metric in self.metrics.items():
+            for part, value in metric(self.real, fake, self.context).items():
+                out[f"{name}/{part}" if part else name] = float(value)
+        return out
+
+    def features_of(self, batches, keep_samples: bool) -> Features:
+        self.extractor.to(self.device)
+        return extract(self.extractor, batches, self.device, keep_samples)
+
+
+def prepare(
+    registry: Registry,
+    data: ImageData,
+    data_fingerprint: str,
+    data_metadata: dict,
+    *,
+    num: int,
+    extractor: str | None = None,
+    extractor_options: dict | None = None,
+    metrics: dict[str, dict] | None = None,
+    conditional: bool = False,
+    device: torch.device | str = "cpu",
+    seed: int = 0,
+    cache: bool = True,
+    with_real: bool = True,
+) -> Evaluation:
+    """Build the extractor and metrics and compute (or load) the real-data features.
+
+    ``with_real=False`` skips the real features (processes that only contribute samples)."""
+    device = torch.device(device)
+    extractor_name = extractor or default_extractor(data, data_metadata)
+    options = dict(extractor_options or {})
+    net = build(registry, "feature_extractor", extractor_name, options, "eval.extractor")
+    if not isinstance(net, FeatureExtractor):
+        raise EvalError(f"feature extractor {extractor_name!r} does not follow the protocol")
+    net = net.eval() if hasattr(net, "eval") else net
+    classes = int(getattr(net, "num_classes", 0))
+    context = EvalContext(
+        num_classes=data.num_classes if conditional else 0,
+        class_names=list(data.class_names) if data.class_names else None,
+        extractor_classes=classes,
+        data_metadata=dict(data_metadata),
+        seed=seed,
+    )
+    chosen = metrics or {m: {} for m in default_metrics(classes, conditional, data_metadata)}
+    built = {
+        name: build(registry, "metric", name, kwargs, f"eval.metrics.{name}")
+        for name, kwargs in chosen.items()
+    }
+    reference, held = real_split(len(data), num, seed)
+    points = not data.is_image
+    evaluation = Evaluation(net, built, None, None, context, device)  # type: ignore[arg-type]
+    key = [data_fingerprint, net.fingerprint, str(len(data)), str(num), str(seed)]
+
+    def compute(indices):
+        return lambda: evaluation.features_of(real_batches(data, indices, 250), points)
+
+    if not with_real:
+        return evaluation
+    evaluation.real = cached_real_features([*key, "reference"], compute(reference), cache)
+    if len(held) >= 2:
+        evaluation.held_out = cached_real_features([*key, "held-out"], compute(held), cache)
+    return evaluation
+
+
+def generated_batches(
+    generate: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor],
+    latents: Callable[[int, torch.Generator], torch.Tensor],
+    num: int,
+    num_classes: int,
+    seed: int,
+    batch: int = 250,
+):
+    """``num`` generated samples in batches, from their own seeded streams (no training RNG).
+
+    Conditional generators get labels drawn uniformly over the classes.
+    """
+    rng = torch.Generator().manual_seed(seed + 12345)
+    for start in range(0, num, batch):
+        n = min(batch, num - start)
+        y = torch.randint(0, num_classes, (n,), generator=rng) if num_classes else None
+        z = latents(n, rng)
+        yield generate(z, y), y
+
+
+def gather(features: Features, accelerator, num: int) -> Features:
+    """Every process's generated features, concatenated (rank order), cut to ``num``."""
+    if accelerator.num_processes == 1:
+        return features
+    gathered = {
+        name: accelerator.gather(value.to(accelerator.device)).cpu()[:num]
+        for name, value in features.tensors().items()
+    }
+    return Features(**gathered)
+
+
+def table(results: dict[str, dict[str, float]]) -> str:
+    """Metric values side by side, one column per evaluated set."""
+    names = sorted({k for values in results.values() for k in values})
+    columns = list(results)
+    width = max([len(n) for n in names] + [6])
+    lines = [f"{'metric':<{width}}  " + "  ".join(f"{c:>16}" for c in columns)]
+    for name in names:
+        cells = [results[c].get(name) for c in columns]
+        lines.append(
+            f"{name:<{width}}  "
+            + "  ".join(f"{v:>16.5g}" if v is not None else f"{'-':>16}" for v in cells)
+        )
+    return "\n".join(lines)

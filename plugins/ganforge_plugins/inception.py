@@ -1,0 +1,252 @@
+"""The ``inception`` feature extractor: the FID Inception-v3 (2048-d pool features, 1008 logits).
+
+The network is the one pytorch-fid and torch-fidelity use for FID (torchvision's Inception-v3
+layout with the FID variants of its A, C and E blocks: average pools that exclude padding, and
+a max pool in the last block), defined here because torchvision does not import beside every
+torch. Its weights are the usual ``pt_inception-2015-12-05-6726825d.pth`` (converted from the
+TensorFlow FID graph), found, in order, at ``path``, in ``$GANFORGE_CACHE_DIR/weights/``, in
+the torch hub cache (``~/.cache/torch/hub/checkpoints/``), or downloaded when ``download`` is
+allowed and the machine is online. The file's SHA-256 must start with ``6726825d`` (the
+prefix in its name, as torch hub checks it). The ``.pth`` is read with ``torch.load(...,
+weights_only=True)``, which accepts tensors only and never runs pickled code, and converted
+once to safetensors beside the cache.
+
+Preprocessing follows pytorch-fid: images in [-1, 1] are resized to 299×299 bilinearly
+(``align_corners=False``) and grey images repeated to 3 channels.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import urllib.request
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from ganforge import hookimpl
+from ganforge.data import cache_root
+from ganforge.errors import GanforgeError
+from ganforge.runfiles import atomic_write
+
+FILE = "pt_inception-2015-12-05-6726825d.pth"
+SHA256_PREFIX = "6726825d"
+URL = f"https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/{FILE}"
+
+
+class BasicConv2d(nn.Module):
+    def __init__(self, cin: int, cout: int, **kwargs):
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, bias=False, **kwargs)
+        self.bn = nn.BatchNorm2d(cout, eps=0.001)
+
+    def forward(self, x):
+        return F.relu(self.bn(self.conv(x)))
+
+
+def _avg(x):  # the FID blocks' average pool leaves padding out of the mean
+    return F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
+
+
+class InceptionA(nn.Module):
+    def __init__(self, cin: int, pool_features: int):
+        super().__init__()
+        self.branch1x1 = BasicConv2d(cin, 64, kernel_size=1)
+        self.branch5x5_1 = BasicConv2d(cin, 48, kernel_size=1)
+        self.branch5x5_2 = BasicConv2d(48, 64, kernel_size=5, padding=2)
+        self.branch3x3dbl_1 = BasicConv2d(cin, 64, kernel_size=1)
+        self.branch3x3dbl_2 = BasicConv2d(64, 96, kernel_size=3, padding=1)
+        self.branch3x3dbl_3 = BasicConv2d(96, 96, kernel_size=3, padding=1)
+        self.branch_pool = BasicConv2d(cin, pool_features, kernel_size=1)
+
+    def forward(self, x):
+        b1 = self.branch1x1(x)
+        b5 = self.branch5x5_2(self.branch5x5_1(x))
+        b3 = self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x)))
+        return torch.cat([b1, b5, b3, self.branch_pool(_avg(x))], 1)
+
+
+class InceptionB(nn.Module):
+    def __init__(self, cin: int):
+        super().__init__()
+        self.branch3x3 = BasicConv2d(cin, 384, kernel_size=3, stride=2)
+        self.branch3x3dbl_1 = BasicConv2d(cin, 64, kernel_size=1)
+        self.branch3x3dbl_2 = BasicConv2d(64, 96, kernel_size=3, padding=1)
+        self.branch3x3dbl_3 = BasicConv2d(96, 96, kernel_size=3, stride=2)
+
+    def forward(self, x):
+        b3 = self.branch3x3(x)
+        bd = self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x)))
+        return torch.cat([b3, bd, F.max_pool2d(x, 3, stride=2)], 1)
+
+
+class InceptionC(nn.Module):
+    def __init__(self, cin: int, c7: int):
+        super().__init__()
+        self.branch1x1 = BasicConv2d(cin, 192, kernel_size=1)
+        self.branch7x7_1 = BasicConv2d(cin, c7, kernel_size=1)
+        self.branch7x7_2 = BasicConv2d(c7, c7, kernel_size=(1, 7), padding=(0, 3))
+        self.branch7x7_3 = BasicConv2d(c7, 192, kernel_size=(7, 1), padding=(3, 0))
+        self.branch7x7dbl_1 = BasicConv2d(cin, c7, kernel_size=1)
+        self.branch7x7dbl_2 = BasicConv2d(c7, c7, kernel_size=(7, 1), padding=(3, 0))
+        self.branch7x7dbl_3 = BasicConv2d(c7, c7, kernel_size=(1, 7), padding=(0, 3))
+        self.branch7x7dbl_4 = BasicConv2d(c7, c7, kernel_size=(7, 1), padding=(3, 0))
+        self.branch7x7dbl_5 = BasicConv2d(c7, 192, kernel_size=(1, 7), padding=(0, 3))
+        self.branch_pool = BasicConv2d(cin, 192, kernel_size=1)
+
+    def forward(self, x):
+        b1 = self.branch1x1(x)
+        b7 = self.branch7x7_3(self.branch7x7_2(self.branch7x7_1(x)))
+        bd = self.branch7x7dbl_1(x)
+        for layer in (self.branch7x7dbl_2, self.branch7x7dbl_3, self.branch7x7dbl_4):
+            bd = layer(bd)
+        bd = self.branch7x7dbl_5(bd)
+        return torch.cat([b1, b7, bd, self.branch_pool(_avg(x))], 1)
+
+
+class InceptionD(nn.Module):
+    def __init__(self, cin: int):
+        super().__init__()
+        self.branch3x3_1 = BasicConv2d(cin, 192, kernel_size=1)
+        self.branch3x3_2 = BasicConv2d(192, 320, kernel_size=3, stride=2)
+        self.branch7x7x3_1 = BasicConv2d(cin, 192, kernel_size=1)
+        self.branch7x7x3_2 = BasicConv2d(192, 192, kernel_size=(1, 7), padding=(0, 3))
+        self.branch7x7x3_3 = BasicConv2d(192, 192, kernel_size=(7, 1), padding=(3, 0))
+        self.branch7x7x3_4 = BasicConv2d(192, 192, kernel_size=3, stride=2)
+
+    def forward(self, x):
+        b3 = self.branch3x3_2(self.branch3x3_1(x))
+        b7 = self.branch7x7x3_1(x)
+        for layer in (self.branch7x7x3_2, self.branch7x7x3_3, self.branch7x7x3_4):
+            b7 = layer(b7)
+        return torch.cat([b3, b7, F.max_pool2d(x, 3, stride=2)], 1)
+
+
+class InceptionE(nn.Module):
+    def __init__(self, cin: int, max_pool: bool):
+        super().__init__()
+        self.max_pool = max_pool  # the last block of the FID graph pools with max
+        self.branch1x1 = BasicConv2d(cin, 320, kernel_size=1)
+        self.branch3x3_1 = BasicConv2d(cin, 384, kernel_size=1)
+        self.branch3x3_2a = BasicConv2d(384, 384, kernel_size=(1, 3), padding=(0, 1))
+        self.branch3x3_2b = BasicConv2d(384, 384, kernel_size=(3, 1), padding=(1, 0))
+        self.branch3x3dbl_1 = BasicConv2d(cin, 448, kernel_size=1)
+        self.branch3x3dbl_2 = BasicConv2d(448, 384, kernel_size=3, padding=1)
+        self.branch3x3dbl_3a = BasicConv2d(384, 384, kernel_size=(1, 3), padding=(0, 1))
+        self.branch3x3dbl_3b = BasicConv2d(384, 384, kernel_size=(3, 1), padding=(1, 0))
+        self.branch_pool = BasicConv2d(cin, 192, kernel_size=1)
+
+    def forward(self, x):
+        b1 = self.branch1x1(x)
+        b3 = self.branch3x3_1(x)
+        b3 = torch.cat([self.branch3x3_2a(b3), self.branch3x3_2b(b3)], 1)
+        bd = self.branch3x3dbl_2(self.branch3x3dbl_1(x))
+        bd = torch.cat([self.branch3x3dbl_3a(bd), self.branch3x3dbl_3b(bd)], 1)
+        pool = F.max_pool2d(x, 3, stride=1, padding=1) if self.max_pool else _avg(x)
+        return torch.cat([b1, b3, bd, self.branch_pool(pool)], 1)
+
+
+class FIDInceptionV3(nn.Module):
+    """Inception-v3 as in the FID graph: ``forward`` gives 2048-d pool features and 1008 logits."""
+
+    num_classes = 1008
+
+    def __init__(self):
+        super().__init__()
+        self.Conv2d_1a_3x3 = BasicConv2d(3, 32, kernel_size=3, stride=2)
+        self.Conv2d_2a_3x3 = BasicConv2d(32, 32, kernel_size=3)
+        self.Conv2d_2b_3x3 = BasicConv2d(32, 64, kernel_size=3, padding=1)
+        self.Conv2d_3b_1x1 = BasicConv2d(64, 80, kernel_size=1)
+        self.Conv2d_4a_3x3 = BasicConv2d(80, 192, kernel_size=3)
+        self.Mixed_5b = InceptionA(192, pool_features=32)
+        self.Mixed_5c = InceptionA(256, pool_features=64)
+        self.Mixed_5d = InceptionA(288, pool_features=64)
+        self.Mixed_6a = InceptionB(288)
+        self.Mixed_6b = InceptionC(768, c7=128)
+        self.Mixed_6c = InceptionC(768, c7=160)
+        self.Mixed_6d = InceptionC(768, c7=160)
+        self.Mixed_6e = InceptionC(768, c7=192)
+        self.Mixed_7a = InceptionD(768)
+        self.Mixed_7b = InceptionE(1280, max_pool=False)
+        self.Mixed_7c = InceptionE(2048, max_pool=True)
+        self.fc = nn.Linear(2048, 1008)
+        self.fingerprint = "fid-inception-v3-untrained"
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images in [-1, 1], any size, 1 or 3 channels -> (B×2048 features, B×1008 logits)."""
+        if x.shape[1] == 1:
+            x = x.repeat(1, 3, 1, 1)
+        # pytorch-fid: resize in [0, 1], then scale to [-1, 1].
+        x = (x.float() + 1) / 2
+        x = 2 * F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False) - 1
+        x = self.Conv2d_2b_3x3(self.Conv2d_2a_3x3(self.Conv2d_1a_3x3(x)))
+        x = F.max_pool2d(x, 3, stride=2)
+        x = self.Conv2d_4a_3x3(self.Conv2d_3b_1x1(x))
+        x = F.max_pool2d(x, 3, stride=2)
+        for name in ("5b", "5c", "5d", "6a", "6b", "6c", "6d", "6e", "7a", "7b", "7c"):
+            x = getattr(self, f"Mixed_{name}")(x)
+        features = F.adaptive_avg_pool2d(x, 1).flatten(1)
+        return features, self.fc(features)
+
+
+def _candidates(path: str) -> list[Path]:
+    if path:
+        return [Path(path).expanduser()]
+    hub = Path(os.environ.get("TORCH_HOME", Path.home() / ".cache" / "torch"))
+    return [cache_root() / "weights" / FILE, hub / "hub" / "checkpoints" / FILE]
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_fid_weights(path: Path) -> dict[str, torch.Tensor]:
+    """The state dict of the FID Inception file: checked by hash, read without running code."""
+    converted = cache_root() / "weights" / (FILE.removesuffix(".pth") + ".safetensors")
+    if converted.exists():
+        return load_file(str(converted))
+    digest = _sha256(path)
+    if not digest.startswith(SHA256_PREFIX):
+        raise GanforgeError(
+            f"{path} is not the FID Inception weights: its SHA-256 is {digest[:16]}..., "
+            f"expected {SHA256_PREFIX}... ({FILE})"
+        )
+    state = torch.load(path, map_location="cpu", weights_only=True)  # tensors only, no code
+    tensors = {k: v.contiguous() for k, v in state.items()}
+    atomic_write(converted, lambda tmp: save_file(tensors, str(tmp)))
+    return tensors
+
+
+def inception_extractor(path: str = "", download: bool = False) -> FIDInceptionV3:
+    """The FID Inception-v3 with its standard weights (see the module docstring for where)."""
+    found = next((p for p in _candidates(path) if p.is_file()), None)
+    if found is None and download:
+        found = cache_root() / "weights" / FILE
+        try:
+            found.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(found, lambda tmp: urllib.request.urlretrieve(URL, tmp))
+        except OSError as err:
+            raise GanforgeError(f"could not download the FID Inception weights: {err}") from None
+    if found is None:
+        where = "\n  ".join(str(p) for p in _candidates(path))
+        raise GanforgeError(
+            f"the FID Inception weights ({FILE}) are not on this machine. Put the file at one "
+            f"of:\n  {where}\nor set [eval.extractor_options] path = ..., or allow "
+            f"download = true on a machine with internet (from {URL})"
+        )
+    net = FIDInceptionV3()
+    net.load_state_dict(load_fid_weights(found))
+    net.fingerprint = f"fid-inception-v3-{SHA256_PREFIX}"
+    return net.eval().requires_grad_(False)
+
+
+@hookimpl
+def ganforge_register_feature_extractors(register):
+    register("inception", inception_extractor)
