@@ -95,6 +95,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] not in COMMANDS and not argv[0].startswith("-"):
         argv = ["train", *argv]  # `ganforge RECIPE.toml` and `python -m ganforge RECIPE.toml`
+    if argv and argv[0] == "train" and "--no-resume" in argv[1:]:
+        # Overrides are one positional list, so argparse would stop at a flag among them.
+        argv = ["train", "--no-resume", *[a for a in argv[1:] if a != "--no-resume"]]
     parser = build_parser()
     try:
         try:

@@ -161,6 +161,7 @@ class Trainer:
         source = self._build(
             "dataset", data_cfg.name, {"resolution": resolution}, data_cfg.kwargs, DataSource
         )
+        self.data_source = source
         return open_store(source, resolution)
 
     def _build(self, kind: str, name: str, core: dict, kwargs, expected):
@@ -335,6 +336,9 @@ class Trainer:
                     self.plugins.log(self.info, self.step, values)
             if main and (self.step % train["sample_every"] == 0 or self.step == self.steps):
                 self.save_samples()
+            every = self.recipe.get("eval.every")
+            if every and (self.step % every == 0 or self.step == self.steps):
+                self.log_evaluation()
             every = train["checkpoint_every"]
             if (every and self.step % every == 0) or self.step == self.steps:
                 self.save_checkpoint()
@@ -403,6 +407,49 @@ class Trainer:
             return save_scatter(path, samples, reference)
         nrow = max(len(z) // self.num_classes, 1) if self.num_classes else None
         return save_grid(path, samples, nrow)
+
+    def evaluate(self) -> dict[str, float] | None:
+        """The ``[eval]`` metrics of the sampling generator now (every process contributes
+        samples; the main process gets the values, the others None).
+
+        Samples come from their own seeded streams, in eval mode: no training state moves.
+        """
+        from ganforge import evaluation
+
+        cfg, acc = self.recipe.section("eval"), self.acc
+        if getattr(self, "_evaluation", None) is None:
+            self._evaluation = evaluation.prepare(
+                self.registry,
+                self.data,
+                self.data_source.fingerprint,
+                self.data_source.metadata,
+                num=cfg["num"],
+                extractor=cfg["extractor"] or None,
+                extractor_options=cfg["extractor_options"],
+                metrics=cfg["metrics"] or None,
+                conditional=self.num_classes > 0,
+                device=acc.device,
+                seed=self.seed,
+                with_real=acc.is_main_process,
+            )
+        per_process = -(-cfg["num"] // acc.num_processes)
+        batches = evaluation.generated_batches(
+            self.generate,
+            lambda n, rng: sample_latents(self.generator, n, rng, acc.device),
+            per_process,
+            self.num_classes,
+            seed=self.seed + 1_000_003 * (acc.process_index + 1),
+        )
+        fake = self._evaluation.features_of(batches, keep_samples=not self.data.is_image)
+        fake = evaluation.gather(fake, acc, cfg["num"])
+        return self._evaluation.score(fake) if acc.is_main_process else None
+
+    def log_evaluation(self) -> None:
+        values = self.evaluate()
+        if values is not None:
+            record = {"step": self.step, **{f"eval/{k}": v for k, v in values.items()}}
+            append_jsonl(self.run_dir / "metrics.jsonl", record)
+            self.plugins.log(self.info, self.step, record)
 
     def sync_buffers(self) -> None:
         """Give every process the main process's buffers (batch-norm statistics).
