@@ -18,7 +18,6 @@ A checkpoint is written into a temporary folder beside its final name and rename
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -37,7 +36,7 @@ from safetensors.torch import load_file, save_file
 import ganforge
 from ganforge.errors import GanforgeError, RecipeError
 from ganforge.recipe import flatten, role_of
-from ganforge.runfiles import cpu_tensors, default_mode
+from ganforge.runfiles import cpu_tensors, default_mode, sha256_file
 
 FORMAT_VERSION = 1
 STATE_FILE = "state.json"
@@ -81,14 +80,6 @@ class Checkpoint:
             return load_file(str(self.path / f"{name}.safetensors"))
         except (OSError, SafetensorError) as err:  # changed on disk since it was verified
             raise CheckpointError(f"{self.path}: cannot read {name}.safetensors: {err}") from None
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 #: The files of a checkpoint, and the keys (with their JSON types) of its state.json.
@@ -137,7 +128,7 @@ def open_checkpoint(path: str | Path) -> Checkpoint:
         file = path / name
         try:
             intact = (
-                file.stat().st_size == expected["bytes"] and _sha256(file) == expected["sha256"]
+                file.stat().st_size == expected["bytes"] and sha256_file(file) == expected["sha256"]
             )
         except FileNotFoundError:
             raise CheckpointError(f"{path} is incomplete: {name} is missing") from None
@@ -204,7 +195,7 @@ def write_checkpoint(
         for name, group in tensors.items():
             file = tmp / f"{name}.safetensors"
             save_file(group, str(file))
-            files[file.name] = {"bytes": file.stat().st_size, "sha256": _sha256(file)}
+            files[file.name] = {"bytes": file.stat().st_size, "sha256": sha256_file(file)}
         document = {
             "format_version": FORMAT_VERSION,
             "ganforge_version": ganforge.__version__,

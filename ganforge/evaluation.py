@@ -176,7 +176,7 @@ class Evaluation:
     held_out: Features | None
     context: EvalContext
     device: torch.device
-    batch: int = 250
+    ceiling: dict[str, float] | None = None  # the metrics of the held-out real data
 
     def score(self, fake: Features) -> dict[str, float]:
         """Every metric of ``fake`` against the real features, as ``name`` or ``name/part``."""
@@ -211,6 +211,9 @@ def prepare(
 
     ``with_real=False`` skips the real features (processes that only contribute samples)."""
     device = torch.device(device)
+    for name in metrics or {}:  # cheap checks before the extractor (which may load weights)
+        if registry.find("metric", name) is None:
+            raise RecipeError([(f"eval.metrics.{name}", registry.unknown_message("metric", name))])
     extractor_name = extractor or default_extractor(data, data_metadata)
     options = dict(extractor_options or {})
     net = build(registry, "feature_extractor", extractor_name, options, "eval.extractor")
@@ -243,6 +246,9 @@ def prepare(
     evaluation.real = cached_real_features([*key, "reference"], compute(reference), cache)
     if len(held) >= 2:
         evaluation.held_out = cached_real_features([*key, "held-out"], compute(held), cache)
+        # Scoring the real data first also finds a metric that cannot run on these features
+        # (say `is` without class logits) before any training.
+        evaluation.ceiling = evaluation.score(evaluation.held_out)
     return evaluation
 
 

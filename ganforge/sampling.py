@@ -123,8 +123,14 @@ def _open_data(spec: str, info: GeneratorInfo, plugins: Plugins):
         raise GanforgeError(
             f"{spec} gives {resolution}-pixel data, the generator makes {info.resolution}"
         )
-    source = build(registry, "dataset", name, {"resolution": resolution, **kwargs}, "data")
-    return source, open_store(source, resolution), evaluation
+    try:
+        source = build(registry, "dataset", name, {"resolution": resolution, **kwargs}, "data")
+        return source, open_store(source, resolution), evaluation
+    except GanforgeError as err:
+        made = f"{info.resolution}-pixel images" if info.resolution else "points"
+        raise GanforgeError(
+            f"--data {spec} cannot give what the generator makes ({made}): {err}"
+        ) from None
 
 
 def evaluate_model(
@@ -178,8 +184,8 @@ def evaluate_model(
     with torch.no_grad():
         fake = extract(evaluation.extractor, batches, dev, keep_samples=points)
     results = {"generated": evaluation.score(fake)}
-    if evaluation.held_out is not None:
-        results["real (held out)"] = evaluation.score(evaluation.held_out)
+    if evaluation.ceiling is not None:
+        results["real (held out)"] = evaluation.ceiling
     return {
         "model": str(model),
         "data": data,

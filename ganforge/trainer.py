@@ -141,6 +141,7 @@ class Trainer:
         self.skipped = torch.zeros((), device=self.acc.device)
         # Resume (train.resume) or start from another run's weights (train.init_from).
         self.start_message = state.start(self)
+        self._evaluation = self._prepare_evaluation() if recipe.get("eval.every") else None
         self.info = RunInfo(
             recipe=recipe,
             run_dir=self.run_dir,
@@ -417,24 +418,11 @@ class Trainer:
         from ganforge import evaluation
 
         cfg, acc = self.recipe.section("eval"), self.acc
-        if getattr(self, "_evaluation", None) is None:
-            self._evaluation = evaluation.prepare(
-                self.registry,
-                self.data,
-                self.data_source.fingerprint,
-                self.data_source.metadata,
-                num=cfg["num"],
-                extractor=cfg["extractor"] or None,
-                extractor_options=cfg["extractor_options"],
-                metrics=cfg["metrics"] or None,
-                conditional=self.num_classes > 0,
-                device=acc.device,
-                seed=self.seed,
-                with_real=acc.is_main_process,
-            )
+        if self._evaluation is None:
+            self._evaluation = self._prepare_evaluation()
         per_process = -(-cfg["num"] // acc.num_processes)
         batches = evaluation.generated_batches(
-            self.generate,
+            lambda z, y: self.generate(z, None if y is None else y.to(acc.device)),
             lambda n, rng: sample_latents(self.generator, n, rng, acc.device),
             per_process,
             self.num_classes,
@@ -443,6 +431,31 @@ class Trainer:
         fake = self._evaluation.features_of(batches, keep_samples=not self.data.is_image)
         fake = evaluation.gather(fake, acc, cfg["num"])
         return self._evaluation.score(fake) if acc.is_main_process else None
+
+    def _prepare_evaluation(self):
+        """The ``[eval]`` extractor, metrics and real-data features, built before training so
+        that a missing weight file or an impossible metric stops the run at once."""
+        from ganforge import evaluation
+
+        cfg, acc = self.recipe.section("eval"), self.acc
+        prepared = evaluation.prepare(
+            self.registry,
+            self.data,
+            self.data_source.fingerprint,
+            self.data_source.metadata,
+            num=cfg["num"],
+            extractor=cfg["extractor"] or None,
+            extractor_options=cfg["extractor_options"],
+            metrics=cfg["metrics"] or None,
+            conditional=self.num_classes > 0,
+            device=acc.device,
+            seed=self.seed,
+            with_real=acc.is_main_process,
+        )
+        if prepared.ceiling:
+            shown = ", ".join(f"{k} {v:.4g}" for k, v in prepared.ceiling.items())
+            acc.print(f"ganforge: eval of held-out real data (the ceiling): {shown}")
+        return prepared
 
     def log_evaluation(self) -> None:
         values = self.evaluate()

@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 import torch
@@ -155,7 +153,7 @@ def test_inception_weights_are_found_checked_and_never_downloaded_in_tests(tmp_p
     with pytest.raises(GanforgeError, match="is not the FID Inception weights"):
         inception.inception_extractor()
     # With its hash pinned, the same file loads (tensors only) and is kept as safetensors.
-    digest = inception._sha256(weights)
+    digest = inception.sha256_file(weights)
     monkeypatch.setattr(inception, "SHA256_PREFIX", digest[:8])
     net = inception.inception_extractor()
     assert net.fingerprint.endswith(digest[:8])

@@ -17,7 +17,6 @@ Preprocessing follows pytorch-fid: images in [-1, 1] are resized to 299×299 bil
 
 from __future__ import annotations
 
-import hashlib
 import os
 import urllib.request
 from pathlib import Path
@@ -30,7 +29,7 @@ from torch import nn
 from ganforge import hookimpl
 from ganforge.data import cache_root
 from ganforge.errors import GanforgeError
-from ganforge.runfiles import atomic_write
+from ganforge.runfiles import atomic_write, sha256_file
 
 FILE = "pt_inception-2015-12-05-6726825d.pth"
 SHA256_PREFIX = "6726825d"
@@ -199,20 +198,12 @@ def _candidates(path: str) -> list[Path]:
     return [cache_root() / "weights" / FILE, hub / "hub" / "checkpoints" / FILE]
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def load_fid_weights(path: Path) -> dict[str, torch.Tensor]:
     """The state dict of the FID Inception file: checked by hash, read without running code."""
     converted = cache_root() / "weights" / (FILE.removesuffix(".pth") + ".safetensors")
     if converted.exists():
         return load_file(str(converted))
-    digest = _sha256(path)
+    digest = sha256_file(path)
     if not digest.startswith(SHA256_PREFIX):
         raise GanforgeError(
             f"{path} is not the FID Inception weights: its SHA-256 is {digest[:16]}..., "
