@@ -29,6 +29,8 @@ EQUIVALENCE = (
     "train.steps=3",
     "train.checkpoint_every=0",
     "ema.decay=0.5",
+    "eval.every=3",  # at the end: each process generates its share, the main one scores
+    "eval.num=40",
 )
 
 

@@ -4,6 +4,7 @@ launch types the GAN step cannot run are refused."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import socket
 import sys
@@ -71,6 +72,9 @@ def test_two_processes_train_the_model_one_process_trains(tmp_path):
         assert two.keys() == single.keys()
         for key in single:
             torch.testing.assert_close(two[key], single[key], rtol=0, atol=1e-6, msg=key)
+    records = [json.loads(x) for x in (tmp_path / "two" / "run" / "metrics.jsonl").open()]
+    evaluated = [r for r in records if "eval/fd" in r]
+    assert [r["step"] for r in evaluated] == [3] and evaluated[0]["eval/toy2d/modes"] >= 0
 
 
 def test_two_process_quickstart_agrees_on_every_rank_exports_and_resumes_exactly(tmp_path):
