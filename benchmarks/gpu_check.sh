@@ -26,24 +26,25 @@ if [[ "${1:-}" == "prepare" ]]; then
     exit 0
 fi
 
+PY=${PYTHON:-python3}  # the image's own interpreter, with its torch
 OUT=${OUT:-$ROOT/build/gpu_check}
 SITE=$ROOT/build/gpu_site
 rm -rf "$OUT" "$SITE" && mkdir -p "$OUT" "$SITE"
-python -m pip install -q --no-index --no-deps --target "$SITE" "$WHEELS"/ganforge-*.whl
+"$PY" -m pip install -q --no-index --no-deps --target "$SITE" "$WHEELS"/ganforge-*.whl
 for spec in sklearn:scikit_learn scipy:scipy joblib:joblib threadpoolctl:threadpoolctl PIL:pillow; do
     module=${spec%%:*} wheel=${spec##*:}
-    if ! python -c "import $module" 2>/dev/null; then
-        python -m pip install -q --no-index --no-deps --target "$SITE" "$WHEELS"/"$wheel"-*.whl
+    if ! "$PY" -c "import $module" 2>/dev/null; then
+        "$PY" -m pip install -q --no-index --no-deps --target "$SITE" "$WHEELS"/"$wheel"-*.whl
     fi
 done
 export PYTHONPATH=$SITE
 cd "$OUT"  # run the installed wheel, not the source tree
 
-CUDA=$(python -c "import torch; print(int(torch.cuda.is_available()))")
+CUDA=$("$PY" -c "import torch; print(int(torch.cuda.is_available()))")
 if [[ "$CUDA" != 1 && "${GPU_CHECK_ALLOW_CPU:-0}" != 1 ]]; then
     echo "gpu_check: no CUDA device (set GPU_CHECK_ALLOW_CPU=1 to dry-run on a CPU)"; exit 1
 fi
-python - <<'EOF' | tee "$OUT/device.txt"
+"$PY" - <<'EOF' | tee "$OUT/device.txt"
 import accelerate, torch, ganforge
 name = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu (dry run)"
 print(f"device: {name}; torch {torch.__version__}; accelerate {accelerate.__version__}; "
@@ -67,7 +68,7 @@ run() {  # run NAME TIMEOUT COMMAND...: record its exit status and wall time
 
 train() {  # train NAME PRECISION RECIPE OVERRIDES...
     local name=$1 precision=$2 recipe=$3; shift 3
-    run "$name" 150 accelerate launch --config_file "$CONFIG" --mixed_precision "$precision" \
+    run "$name" 150 "$PY" -m accelerate.commands.launch --config_file "$CONFIG" --mixed_precision "$precision" \
         -m ganforge "$ROOT/recipes/$recipe" "run.out_dir=$OUT/$name" train.log_every=50 \
         train.checkpoint_every=0 "$@" "${EXTRA[@]}"
 }
@@ -79,13 +80,21 @@ train wgan_gp_fp16 fp16 wgan_gp.toml data.name=synthetic "train.steps=$WG_STEPS"
 # Resume on the GPU: a copy of the bf16 quickstart extended by 100 steps from its checkpoint.
 cp -r "$OUT/quickstart_bf16" "$OUT/quickstart_bf16_resumed"
 train quickstart_bf16_resumed bf16 quickstart.toml "train.steps=$((QS_STEPS + 100))"
-run generate_cuda 60 python -m ganforge generate "$OUT/quickstart_bf16/generator.safetensors" \
-    --num 64 --out "$OUT/generated.png" --device "$([[ $CUDA == 1 ]] && echo cuda || echo cpu)"
+DEVICE=$([[ $CUDA == 1 ]] && echo cuda || echo cpu)
+run generate_cuda 60 "$PY" -m ganforge generate "$OUT/quickstart_bf16/generator.safetensors" \
+    --num 64 --out "$OUT/generated.png" --device "$DEVICE"
+# Evaluation on the device: twice (the second reads the cached real features), and during
+# training (digits extractor, gathered features).
+for pass in 1 2; do
+    run "eval_cuda_$pass" 120 "$PY" -m ganforge eval "$OUT/quickstart_bf16/generator.safetensors" \
+        --data digits --num 500 --device "$DEVICE" --out "$OUT/eval_$pass.json"
+done
+train quickstart_eval bf16 quickstart.toml train.steps=200 eval.every=100 eval.num=500
 # fp16 with its loss scaler, every loss and regularizer (skips itself without CUDA).
-run fp16_every_loss 200 python -m pytest -q -p no:cacheprovider -m gpu \
+run fp16_every_loss 200 "$PY" -m pytest -q -p no:cacheprovider -m gpu \
     "$ROOT/tests/test_precision.py" --rootdir "$ROOT"
 
-python - "$OUT" "${status[@]}" <<'EOF'
+"$PY" - "$OUT" "${status[@]}" <<'EOF'
 import json, sys
 from pathlib import Path
 
@@ -97,13 +106,16 @@ print("|---|---|---|---|---|---|---|---|")
 for name, rc, wall in rows:
     metrics = out / name / "metrics.jsonl"
     cells = ["", "", "", "", ""]
-    if metrics.exists() and not name.startswith(("generate", "fp16_every")):
+    if metrics.exists():
         last = json.loads(metrics.read_text().splitlines()[-1])
         cells = [str(last["step"]), f"{last['images_per_s']:.0f}", str(last["skipped_steps"]),
                  f"{last['d_loss']:.3f}", f"{last['g_loss']:.3f}"]
     if name.endswith("_resumed"):
         resumed = "resumed from" in (out / f"{name}.log").read_text()
         cells[0] += " (resumed)" if resumed else " (NOT resumed)"
+    if name.startswith("eval_cuda") and (out / f"eval_{name[-1]}.json").exists():
+        scores = json.loads((out / f"eval_{name[-1]}.json").read_text())["metrics"]["generated"]
+        cells[0] = f"digits-FD {scores['fd']:.2f}, IS {scores['is']:.2f}"
     if name == "fp16_every_loss":
         log = (out / f"{name}.log").read_text().strip().splitlines()
         cells[0] = log[-1] if log else ""

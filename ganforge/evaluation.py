@@ -82,13 +82,15 @@ def default_extractor(data: ImageData, metadata: dict) -> str:
     return metadata.get("eval_extractor") or ("inception" if data.is_image else "identity")
 
 
-def default_metrics(extractor_classes: int, conditional: bool, metadata: dict) -> list[str]:
+def default_metrics(
+    extractor_classes: int, data_classes: int, conditional: bool, metadata: dict
+) -> list[str]:
     names = ["fd", "kid", "pr"]
     if extractor_classes:
         names.append("is")
     if conditional:
         names.append("intra_fd")
-        if extractor_classes:
+        if extractor_classes == data_classes:  # a classifier of the data's own classes
             names.append("accuracy")
     return names + [m for m in metadata.get("eval_metrics", []) if m not in names]
 
@@ -98,7 +100,9 @@ def build(registry: Registry, kind: str, name: str, kwargs: dict[str, Any], wher
     if entry is None:
         raise RecipeError([(where, registry.unknown_message(kind, name))])
     try:
-        return entry.factory(**kwargs)
+        # Building an extractor initialises weights: never from the training's random streams.
+        with torch.random.fork_rng(devices=[]):
+            return entry.factory(**kwargs)
     except (TypeError, ValueError) as err:
         raise RecipeError([(where, f"{kind} {name!r} rejected its options: {err}")]) from None
 
@@ -179,8 +183,13 @@ class Evaluation:
     ceiling: dict[str, float] | None = None  # the metrics of the held-out real data
 
     def score(self, fake: Features) -> dict[str, float]:
-        """Every metric of ``fake`` against the real features, as ``name`` or ``name/part``."""
+        """Every metric of ``fake`` against the real features, as ``name`` or ``name/part``.
+
+        Non-finite features (a diverged generator) score NaN instead of stopping the run.
+        """
         out: dict[str, float] = {}
+        if not torch.isfinite(fake.features).all():
+            return {name: float("nan") for name in self.metrics}
         for name, metric in self.metrics.items():
             for part, value in metric(self.real, fake, self.context).items():
                 out[f"{name}/{part}" if part else name] = float(value)
@@ -219,7 +228,7 @@ def prepare(
     net = build(registry, "feature_extractor", extractor_name, options, "eval.extractor")
     if not isinstance(net, FeatureExtractor):
         raise EvalError(f"feature extractor {extractor_name!r} does not follow the protocol")
-    net = net.eval() if hasattr(net, "eval") else net
+    net = net.eval().to(device) if isinstance(net, torch.nn.Module) else net
     classes = int(getattr(net, "num_classes", 0))
     context = EvalContext(
         num_classes=data.num_classes if conditional else 0,
@@ -228,7 +237,8 @@ def prepare(
         data_metadata=dict(data_metadata),
         seed=seed,
     )
-    chosen = metrics or {m: {} for m in default_metrics(classes, conditional, data_metadata)}
+    defaults = default_metrics(classes, data.num_classes, conditional, data_metadata)
+    chosen = metrics or {m: {} for m in defaults}
     built = {
         name: build(registry, "metric", name, kwargs, f"eval.metrics.{name}")
         for name, kwargs in chosen.items()
@@ -236,7 +246,16 @@ def prepare(
     reference, held = real_split(len(data), num, seed)
     points = not data.is_image
     evaluation = Evaluation(net, built, None, None, context, device)  # type: ignore[arg-type]
-    key = [data_fingerprint, net.fingerprint, str(len(data)), str(num), str(seed)]
+    key = [
+        "eval-v1",  # the procedure: split, preprocessing
+        data_fingerprint,
+        extractor_name,
+        repr(sorted(options.items())),
+        net.fingerprint,
+        str(len(data)),
+        str(num),
+        str(seed),
+    ]
 
     def compute(indices):
         return lambda: evaluation.features_of(real_batches(data, indices, 250), points)
@@ -269,7 +288,10 @@ def generated_batches(
         n = min(batch, num - start)
         y = torch.randint(0, num_classes, (n,), generator=rng) if num_classes else None
         z = latents(n, rng)
-        yield generate(z, y), y
+        x = generate(z, y)
+        if x.dim() == 4:  # images are scored as saved: clamped and on the 8-bit grid of the data
+            x = x.float().clamp(-1, 1).add(1).mul(127.5).round().div(127.5).sub(1)
+        yield x, y
 
 
 def gather(features: Features, accelerator, num: int) -> Features:

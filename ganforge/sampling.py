@@ -146,7 +146,7 @@ def evaluate_model(
 ) -> dict:
     """Metrics of an export's samples against ``data``, and of held-out real data (the
     ceiling), as a JSON-ready dict."""
-    from ganforge.evaluation import extract, generated_batches, prepare
+    from ganforge.evaluation import generated_batches, prepare
 
     plugins = plugins or Plugins()
     dev = _device(device)
@@ -154,7 +154,12 @@ def evaluate_model(
     source, images, eval_cfg = _open_data(data, info, plugins)
     if images.is_image != (info.output == "image") or images.channels != info.channels:
         raise GanforgeError(f"{data} does not look like what the generator makes")
-    conditional = info.num_classes > 0 and images.num_classes == info.num_classes
+    if info.num_classes and images.num_classes != info.num_classes:
+        raise GanforgeError(
+            f"the generator is conditioned on {info.num_classes} classes, {data} has "
+            f"{images.num_classes}"
+        )
+    conditional = info.num_classes > 0
     chosen = None
     if metrics:
         chosen = {m: eval_cfg.get("metrics", {}).get(m, {}) for m in metrics}
@@ -167,7 +172,8 @@ def evaluate_model(
         source.metadata,
         num=num,
         extractor=extractor or eval_cfg.get("extractor") or None,
-        extractor_options=eval_cfg.get("extractor_options"),
+        # The recipe's extractor options belong to the recipe's extractor.
+        extractor_options=None if extractor else eval_cfg.get("extractor_options"),
         metrics=chosen,
         conditional=conditional,
         device=dev,
@@ -182,7 +188,7 @@ def evaluate_model(
         seed,
     )
     with torch.no_grad():
-        fake = extract(evaluation.extractor, batches, dev, keep_samples=points)
+        fake = evaluation.features_of(batches, keep_samples=points)
     results = {"generated": evaluation.score(fake)}
     if evaluation.ceiling is not None:
         results["real (held out)"] = evaluation.ceiling

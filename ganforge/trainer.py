@@ -420,6 +420,9 @@ class Trainer:
         cfg, acc = self.recipe.section("eval"), self.acc
         if self._evaluation is None:
             self._evaluation = self._prepare_evaluation()
+        # Every process samples with the main one's batch-norm statistics, as the export will
+        # (running statistics never enter a train-mode forward: training is unchanged).
+        self.sync_buffers()
         per_process = -(-cfg["num"] // acc.num_processes)
         batches = evaluation.generated_batches(
             lambda z, y: self.generate(z, None if y is None else y.to(acc.device)),
@@ -438,7 +441,18 @@ class Trainer:
         from ganforge import evaluation
 
         cfg, acc = self.recipe.section("eval"), self.acc
-        prepared = evaluation.prepare(
+        # The main process first: an extractor trained or converted at first use is written
+        # to the cache once, and the other processes read it.
+        with acc.main_process_first():
+            prepared = self._prepare_on_this_process(evaluation, cfg)
+        if prepared.ceiling:
+            shown = ", ".join(f"{k} {v:.4g}" for k, v in prepared.ceiling.items())
+            acc.print(f"ganforge: eval of held-out real data (the ceiling): {shown}")
+        return prepared
+
+    def _prepare_on_this_process(self, evaluation, cfg):
+        acc = self.acc
+        return evaluation.prepare(
             self.registry,
             self.data,
             self.data_source.fingerprint,
@@ -452,10 +466,6 @@ class Trainer:
             seed=self.seed,
             with_real=acc.is_main_process,
         )
-        if prepared.ceiling:
-            shown = ", ".join(f"{k} {v:.4g}" for k, v in prepared.ceiling.items())
-            acc.print(f"ganforge: eval of held-out real data (the ceiling): {shown}")
-        return prepared
 
     def log_evaluation(self) -> None:
         values = self.evaluate()

@@ -153,3 +153,19 @@ def test_eval_command_mistakes_exit_2(tiny, capsys, monkeypatch, tmp_path):
         assert main(["eval", str(export), *args]) == 2, args
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err, (args, err)
+
+
+def test_preparing_an_evaluation_leaves_the_random_streams_alone(digits_classifier):
+    # Extractors initialise weights when built: a resumed run with [eval] must draw the same
+    # random numbers as one without.
+    from ganforge.evaluation import prepare
+    from ganforge.plugins import Plugins
+    from ganforge_plugins.digits import digits_source
+
+    source = digits_source(resolution=32)
+    before = torch.get_rng_state()
+    evaluation = prepare(
+        Plugins().registry, source.load(), source.fingerprint, source.metadata, num=50
+    )
+    assert torch.equal(torch.get_rng_state(), before)
+    assert set(evaluation.metrics) == {"fd", "kid", "pr", "is"}  # the digits' defaults

@@ -89,7 +89,7 @@ def train_digits_classifier(epochs: int = 12) -> tuple[DigitsClassifier, float]:
     """Adam with ±2 px shifts; returns the network (eval mode) and its held-out accuracy."""
     x, y, x_test, y_test = _digits_split()
     gen = torch.Generator().manual_seed(0)
-    with torch.random.fork_rng():  # leaves the caller's random streams alone
+    with torch.random.fork_rng(devices=[]):  # leaves the caller's random streams alone
         torch.manual_seed(0)
         net = DigitsClassifier()
         opt = torch.optim.Adam(net.parameters(), 2e-3)

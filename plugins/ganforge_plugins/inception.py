@@ -149,7 +149,8 @@ class InceptionE(nn.Module):
 
 
 class FIDInceptionV3(nn.Module):
-    """Inception-v3 as in the FID graph: ``forward`` gives 2048-d pool features and 1008 logits."""
+    """Inception-v3 as in the FID graph: ``forward`` gives 2048-d pool features and 1008 logits
+    (without the fc bias, as the Inception Score's reference implementation takes them)."""
 
     num_classes = 1008
 
@@ -178,6 +179,8 @@ class FIDInceptionV3(nn.Module):
         """Images in [-1, 1], any size, 1 or 3 channels -> (B×2048 features, B×1008 logits)."""
         if x.shape[1] == 1:
             x = x.repeat(1, 3, 1, 1)
+        elif x.shape[1] != 3:  # e.g. RGBA: the colour channels
+            x = x[:, :3]
         # pytorch-fid: resize in [0, 1], then scale to [-1, 1].
         x = (x.float() + 1) / 2
         x = 2 * F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False) - 1
@@ -188,7 +191,8 @@ class FIDInceptionV3(nn.Module):
         for name in ("5b", "5c", "5d", "6a", "6b", "6c", "6d", "6e", "7a", "7b", "7c"):
             x = getattr(self, f"Mixed_{name}")(x)
         features = F.adaptive_avg_pool2d(x, 1).flatten(1)
-        return features, self.fc(features)
+        # The Inception Score's reference code takes the logits without the fc bias.
+        return features, features @ self.fc.weight.T
 
 
 def _candidates(path: str) -> list[Path]:

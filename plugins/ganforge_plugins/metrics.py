@@ -86,8 +86,7 @@ class KernelDistance:
             ],
             dtype=torch.float64,
         )
-        std = values.std().item() if len(values) > 1 else 0.0
-        return {"": values.mean().item(), "std": std}
+        return {"": values.mean().item(), "std": values.std(correction=0).item()}
 
 
 def inception_score(logits: torch.Tensor, splits: int = 10) -> tuple[float, float]:
@@ -98,7 +97,7 @@ def inception_score(logits: torch.Tensor, splits: int = 10) -> tuple[float, floa
         kl = (part.exp() * (part - log_marginal)).sum(1).mean()
         scores.append(kl.exp())
     values = torch.stack(scores)
-    return values.mean().item(), (values.std().item() if len(values) > 1 else 0.0)
+    return values.mean().item(), values.std(correction=0).item()  # as the reference code
 
 
 class InceptionScore:
@@ -137,8 +136,8 @@ class PrecisionRecall:
     """Improved precision (fakes in the real manifold) and recall (reals in the fake one)."""
 
     def __init__(self, k: int = 3, chunk: int = 1000):
-        if k < 1:
-            raise ValueError("k must be >= 1")
+        if k < 1 or chunk < 1:
+            raise ValueError("k and chunk must be >= 1")
         self.k, self.chunk = k, chunk
 
     def __call__(self, real: Features, fake: Features, context: EvalContext) -> dict:
