@@ -14,6 +14,9 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 WHEELS=$ROOT/build/gpu_wheels
+source_hash() {  # the sources the wheel is built from, to catch a stale build/gpu_wheels
+    cat $(find ganforge plugins -name '*.py' | sort) pyproject.toml | sha256sum | cut -c1-16
+}
 
 if [[ "${1:-}" == "prepare" ]]; then
     rm -rf "$WHEELS" && mkdir -p "$WHEELS"
@@ -22,12 +25,16 @@ if [[ "${1:-}" == "prepare" ]]; then
     python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
         --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
         -d "$WHEELS" scikit-learn scipy joblib threadpoolctl pillow
+    source_hash > "$WHEELS/SOURCE_HASH"
     du -sh "$WHEELS"
     exit 0
 fi
 
 PY=${PYTHON:-python3}  # the image's own interpreter, with its torch
 OUT=${OUT:-$ROOT/build/gpu_check}
+if [[ "$(cat "$WHEELS/SOURCE_HASH" 2>/dev/null)" != "$(source_hash)" ]]; then
+    echo "gpu_check: build/gpu_wheels is missing or older than the sources: run prepare"; exit 1
+fi
 SITE=$ROOT/build/gpu_site
 rm -rf "$OUT" "$SITE" && mkdir -p "$OUT" "$SITE"
 "$PY" -m pip install -q --no-index --no-deps --target "$SITE" "$WHEELS"/ganforge-*.whl
@@ -107,9 +114,13 @@ for name, rc, wall in rows:
     metrics = out / name / "metrics.jsonl"
     cells = ["", "", "", "", ""]
     if metrics.exists():
-        last = json.loads(metrics.read_text().splitlines()[-1])
+        records = [json.loads(line) for line in metrics.read_text().splitlines()]
+        last = [r for r in records if "images_per_s" in r][-1]
         cells = [str(last["step"]), f"{last['images_per_s']:.0f}", str(last["skipped_steps"]),
                  f"{last['d_loss']:.3f}", f"{last['g_loss']:.3f}"]
+        evaluated = [r for r in records if "eval/fd" in r]
+        if evaluated:
+            cells[0] += f" (eval/fd {evaluated[-1]['eval/fd']:.1f})"
     if name.endswith("_resumed"):
         resumed = "resumed from" in (out / f"{name}.log").read_text()
         cells[0] += " (resumed)" if resumed else " (NOT resumed)"
