@@ -169,3 +169,51 @@ def test_preparing_an_evaluation_leaves_the_random_streams_alone(digits_classifi
     )
     assert torch.equal(torch.get_rng_state(), before)
     assert set(evaluation.metrics) == {"fd", "kid", "pr", "is"}  # the digits' defaults
+
+
+class ThreeClassProbe(nn.Module):
+    """A fixed random linear 'classifier' with the synthetic data's 3 classes."""
+
+    fingerprint = "probe-v1"
+    num_classes = 3
+
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(3 * 16 * 16, 3)
+
+    def forward(self, x):
+        features = x.flatten(1)
+        return features[:, :32], self.linear(features)
+
+
+class ProbePlugin:
+    @ganforge.hookimpl
+    def ganforge_register_feature_extractors(self, register):
+        register("probe", ThreeClassProbe)
+
+
+def test_conditional_runs_evaluate_per_class_with_their_labels(tiny):
+    from test_export import ConditionalPlugin
+
+    extra = [("tinyc", ConditionalPlugin()), ("probe", ProbePlugin())]
+    trainer = tiny(
+        "data.num_classes=3",
+        "data.size=96",
+        "data.conditional=true",
+        "generator.name=tinyc",
+        "discriminator.name=tinyc",
+        "train.steps=2",
+        "eval.every=2",
+        "eval.num=48",
+        "eval.extractor=probe",
+        extra=extra,
+    )
+    seen = []
+    trainer.generator.register_forward_pre_hook(lambda m, args: seen.append(args[1]))
+    trainer.ema = None  # sample the hooked generator itself
+    trainer.fit()
+    record = [r for r in read_metrics(trainer.run_dir) if "eval/fd" in r][0]
+    assert {"eval/intra_fd", "eval/intra_fd/classes", "eval/accuracy", "eval/is"} <= set(record)
+    assert record["eval/intra_fd/classes"] == 3 and 0 <= record["eval/accuracy"] <= 1
+    labels = torch.cat([y for y in seen if y is not None and len(y) != 8])  # eval batches
+    assert set(labels.tolist()) == {0, 1, 2}
