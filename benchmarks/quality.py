@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ganforge.evaluation import extract, generated_batches, prepare, table
+from ganforge.evaluation import generated_batches, prepare, table
 from ganforge.export import latents_from, load_generator
 from ganforge.plugins import Plugins
 
@@ -102,9 +102,9 @@ def main() -> None:
         )
         sets = {
             "real (held out)": evaluation.held_out,
-            "ganforge quickstart": extract(evaluation.extractor, batches, evaluation.device),
-            "plain loop": extract(
-                evaluation.extractor, png_batches(out / "plain", args.num), evaluation.device
+            "ganforge quickstart": evaluation.features_of(batches, keep_samples=False),
+            "plain loop": evaluation.features_of(
+                png_batches(out / "plain", args.num), keep_samples=False
             ),
         }
     results = {name: evaluation.score(features) for name, features in sets.items()}

@@ -196,7 +196,6 @@ class Evaluation:
         return out
 
     def features_of(self, batches, keep_samples: bool) -> Features:
-        self.extractor.to(self.device)
         return extract(self.extractor, batches, self.device, keep_samples)
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 import ganforge
@@ -160,9 +160,9 @@ def read_export(path: str | Path) -> tuple[dict[str, torch.Tensor], GeneratorInf
     if not path.is_file():
         raise ExportError(f"{path} does not exist" if not path.exists() else f"{path} is a folder")
     try:
-        with safe_open(str(path), framework="pt") as f:
+        with safe_open(str(path), framework="pt") as f:  # one read: header and tensors
             header = f.metadata() or {}
-        tensors = load_file(str(path))
+            tensors = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118
     except SafetensorError as err:
         raise ExportError(f"{path} is not a safetensors file, or is truncated: {err}") from None
     if METADATA_KEY not in header:

@@ -318,6 +318,7 @@ class Trainer:
             mininterval=0.5,
         )
         last_time, last_step = time.perf_counter(), self.step
+        eval_every, save_every = self.recipe.get("eval.every"), train["checkpoint_every"]
         while self.step < self.steps:
             d, g = self.train_step(self.step)
             self.step += 1
@@ -337,11 +338,9 @@ class Trainer:
                     self.plugins.log(self.info, self.step, values)
             if main and (self.step % train["sample_every"] == 0 or self.step == self.steps):
                 self.save_samples()
-            every = self.recipe.get("eval.every")
-            if every and (self.step % every == 0 or self.step == self.steps):
+            if eval_every and (self.step % eval_every == 0 or self.step == self.steps):
                 self.log_evaluation()
-            every = train["checkpoint_every"]
-            if (every and self.step % every == 0) or self.step == self.steps:
+            if (save_every and self.step % save_every == 0) or self.step == self.steps:
                 self.save_checkpoint()
         bar.close()
         self.sync_buffers()
@@ -444,28 +443,24 @@ class Trainer:
         # The main process first: an extractor trained or converted at first use is written
         # to the cache once, and the other processes read it.
         with acc.main_process_first():
-            prepared = self._prepare_on_this_process(evaluation, cfg)
+            prepared = evaluation.prepare(
+                self.registry,
+                self.data,
+                self.data_source.fingerprint,
+                self.data_source.metadata,
+                num=cfg["num"],
+                extractor=cfg["extractor"] or None,
+                extractor_options=cfg["extractor_options"],
+                metrics=cfg["metrics"] or None,
+                conditional=self.num_classes > 0,
+                device=acc.device,
+                seed=self.seed,
+                with_real=acc.is_main_process,
+            )
         if prepared.ceiling:
             shown = ", ".join(f"{k} {v:.4g}" for k, v in prepared.ceiling.items())
             acc.print(f"ganforge: eval of held-out real data (the ceiling): {shown}")
         return prepared
-
-    def _prepare_on_this_process(self, evaluation, cfg):
-        acc = self.acc
-        return evaluation.prepare(
-            self.registry,
-            self.data,
-            self.data_source.fingerprint,
-            self.data_source.metadata,
-            num=cfg["num"],
-            extractor=cfg["extractor"] or None,
-            extractor_options=cfg["extractor_options"],
-            metrics=cfg["metrics"] or None,
-            conditional=self.num_classes > 0,
-            device=acc.device,
-            seed=self.seed,
-            with_real=acc.is_main_process,
-        )
 
     def log_evaluation(self) -> None:
         values = self.evaluate()
