@@ -45,8 +45,9 @@ def timed(args: list[str], log: Path, env=None) -> tuple[float, str]:
     return time.perf_counter() - start, done.stdout
 
 
-def run_ganforge(out: Path, overrides: list[str]) -> dict:
-    args = [sys.executable, "-m", "ganforge", "recipes/quickstart.toml", f"run.out_dir={out}"]
+def run_ganforge(out: Path, overrides: list[str], recipe: str = "recipes/quickstart.toml") -> dict:
+    """Train ``recipe`` anew into ``out``, timing the whole process; its steps and wall time."""
+    args = [sys.executable, "-m", "ganforge", recipe, f"run.out_dir={out}"]
     wall, _ = timed([*args, "--no-resume", *overrides], out.with_suffix(".log"))
     last = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()][-1]
     return {"steps": last["step"], "wall": wall}
@@ -67,6 +68,31 @@ def png_batches(folder: Path, num: int):
     yield from ((part, None) for part in x.split(250))
 
 
+def digits_evaluation(num: int, metrics: dict | None = None):
+    """digits-FD and digits-IS against all 1,797 digits (``num`` reference, the rest held out)."""
+    from ganforge_plugins.digits import digits_source
+
+    source = digits_source(resolution=32)
+    return prepare(
+        Plugins().registry,
+        source.load(),
+        source.fingerprint,
+        source.metadata,
+        num=num,
+        metrics=metrics or {"fd": {}, "is": {}},
+    )
+
+
+def export_features(evaluation, export: Path, num: int):
+    """Features of ``num`` samples of an exported generator (seed 0, every class in turn)."""
+    generator, info = load_generator(export)
+    classes = info.num_classes
+    batches = generated_batches(
+        lambda z, y: generator(z, y), lambda n, rng: latents_from(info, n, rng), num, classes, 0
+    )
+    return evaluation.features_of(batches, keep_samples=False)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("overrides", nargs="*", help="quickstart recipe overrides")
@@ -83,26 +109,13 @@ def main() -> None:
     plain = run_plain(out / "plain", gf["wall"])
     print(f"plain: {plain}", flush=True)
 
-    plugins = Plugins()
-    from ganforge_plugins.digits import digits_source
-
-    source = digits_source(resolution=32)
-    evaluation = prepare(
-        plugins.registry,
-        source.load(),
-        source.fingerprint,
-        source.metadata,
-        num=args.num,
-        metrics={"fd": {}, "is": {}},
-    )
-    generator, info = load_generator(out / "ganforge" / "generator.safetensors")
+    evaluation = digits_evaluation(args.num)
     with torch.no_grad():
-        batches = generated_batches(
-            lambda z, y: generator(z, y), lambda n, rng: latents_from(info, n, rng), args.num, 0, 0
-        )
         sets = {
             "real (held out)": evaluation.held_out,
-            "ganforge quickstart": evaluation.features_of(batches, keep_samples=False),
+            "ganforge quickstart": export_features(
+                evaluation, out / "ganforge" / "generator.safetensors", args.num
+            ),
             "plain loop": evaluation.features_of(
                 png_batches(out / "plain", args.num), keep_samples=False
             ),

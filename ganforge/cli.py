@@ -67,7 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--out-dir", help="a folder for one PNG per sample")
     generate.add_argument("--truncation", type=float, help="truncation ψ, where supported")
     generate.add_argument(
-        "--class", dest="label", help="class index or name for conditional models (default: all)"
+        "--class",
+        dest="label",
+        action="append",
+        help="class index or name for conditional models, repeatable or comma-separated "
+        "(e.g. --class 3 --class 7, or --class 3,7: a row each; default: every class)",
     )
     generate.add_argument("--device", default="cpu", help="torch device (default cpu)")
 
@@ -191,7 +195,7 @@ def _generate(args) -> int:
         out=args.out,
         out_dir=args.out_dir,
         truncation=args.truncation,
-        label=args.label,
+        label=",".join(args.label) if args.label else None,
         device=args.device,
     )
     where = paths[0] if args.out else f"{len(paths)} files in {args.out_dir}"

@@ -123,6 +123,19 @@ def ganforge_register_metrics(register: Register) -> None:
 
 
 @hookspec
+def ganforge_register_augmentations(register: Register) -> None:
+    """Register augmentations of what the critic sees, chosen as ``[augment] name = ...``.
+
+    ``factory(**kwargs)`` returns a :class:`ganforge.augment.Augmentation`: called as
+    ``augment(x, p)`` on images B×C×H×W in [-1, 1] with ``p`` a 0-d tensor on their device,
+    it returns the augmented images, differentiably (G's gradients pass through it), applying
+    each transform to each image with probability ``p``. Draw randomness from the global torch
+    RNG of ``x``'s device, which checkpoints save. The core applies it inside ``critic(x, y)``
+    to reals and fakes alike and owns ``p`` (fixed, or adapted as in ADA).
+    """
+
+
+@hookspec
 def ganforge_run_start(run: RunInfo) -> None:
     """Called once before the first step, after models, optimizers and data are ready.
 

@@ -119,6 +119,18 @@ SCHEMA["eval"] = {
     "num": Key(int, 2000, None, lambda v: None if v >= 10 else "must be >= 10"),
     "extractor": Key(str, ""),
 }
+SCHEMA["augment"] = {
+    # An augmentation applied to every image the critic sees ("": none). Each transform
+    # applies to each image with probability p: fixed, or adapted as in ADA (starting from p),
+    # moving toward the rate that holds mean(sign(D(real))) at target, every interval steps,
+    # by at most 1 per speed_images real images.
+    "name": Key(str, "", OPTIM),
+    "p": Key(float, 1.0, OPTIM, lambda v: None if 0 <= v <= 1 else "must be in [0, 1]"),
+    "adaptive": Key(bool, False, OPTIM),
+    "target": Key(float, 0.6, OPTIM, lambda v: None if 0 < v < 1 else "must be in (0, 1)"),
+    "interval": Key(int, 4, OPTIM, positive),
+    "speed_images": Key(int, 500_000, OPTIM, positive),
+}
 EVAL_TABLES = ("extractor_options", "metrics")
 REGULARIZER_KEYS = {"every": Key(int, 1, OPTIM, positive)}
 #: Sections whose extra keys go to a registered factory, and the registry kind of each.
@@ -127,8 +139,15 @@ COMPONENT_SECTIONS = {
     "generator": "generator",
     "discriminator": "discriminator",
     "loss": "loss",
+    "augment": "augmentation",
 }
-SECTION_ROLES = {"data": MODEL, "generator": MODEL, "discriminator": MODEL, "loss": OPTIM}
+SECTION_ROLES = {
+    "data": MODEL,
+    "generator": MODEL,
+    "discriminator": MODEL,
+    "loss": OPTIM,
+    "augment": OPTIM,
+}
 SECTIONS = (
     "run",
     "data",
@@ -136,6 +155,7 @@ SECTIONS = (
     "discriminator",
     "loss",
     "regularizers",
+    "augment",
     "optim",
     "ema",
     "train",
@@ -451,6 +471,11 @@ def _check_component(section, kind, table, registry, conditional, problems) -> N
     name = table.get("name")
     if not isinstance(name, str):
         return  # already reported by the schema check
+    if section == "augment" and not name:
+        extra = [k for k in table if k not in SCHEMA[section]]
+        if extra:
+            problems.append((f"augment.{extra[0]}", "augmentation options need augment.name"))
+        return
     entry = registry.find(kind, name)
     if entry is None:
         problems.append((f"{section}.name", registry.unknown_message(kind, name)))

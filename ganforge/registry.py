@@ -17,6 +17,7 @@ REGISTRATION_HOOKS = {
     "dataset": "ganforge_register_datasets",
     "feature_extractor": "ganforge_register_feature_extractors",
     "metric": "ganforge_register_metrics",
+    "augmentation": "ganforge_register_augmentations",
 }
 KINDS = tuple(REGISTRATION_HOOKS)
 
@@ -29,6 +30,7 @@ CORE_ARGS: dict[str, tuple[str, ...]] = {
     "dataset": ("resolution",),
     "feature_extractor": (),
     "metric": (),
+    "augmentation": (),
 }
 
 

@@ -64,7 +64,7 @@ def write_samples(
 
     ``out`` takes one ``.png`` (an image grid, or a scatter plot for point data) or ``.npy``
     (the raw samples, float32); ``out_dir`` one PNG per image. Conditional generators sample
-    every class in turn unless ``label`` names one.
+    every class in turn unless ``label`` names some (comma-separated: a run of samples each).
     """
     if num < 1:
         raise GanforgeError(f"--num must be at least 1, not {num}")
@@ -74,9 +74,10 @@ def write_samples(
     generator, info = load_generator(model, _device(device), plugins)
     if truncation is not None and not info.supports_truncation:
         raise GanforgeError(f"generator {info.name!r} does not support --truncation")
-    labels = None
+    labels, classes = None, info.num_classes
     if label is not None:
-        labels = torch.full((num,), class_index(label, info))
+        chosen = torch.tensor([class_index(name.strip(), info) for name in label.split(",")])
+        labels, classes = chosen[grid_labels(num, len(chosen))], len(chosen)
     elif info.num_classes:
         labels = grid_labels(num, info.num_classes)
     samples = generate(generator, info, num, seed, labels=labels, truncation=truncation).cpu()
@@ -101,7 +102,7 @@ def write_samples(
         return [atomic_write(out, save)]
     if info.output == "points":
         return [save_scatter(out, samples, samples)]
-    nrow = max(num // info.num_classes, 1) if info.num_classes and label is None else None
+    nrow = max(num // classes, 1) if classes > 1 else None
     return [save_grid(out, samples, nrow)]
 
 

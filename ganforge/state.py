@@ -1,9 +1,10 @@
 """The training state a checkpoint holds, taken from and given back to a :class:`Trainer`.
 
 Everything a run needs to continue exactly: G, D and EMA weights and buffers, both
-optimizers, the loss scaler, the step, the sampler position, every process's random streams
-and the skipped-step counter. Learning-rate decay and EMA warm-up are functions of the step,
-so they need no state of their own.
+optimizers, the loss scaler, the step, the sampler position, every process's random streams,
+the skipped-step counter and the augmentation probability with its partial sums.
+Learning-rate decay and EMA warm-up are functions of the step, so they need no state of their
+own.
 """
 
 from __future__ import annotations
@@ -79,6 +80,7 @@ def save_checkpoint(trainer: Trainer) -> Path | None:
             "optimizers": optim_json,
             "recipe": trainer.recipe.tables,
             "export": trainer.export_metadata(),
+            "augment": trainer.augmenter.state_dict() if trainer.augmenter else None,
         }
         path = write_checkpoint(
             trainer.run_dir,
@@ -125,6 +127,8 @@ def restore(trainer: Trainer, checkpoint: Checkpoint) -> None:
         trainer.latent_rng.manual_seed(trainer.seed * 7919 + rank + 1 + checkpoint.step * 104729)
         torch.manual_seed(trainer.seed + rank + checkpoint.step * 104729)
     trainer.skipped.fill_(state["skipped_steps"])
+    if trainer.augmenter is not None and state.get("augment"):
+        trainer.augmenter.load_state_dict(state["augment"])
     trainer.step = checkpoint.step
 
 

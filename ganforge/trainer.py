@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ganforge import state
+from ganforge.augment import Augmentation, Augmenter
 from ganforge.averaging import EMA, lr_factor, set_lr
 from ganforge.components import (
     CriticOutput,
@@ -118,6 +119,7 @@ class Trainer:
             (name, every, self._build("regularizer", name, {}, kwargs, Regularizer))
             for name, every, kwargs in recipe.regularizers()
         ]
+        self.augmenter = self._build_augmenter()
         optim = recipe.section("optim")
         opt_g = build_optimizer(generator.parameters(), optim["generator"])
         opt_d = build_optimizer(discriminator.parameters(), optim["discriminator"])
@@ -165,12 +167,33 @@ class Trainer:
         self.data_source = source
         return open_store(source, resolution)
 
+    def _build_augmenter(self) -> Augmenter | None:
+        settings = self.recipe.section("augment")
+        if not settings["name"]:
+            return None
+        spec = self.recipe.component("augment")
+        augment = self._build("augmentation", spec.name, {}, spec.kwargs, Augmentation)
+        return Augmenter(
+            augment,
+            p=settings["p"],
+            adaptive=settings["adaptive"],
+            target=settings["target"],
+            interval=settings["interval"],
+            speed_images=settings["speed_images"],
+            batch_size=self.batch_size,
+            device=self.acc.device,
+        )
+
     def _build(self, kind: str, name: str, core: dict, kwargs, expected):
         entry = self.registry.get(kind, name)
         try:
             obj = entry.factory(**core, **kwargs)
         except (ValueError, TypeError) as err:  # a factory rejecting the recipe's options
-            table = {"dataset": "data", "regularizer": f"regularizers.{name}"}.get(kind, kind)
+            table = {
+                "dataset": "data",
+                "regularizer": f"regularizers.{name}",
+                "augmentation": "augment",
+            }.get(kind, kind)
             raise RecipeError(
                 [(table, f"{kind} {name!r} rejected its options: {err}")], self.recipe.source
             ) from None
@@ -186,12 +209,17 @@ class Trainer:
     def critic(
         self, x: torch.Tensor, y: torch.Tensor | None, *, float32: bool = False
     ) -> CriticOutput:
-        """The only way the core (and plugins) call D: labels passed, output normalised.
+        """The only way the core (and plugins) call D: augmentation applied (when the recipe
+        has one), labels passed, output normalised.
 
         ``float32=True`` runs D with autocast off on float32 inputs, for penalties on input
         gradients: under mixed precision their double backward would lose precision and
         overflow, and the loss scaler must only scale the final backward.
         """
+        if float32:
+            x = x.float()
+        if self.augmenter is not None:
+            x = self.augmenter(x)
         if not float32:
             return as_critic_output(self.D(x, y))
         # Under mixed precision Accelerate replaces the inner module's forward with an autocast
@@ -234,6 +262,8 @@ class Trainer:
             ctx = RegularizerContext("d", step, self.G, self.critic, real, fake, z, y_real, y_fake)
             loss, logs = self._regularize(ctx, loss)
             norm, skipped = self._update(self.D, self.opt_d, loss)
+            if self.augmenter is not None:
+                self.augmenter.observe(real_out.logits)
             d = Phase(loss.detach(), norm, skipped, logs, real_out, fake_out)
 
         # G phase: D is frozen and its gradients are not all-reduced; G's are.
@@ -250,6 +280,8 @@ class Trainer:
         self.D.requires_grad_(True)
         if self.ema is not None:  # skipped together with the G step it follows
             self.ema.update(step + 1, skipped)
+        if self.augmenter is not None:
+            self.augmenter.adjust(step)
         return d, g
 
     def _regularize(self, ctx: RegularizerContext, loss: torch.Tensor):
@@ -360,6 +392,7 @@ class Trainer:
             "grad_norm_d": d.grad_norm,
             "grad_norm_g": g.grad_norm,
             **{f"reg/{k}": v for k, v in {**d.logs, **g.logs}.items()},
+            **(self.augmenter.logs() if self.augmenter is not None else {}),
         }
         stacked = torch.stack([v.detach().float().reshape(()) for v in named.values()])
         stacked = self.acc.reduce(stacked, reduction="mean")  # one host read for all values

@@ -25,7 +25,8 @@ from ganforge.errors import RecipeError
 from ganforge.trainer import read_metrics
 
 # Everything that could drift on resume: several critic steps, EMA with warm-up, LR decay,
-# dropout (global RNG), batch norm (buffers), a lazy penalty (step-dependent), and 32 images
+# dropout (global RNG), batch norm (buffers), a lazy penalty (step-dependent), ADA's
+# probability and its partial sums, and 32 images
 # in batches of 8 × n_critic 2 = two steps per epoch, so the sampler crosses epochs mid-run.
 EXACT = (
     "train.n_critic=2",
@@ -41,6 +42,12 @@ EXACT = (
     "regularizers.r1.gamma=0.5",
     "regularizers.r1.every=2",
     "loss.name=hinge",
+    # Adaptive augmentation, adjusted every 2 steps: checkpoints at odd steps hold partial sums.
+    "augment.name=diffaugment",
+    "augment.adaptive=true",
+    "augment.p=0.3",
+    "augment.interval=2",
+    "augment.speed_images=400",
 )
 N = 3
 # Every checkpoint and export in this module is read with unpickling disabled.
@@ -62,6 +69,8 @@ def full_state(trainer) -> dict[str, torch.Tensor]:
     out["sampler"] = torch.tensor([trainer.sampler.epoch, trainer.sampler.offset])
     out["latent_rng"] = trainer.latent_rng.get_state()
     out["torch_rng"] = torch.get_rng_state()
+    augmenter = trainer.augmenter
+    out.update({f"augment.{name}": getattr(augmenter, name).clone() for name in augmenter.STATE})
     return out
 
 
@@ -108,7 +117,9 @@ def test_an_interrupted_run_resumes_bit_for_bit(tiny, uninterrupted):
     # The log is cut back to the checkpoint, then continues: every step once, same values.
     logged, straight = read_metrics(resumed.run_dir), read_metrics(uninterrupted.run_dir)
     assert [m["step"] for m in logged] == list(range(1, 2 * N + 1))
-    assert [m["d_loss"] for m in logged] == [m["d_loss"] for m in straight]
+    for key in ("d_loss", "augment/p", "augment/r_t"):
+        assert [m[key] for m in logged] == [m[key] for m in straight], key
+    assert len({m["augment/p"] for m in straight}) > 2  # p moved during the run
 
 
 def test_a_finished_run_extended_equals_the_longer_run(tiny, uninterrupted):

@@ -134,6 +134,8 @@ def test_class_and_truncation_reach_generators_that_declare_them(tmp_path, tiny)
     every_class = sample()  # rows follow the classes, as in training grids
     assert torch.equal(every_class, trainer.generate(z, torch.tensor([0, 1, 2, 2])))
     assert torch.equal(sample(label="1"), trainer.generate(z, torch.ones(4, dtype=torch.long)))
+    # Several classes (the CLI's repeated or comma-separated --class): a run of samples each.
+    assert torch.equal(sample(label="2, 0"), trainer.generate(z, torch.tensor([2, 2, 0, 0])))
     truncated = trainer.generator(z * 0.5, torch.ones(4, dtype=torch.long))
     assert torch.allclose(sample(label="1", truncation=0.5), truncated)
     with pytest.raises(ganforge.errors.GanforgeError, match="out of range 0..2"):

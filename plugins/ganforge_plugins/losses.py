@@ -3,6 +3,7 @@
 Every formula is written in terms of the critic's logits: ``r = D(x)`` on real images and
 ``f = D(G(z))`` on fakes, each a ``(B,)`` tensor, and ``E`` the mean over the batch.
 Logits are read in float32, so mixed-precision runs reduce their losses at full precision.
+``acgan`` adds class cross-entropy on the critic's ``class_logits`` to one of the others.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import torch.nn.functional as F
 
 from ganforge import hookimpl
 from ganforge.components import CriticOutput
+from ganforge.errors import GanforgeError
 
 
 def _logits(out: CriticOutput) -> torch.Tensor:
@@ -128,12 +130,62 @@ class RelativisticAverageHinge(_Relativistic):
         return F.relu(1 - (a - b.mean())).mean() + F.relu(1 + (b - a.mean())).mean()
 
 
+#: The losses that score reals and fakes independently, by registered name: ``acgan``'s bases.
+ABSOLUTE = {
+    "bce": NonSaturatingBCE,
+    "minimax": MinimaxBCE,
+    "lsgan": LeastSquares,
+    "wgan": Wasserstein,
+    "hinge": Hinge,
+}
+RELATIVISTIC = {"rsgan": RelativisticStandard, "rahinge": RelativisticAverageHinge}
+
+
+class AuxiliaryClassifier:
+    """The auxiliary-classifier GAN loss (Odena et al. 2017, "Conditional Image Synthesis with
+    Auxiliary Classifier GANs"), on top of the ``adversarial`` loss.
+
+    With ``c_r``, ``c_f`` the critic's class logits on reals and fakes and ``CE`` the mean
+    cross-entropy, D minimises ``adv_D + w·(CE(c_r, y_r) + CE(c_f, y_f))`` and G minimises
+    ``adv_G + w·CE(c_f, y_f)``, ``w`` being ``class_weight``. Needs labels and a critic with a
+    classifier head: ``data.conditional = true`` and ``discriminator.condition = "auxiliary"``.
+    """
+
+    needs_real_for_g = False
+
+    def __init__(self, *, adversarial: str = "bce", class_weight: float = 1.0):
+        if adversarial not in ABSOLUTE:
+            choices = ", ".join(map(repr, ABSOLUTE))
+            raise ValueError(f"adversarial must be one of {choices}, not {adversarial!r}")
+        if class_weight < 0:
+            raise ValueError(f"class_weight must be >= 0, got {class_weight}")
+        self.adversarial = ABSOLUTE[adversarial]()
+        self.class_weight = class_weight
+
+    def _class_loss(self, out: CriticOutput, y: torch.Tensor | None) -> torch.Tensor:
+        if y is None:
+            raise GanforgeError(
+                "loss 'acgan' needs class labels: set data.conditional = true "
+                '(with discriminator.condition = "auxiliary")'
+            )
+        if out.class_logits is None:
+            raise GanforgeError(
+                "loss 'acgan' needs class logits from the critic: set "
+                'discriminator.condition = "auxiliary" (with data.conditional = true)'
+            )
+        return self.class_weight * F.cross_entropy(out.class_logits.float(), y)
+
+    def d_loss(self, real: CriticOutput, fake: CriticOutput, y_real, y_fake) -> torch.Tensor:
+        adversarial = self.adversarial.d_loss(real, fake, y_real, y_fake)
+        return adversarial + self._class_loss(real, y_real) + self._class_loss(fake, y_fake)
+
+    def g_loss(self, fake: CriticOutput, real, y_real, y_fake) -> torch.Tensor:
+        adversarial = self.adversarial.g_loss(fake, real, y_real, y_fake)
+        return adversarial + self._class_loss(fake, y_fake)
+
+
 @hookimpl
 def ganforge_register_losses(register):
-    register("bce", NonSaturatingBCE)
-    register("minimax", MinimaxBCE)
-    register("lsgan", LeastSquares)
-    register("wgan", Wasserstein)
-    register("hinge", Hinge)
-    register("rsgan", RelativisticStandard)
-    register("rahinge", RelativisticAverageHinge)
+    for name, factory in {**ABSOLUTE, **RELATIVISTIC}.items():
+        register(name, factory)
+    register("acgan", AuxiliaryClassifier, conditional=True)

@@ -3,6 +3,9 @@
 The same family as WGAN-GP's ResNet (Gulrajani et al. 2017). With the default ``width = 64``
 the models are SNGAN's reference ones: at 32 px its CIFAR-10 G (256 channels) and D (128);
 at 64 px G 16w→8w→4w→2w→w and D w→2w→4w→8w→16w.
+
+With ``num_classes`` > 0 they are SNGAN's class-conditional models (Miyato & Koyama 2018):
+conditional batch norm in G, a projection (or an auxiliary classifier) in D.
 """
 
 from __future__ import annotations
@@ -16,9 +19,15 @@ from torch import nn
 from ganforge import hookimpl
 from ganforge.components import CriticOutput
 from ganforge_plugins._layers import (
+    Condition,
+    ConditionalSequential,
+    CriticConditioning,
+    batch_norm,
+    check_condition,
     check_resolution,
     critic_output,
     dropout_layers,
+    require_labels,
     spectral_norm_all,
 )
 
@@ -49,24 +58,29 @@ def _conv1(cin: int, cout: int) -> nn.Conv2d:
 
 
 class UpBlock(nn.Module):
-    """BN-ReLU-upsample-conv3×3-BN-ReLU-conv3×3, plus a 1×1 up-sampled shortcut."""
+    """BN-ReLU-upsample-conv3×3-BN-ReLU-conv3×3, plus a 1×1 up-sampled shortcut.
 
-    def __init__(self, cin: int, cout: int):
+    Its batch norms are class-conditional when ``num_classes`` > 0.
+    """
+
+    takes_labels = True
+
+    def __init__(self, cin: int, cout: int, num_classes: int = 0):
         super().__init__()
-        self.residual = nn.Sequential(
-            nn.BatchNorm2d(cin),
+        self.residual = ConditionalSequential(
+            batch_norm(cin, num_classes),
             nn.ReLU(True),
             nn.Upsample(scale_factor=2),
             _conv3(cin, cout),
-            nn.BatchNorm2d(cout),
+            batch_norm(cout, num_classes),
             nn.ReLU(True),
             _conv3(cout, cout),
         )
         # A 1×1 convolution commutes with nearest up-sampling: convolve first, at a quarter cost.
         self.shortcut = nn.Sequential(_conv1(cin, cout), nn.Upsample(scale_factor=2))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.residual(x) + self.shortcut(x)
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        return self.residual(x, y) + self.shortcut(x)
 
 
 class DownBlock(nn.Module):
@@ -107,7 +121,11 @@ class OptimizedBlock(nn.Module):
 
 
 class ResNetGenerator(nn.Module):
-    """SNGAN's ResNet generator: linear to 4×4, up-sampling residual blocks, BN-ReLU-conv-tanh."""
+    """SNGAN's ResNet generator: linear to 4×4, up-sampling residual blocks, BN-ReLU-conv-tanh.
+
+    With ``num_classes`` > 0 every batch norm is class-conditional (a scale and shift per
+    class, starting at 1 and 0) and ``G(z, y)`` needs the labels.
+    """
 
     latent_prior = "normal"
 
@@ -123,27 +141,37 @@ class ResNetGenerator(nn.Module):
         super().__init__()
         check_resolution("ResNet", resolution, GENERATOR_STAGES)
         widths = [width * m for m in GENERATOR_STAGES[resolution]]
+        self.num_classes = num_classes
         self.latent_shape = (latent_dim,)
         self.seed = _xavier(nn.Linear(latent_dim, widths[0] * 4 * 4))
-        self.blocks = nn.Sequential(*(UpBlock(cin, cout) for cin, cout in pairwise(widths)))
-        self.out = nn.Sequential(
-            nn.BatchNorm2d(widths[-1]),
+        self.blocks = ConditionalSequential(
+            *(UpBlock(cin, cout, num_classes) for cin, cout in pairwise(widths))
+        )
+        self.out = ConditionalSequential(
+            batch_norm(widths[-1], num_classes),
             nn.ReLU(True),
             _conv3(widths[-1], channels, gain=1.0),
             nn.Tanh(),
         )
 
     def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        require_labels(self, self.num_classes, y)
         h = self.seed(z.reshape(z.shape[0], -1)).view(z.shape[0], -1, 4, 4)
-        return self.out(self.blocks(h))
+        return self.out(self.blocks(h, y), y)
 
 
 class ResNetDiscriminator(nn.Module):
     """SNGAN's ResNet critic: residual blocks, ReLU, global sum pooling, linear to a logit.
 
-    ``spectral`` normalises every convolution and the linear layer. ``dropout`` follows each
+    ``spectral`` normalises every convolution and linear layer. ``dropout`` follows each
     block after the first, as in CT-GAN's ResNet critic. The pooled activations the linear
     layer reads are returned as ``features``.
+
+    With ``num_classes`` > 0, ``condition`` says how D reads the labels from those pooled
+    activations: ``"projection"`` adds their dot product with a class embedding to the logit
+    (Miyato & Koyama 2018; the embedding is spectrally normalised with ``spectral``);
+    ``"auxiliary"`` adds a linear classifier whose ``class_logits`` serve the ``acgan`` loss
+    (Odena et al. 2017). With 0 it is ignored.
     """
 
     def __init__(
@@ -155,8 +183,10 @@ class ResNetDiscriminator(nn.Module):
         width: int = 64,
         spectral: bool = True,
         dropout: float = 0.0,
+        condition: Condition = "projection",
     ):
         super().__init__()
+        check_condition(condition)
         check_resolution("ResNet", resolution, CRITIC_STAGES)
         (first, _), *rest = CRITIC_STAGES[resolution]
         blocks: list[nn.Module] = [OptimizedBlock(channels, width * first)]
@@ -166,19 +196,20 @@ class ResNetDiscriminator(nn.Module):
             cin = width * multiple
         self.blocks = nn.Sequential(*blocks)
         self.head = _xavier(nn.Linear(cin, 1))
+        self.conditioning = CriticConditioning(condition, cin, num_classes) if num_classes else None
         if spectral:
             spectral_norm_all(self)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> CriticOutput:
         features = torch.relu(self.blocks(x)).sum(dim=(2, 3))
-        return critic_output(features, self.head)
+        return critic_output(features, self.head, self.conditioning, y)
 
 
 @hookimpl
 def ganforge_register_generators(register):
-    register("resnet", ResNetGenerator)
+    register("resnet", ResNetGenerator, conditional=True)
 
 
 @hookimpl
 def ganforge_register_discriminators(register):
-    register("resnet", ResNetDiscriminator)
+    register("resnet", ResNetDiscriminator, conditional=True)
