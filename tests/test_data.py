@@ -108,6 +108,24 @@ def test_digits_are_labelled_and_upsampled():
     assert digits_source(resolution=16, channels=3).load().images.shape == (1797, 3, 16, 16)
 
 
+def test_a_digits_fraction_keeps_a_fixed_share_of_every_class():
+    full = digits_source(resolution=16).load()
+    source = digits_source(resolution=16, fraction=0.1)
+    tenth = source.load()
+    expected = [round(0.1 * n) for n in np.bincount(full.labels)]  # 17-18 per class
+    assert np.bincount(tenth.labels).tolist() == expected and len(tenth) == sum(expected)
+    assert source.fingerprint != digits_source(resolution=16).fingerprint
+    # The same images every time, each one of the full set with its own label.
+    again = digits_source(resolution=16, fraction=0.1).load()
+    assert np.array_equal(again.images, tenth.images)
+    flat = full.images.reshape(len(full), -1)
+    for image, label in zip(tenth.images[:20], tenth.labels[:20], strict=True):
+        matches = np.flatnonzero((flat == image.reshape(-1)).all(1))
+        assert label in full.labels[matches]
+    with pytest.raises(ValueError, match="fraction must be in"):
+        digits_source(resolution=16, fraction=0.0)
+
+
 def test_synthetic_data_is_reproducible_and_class_dependent():
     a = synthetic_source(resolution=16, channels=3, size=64, num_classes=4, seed=5)
     b = synthetic_source(resolution=16, channels=3, size=64, num_classes=4, seed=5)

@@ -110,7 +110,6 @@ class DiffAugment:
         return x
 
 
-
 @hookimpl
 def ganforge_register_augmentations(register):
     register("diffaugment", DiffAugment)
