@@ -3,7 +3,8 @@
 ``RUN_DIR/checkpoints/step_NNNNNN/`` holds
 
 - ``models.safetensors``: G, D and EMA parameters and buffers (``generator.*``,
-  ``discriminator.*``, ``ema.*``);
+  ``discriminator.*``, ``ema.*``) and the state of regularizers that keep some
+  (``regularizers.NAME.*``);
 - ``optimizers.safetensors``: both optimizers' tensor state, flattened to
   ``<model>.<param index>.<name>``;
 - ``rng.safetensors``: every process's random states (``rank<r>.<stream>``, uint8), gathered

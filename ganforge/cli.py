@@ -34,7 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
         ("validate", "check a recipe and print ok, or every problem"),
     ):
         cmd = sub.add_parser(name, help=help_, description=help_)
-        cmd.add_argument("recipe", help="path to a TOML recipe")
+        cmd.add_argument(
+            "recipe", help="path to a TOML recipe, or a plugin's recipe as PLUGIN:NAME"
+        )
         cmd.add_argument(
             "overrides",
             nargs="*",

@@ -68,7 +68,12 @@ class Loss(Protocol):
 
 @dataclass
 class RegularizerContext:
-    """Everything a regularizer may need, for one phase of one step."""
+    """Everything a regularizer may need, for one phase of one step.
+
+    ``generator`` is G as the step calls it (inside any distributed wrapper: call it, rather
+    than its submodules, so its gradients are synchronised); ``fake`` was generated from ``z``
+    and ``y_fake`` (with a graph into G in the G phase).
+    """
 
     phase: str
     step: int
@@ -83,7 +88,11 @@ class RegularizerContext:
 
 @runtime_checkable
 class Regularizer(Protocol):
-    """A loss term for the D phase (``phase = "d"``) or the G phase (``"g"``)."""
+    """A loss term for the D phase (``phase = "d"``) or the G phase (``"g"``).
+
+    One that keeps state across steps (a running mean) is an ``nn.Module`` holding it in
+    buffers: the core moves it to the device and checkpoints, restores and synchronises them.
+    """
 
     phase: str
 

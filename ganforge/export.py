@@ -24,7 +24,7 @@ import ganforge
 from ganforge.checkpoint import Checkpoint, CheckpointError, load_module, strip_prefix, warn
 from ganforge.components import latent_shape, sample_latents
 from ganforge.errors import GanforgeError
-from ganforge.plugins import Plugins
+from ganforge.plugins import DISABLE_ENV, Plugins
 from ganforge.registry import Entry
 from ganforge.runfiles import atomic_write, cpu_tensors
 
@@ -199,9 +199,16 @@ def load_generator(
     entry = plugins.registry.find("generator", info.name)
     provider = f"{info.distribution or 'an unnamed plugin'} {info.version or ''}".strip()
     if entry is None:
+        plugin = info.metadata["generator"].get("plugin")
+        if plugin and plugins.is_blocked(plugin):
+            raise ExportError(
+                f"{path} needs generator {info.name!r} from {provider} (plugin {plugin!r}), "
+                f"which is installed but blocked by {DISABLE_ENV}; remove {plugin!r} from it "
+                "to load this export"
+            )
         raise ExportError(
-            f"{path} needs generator {info.name!r} from {provider}, which is not installed "
-            f"(or is blocked); install it, e.g. pip install {info.distribution or '<plugin>'}"
+            f"{path} needs generator {info.name!r} from {provider}, which is not installed; "
+            f"install it, e.g. pip install {info.distribution or '<plugin>'}"
         )
     core = {"resolution": info.resolution, "channels": info.channels}
     core["num_classes"] = info.num_classes

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
-    from ganforge.registry import Register
+    from ganforge.registry import RecipeRegister, Register
     from ganforge.trainer import RunInfo
 
 hookspec = pluggy.HookspecMarker("ganforge")
@@ -84,6 +84,11 @@ def ganforge_register_regularizers(register: Register) -> None:
     a scalar tensor added to that phase's loss and ``logs`` a dict of scalar tensors. The recipe
     key ``every`` (handled by the core) applies it lazily every k steps with the term scaled by k.
     Penalties on input gradients should run their critic pass with autocast off, in float32.
+    A regularizer with state of its own (a running mean) is an ``nn.Module`` keeping that
+    state in buffers: the core moves it to the device, saves its ``state_dict()`` in every
+    checkpoint (as ``regularizers.NAME.*``), restores it on resume, and gives every process
+    the main process's buffers before each checkpoint, as it does for the models' buffers.
+    Draw randomness from the global torch RNG of the device, which checkpoints save.
     """
 
 
@@ -132,6 +137,19 @@ def ganforge_register_augmentations(register: Register) -> None:
     each transform to each image with probability ``p``. Draw randomness from the global torch
     RNG of ``x``'s device, which checkpoints save. The core applies it inside ``critic(x, y)``
     to reals and fakes alike and owns ``p`` (fixed, or adapted as in ADA).
+    """
+
+
+@hookspec
+def ganforge_register_recipes(register: RecipeRegister) -> None:
+    """Register recipe files the plugin ships, run by name as ``ganforge PLUGIN:NAME``.
+
+    ``register(name, path)`` with ``path`` a TOML file inside the plugin's package, e.g.
+    ``Path(__file__).parent / "recipes" / "digits.toml"``; ``PLUGIN`` is the plugin's
+    entry-point name, so names never collide across plugins. ``ganforge train``,
+    ``validate`` and ``python -m ganforge`` accept the name wherever they accept a recipe path
+    (overrides apply as usual); ``ganforge plugins`` lists it. A missing file is an error
+    naming the plugin when the registry is built.
     """
 
 

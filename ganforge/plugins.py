@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib.metadata import entry_points
@@ -11,11 +12,19 @@ from typing import Any
 import pluggy
 
 from ganforge import hookspecs
-from ganforge.errors import PluginError
-from ganforge.registry import REGISTRATION_HOOKS, Register, Registry
+from ganforge.errors import PluginError, did_you_mean
+from ganforge.registry import (
+    REGISTRATION_HOOKS,
+    RecipeRegister,
+    Register,
+    Registry,
+    plugin_origin,
+)
 
 ENTRY_POINT_GROUP = "ganforge"
 DISABLE_ENV = "GANFORGE_DISABLE_PLUGINS"
+TRACE_ENV = "GANFORGE_TRACE_PLUGINS"
+RECIPES_HOOK = "ganforge_register_recipes"
 
 
 @dataclass(frozen=True)
@@ -32,11 +41,25 @@ def blocked_from_env() -> list[str]:
     return [name.strip() for name in os.environ.get(DISABLE_ENV, "").split(",") if name.strip()]
 
 
+def tracing_from_env() -> bool:
+    """Whether ``$GANFORGE_TRACE_PLUGINS`` asks for a trace of plugin loading and hook calls."""
+    return os.environ.get(TRACE_ENV, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def _write_trace(message: str) -> None:
+    from tqdm.auto import tqdm  # its write() keeps a progress bar intact around the lines
+
+    for line in message.rstrip("\n").splitlines():
+        tqdm.write(f"ganforge: trace: {line}", file=sys.stderr)
+
+
 class Plugins:
     """A ``PluginManager("ganforge")`` with its specs, entry points and blocked names.
 
-    Build one per run (there is no module-level global). ``extra`` registers plugin objects
-    directly, for tests and embedding applications.
+    Build one per run (there is no module-level global). ``extra`` registers ``(name,
+    plugin)`` objects directly, for tests and embedding applications; an installed plugin of
+    the same name is left out, so a package's tests work installed or not. ``trace`` (default:
+    ``$GANFORGE_TRACE_PLUGINS``) writes every plugin loaded and every hook call to stderr.
     """
 
     def __init__(
@@ -45,21 +68,28 @@ class Plugins:
         entry_points_: bool = True,
         blocked: Iterable[str] | None = None,
         extra: Iterable[tuple[str, object]] = (),
+        trace: bool | None = None,
     ):
         self.pm = pluggy.PluginManager(ENTRY_POINT_GROUP)
         self.pm.add_hookspecs(hookspecs)
         self.info: dict[str, PluginInfo] = {}
+        self._trace = self.pm.trace.root.get("plugins")
+        if tracing_from_env() if trace is None else trace:
+            self.pm.trace.root.setwriter(_write_trace)
+            self.pm.enable_tracing()  # lifecycle hooks, through pluggy's own hook tracing
         for name in blocked_from_env() if blocked is None else blocked:
             self.pm.set_blocked(name)
+            self._trace(f"plugin {name!r} is blocked")
+        extra = list(extra)
         if entry_points_:
-            self._load_entry_points()
+            self._load_entry_points(skip={name for name, _ in extra})
         for name, plugin in extra:
             self.register(plugin, name)
-        self.pm.check_pending()
+        self._check_pending()
         self._registry: Registry | None = None
 
-    def _load_entry_points(self) -> None:
-        seen: set[str] = set()
+    def _load_entry_points(self, skip: set[str]) -> None:
+        seen = set(skip)
         for ep in entry_points(group=ENTRY_POINT_GROUP):
             # The same distribution can be visible twice on sys.path (e.g. editable + build dir).
             if ep.name in seen or self.pm.is_blocked(ep.name):
@@ -79,10 +109,42 @@ class Plugins:
             self.register(plugin, ep.name, dist_name, version)
 
     def register(self, plugin: object, name: str, distribution=None, version=None) -> None:
+        """Register ``plugin`` as ``name``; a hook implementation pluggy rejects (an argument
+        its spec does not have) is a PluginError naming the plugin and its distribution."""
         if self.pm.is_blocked(name):
             return
-        self.pm.register(plugin, name=name)
+        try:
+            self.pm.register(plugin, name=name)
+        except pluggy.PluginValidationError as err:
+            raise PluginError(
+                f"{plugin_origin(name, distribution, version)} has a hook with the wrong "
+                f"signature: {'; '.join(str(err).splitlines())}. Fix or uninstall it, or set "
+                f"{DISABLE_ENV}={name}"
+            ) from None
         self.info[name] = PluginInfo(name, distribution, version)
+        self._trace(f"registered {plugin_origin(name, distribution, version)}: {plugin!r}")
+
+    def _check_pending(self) -> None:
+        """Every function marked ``@hookimpl`` must implement a known hook (catches typos)."""
+        known = [name for name in dir(hookspecs) if name.startswith("ganforge_")]
+        for hook, caller in vars(self.pm.hook).items():
+            if hook.startswith("_") or caller.has_spec():
+                continue
+            for impl in caller.get_hookimpls():
+                if not impl.optionalhook:
+                    raise PluginError(
+                        f"{self.origin(impl.plugin_name)} implements unknown hook {hook!r}"
+                        f"{did_you_mean(hook, known)}; fix or uninstall it, or set "
+                        f"{DISABLE_ENV}={impl.plugin_name}"
+                    )
+
+    def origin(self, name: str) -> str:
+        """``plugin 'NAME' (DISTRIBUTION VERSION)`` for a registered plugin."""
+        info = self.info.get(name, PluginInfo(name, None, None))
+        return plugin_origin(info.name, info.distribution, info.version)
+
+    def is_blocked(self, name: str) -> bool:
+        return self.pm.is_blocked(name)
 
     def names(self) -> list[str]:
         return [name for name, plugin in self.pm.list_name_plugin() if plugin is not None]
@@ -96,15 +158,35 @@ class Plugins:
 
     def _build_registry(self) -> Registry:
         registry = Registry()
-        for kind, hook in REGISTRATION_HOOKS.items():
-            caller = getattr(self.pm.hook, hook)
-            # Each implementation gets a Register bound to its own plugin, so a duplicate
+        kinds = {hook: kind for kind, hook in REGISTRATION_HOOKS.items()}
+        for hook in [*kinds, RECIPES_HOOK]:
+            # Each implementation gets a register bound to its own plugin, so a duplicate
             # name can be reported with both plugins' names.
-            for impl in reversed(caller.get_hookimpls()):
+            for impl in reversed(getattr(self.pm.hook, hook).get_hookimpls()):
                 info = self.info.get(impl.plugin_name, PluginInfo(impl.plugin_name, None, None))
-                register = Register(registry, kind, info.name, info.distribution, info.version)
-                impl.function(**{arg: register for arg in impl.argnames})
+                plugin = (info.name, info.distribution, info.version)
+                if hook == RECIPES_HOOK:
+                    register = RecipeRegister(registry, *plugin)
+                else:
+                    register = Register(registry, kinds[hook], *plugin)
+                self._call_registration(hook, impl, register, registry)
         return registry
+
+    def _call_registration(self, hook: str, impl: pluggy.HookImpl, register, registry) -> None:
+        """Call one plugin's registration hook (directly, to know which plugin it is)."""
+        origin = self.origin(impl.plugin_name)
+        before = registry.registered()
+        try:
+            impl.function(**{arg: register for arg in impl.argnames})
+        except PluginError:
+            raise
+        except Exception as err:  # a plugin's bug, reported as the plugin's
+            raise PluginError(
+                f"{origin} failed in {hook}: {type(err).__name__}: {err}. "
+                f"Fix or uninstall it, or set {DISABLE_ENV}={impl.plugin_name}"
+            ) from err
+        added = sorted(entry.split(" ", 1)[1] for entry in registry.registered() - before)
+        self._trace(f"{hook} of {origin}: {register.kind} {', '.join(added) or '(none)'}")
 
     # Lifecycle hooks: typed wrappers, so core code never scatters ``pm.hook`` calls.
     def run_start(self, run: Any) -> None:
@@ -125,6 +207,8 @@ class Plugins:
         for kind, entries in self.registry.entries.items():
             for name, entry in sorted(entries.items()):
                 by_plugin.setdefault(entry.plugin, {}).setdefault(kind, []).append(name)
+        for name, recipe in sorted(self.registry.recipes.items()):
+            by_plugin.setdefault(recipe.plugin, {}).setdefault("recipe", []).append(name)
         return [
             {
                 "name": name,

@@ -9,6 +9,7 @@ at once in a :class:`~ganforge.errors.RecipeError` naming the TOML key.
 from __future__ import annotations
 
 import inspect
+import re
 import tomllib
 import types
 import typing
@@ -303,10 +304,26 @@ def apply_overrides(tables: dict[str, Any], overrides: Sequence[str]) -> dict[st
     return tables
 
 
+#: ``PLUGIN:NAME``: a recipe a plugin ships (``ganforge_register_recipes``).
+RECIPE_NAME = re.compile(r"^[\w.-]+:\w+$")
+
+
+def recipe_path(spec: str | Path, registry: Registry | None) -> Path:
+    """The file a recipe argument names: a path, or ``PLUGIN:NAME`` that a plugin registered.
+
+    An existing file always wins, so a path that happens to contain a colon still works.
+    """
+    path = Path(spec)
+    if registry is None or path.exists() or not RECIPE_NAME.match(str(spec)):
+        return path
+    return registry.recipe(str(spec)).path
+
+
 def load_recipe(
     path: str | Path, overrides: Sequence[str] = (), registry: Registry | None = None
 ) -> Recipe:
-    """Read, override and validate a recipe file."""
+    """Read, override and validate a recipe file, or a plugin's recipe named ``PLUGIN:NAME``."""
+    path = recipe_path(path, registry)
     tables = apply_overrides(read_recipe_file(path), overrides)
     return validate(tables, registry, source=str(path))
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import inspect
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from ganforge.errors import PluginError, did_you_mean
 
@@ -34,6 +36,12 @@ CORE_ARGS: dict[str, tuple[str, ...]] = {
 }
 
 
+def plugin_origin(plugin: str, distribution: str | None, version: str | None) -> str:
+    """``plugin 'NAME' (DISTRIBUTION VERSION)``: how every plugin error names its source."""
+    where = f"{distribution} {version or ''}".strip() if distribution else "registered directly"
+    return f"plugin {plugin!r} ({where})"
+
+
 @dataclass(frozen=True)
 class Entry:
     """One registered component."""
@@ -50,13 +58,50 @@ class Entry:
     def signature(self) -> inspect.Signature:
         return inspect.signature(self.factory)
 
+    @property
+    def origin(self) -> str:
+        return plugin_origin(self.plugin, self.distribution, self.version)
 
-class Register:
+
+@dataclass(frozen=True)
+class RecipeEntry:
+    """A recipe file a plugin ships, run by its full name ``PLUGIN:NAME``."""
+
+    name: str
+    path: Path
+    plugin: str
+    distribution: str | None = None
+    version: str | None = None
+
+    @property
+    def origin(self) -> str:
+        return plugin_origin(self.plugin, self.distribution, self.version)
+
+
+class _PluginRegister:
+    """What every ``register`` object knows: the registry and the plugin being called."""
+
+    kind: str
+
+    def __init__(self, registry: Registry, plugin: str, distribution, version):
+        self._registry = registry
+        self._plugin, self._distribution, self._version = plugin, distribution, version
+
+    @property
+    def origin(self) -> str:
+        return plugin_origin(self._plugin, self._distribution, self._version)
+
+    def _check_name(self, name: object) -> None:
+        if not isinstance(name, str) or not name.isidentifier():
+            raise PluginError(f"{self.origin} registered an invalid {self.kind} name {name!r}")
+
+
+class Register(_PluginRegister):
     """Handed to a registration hook: ``register(name, factory, conditional=False)``."""
 
     def __init__(self, registry: Registry, kind: str, plugin: str, distribution, version):
-        self._registry, self.kind = registry, kind
-        self._plugin, self._distribution, self._version = plugin, distribution, version
+        super().__init__(registry, plugin, distribution, version)
+        self.kind = kind
 
     def __call__(
         self, name: str, factory: Callable, *, conditional: bool = False, summary: str = ""
@@ -66,12 +111,10 @@ class Register:
         ``conditional=True`` declares that the component uses class labels ``y``.
         ``summary`` is shown by ``ganforge plugins`` (default: the docstring's first line).
         """
-        if not isinstance(name, str) or not name.isidentifier():
-            raise PluginError(
-                f"plugin {self._plugin!r} registered an invalid {self.kind} name {name!r}"
-            )
+        self._check_name(name)
         if not callable(factory):
-            raise PluginError(f"plugin {self._plugin!r}: {self.kind} {name!r} is not callable")
+            raise PluginError(f"{self.origin}: {self.kind} {name!r} is not callable")
+        self._check_signature(name, factory)
         doc = (inspect.getdoc(factory) or "").strip().splitlines()
         entry = Entry(
             self.kind,
@@ -85,21 +128,88 @@ class Register:
         )
         self._registry.add(entry)
 
+    def _check_signature(self, name: str, factory: Callable) -> None:
+        """The core calls factories with keywords only: its own arguments plus the recipe's."""
+        try:
+            signature = inspect.signature(factory)
+        except (TypeError, ValueError):  # some builtins have no signature: nothing to check
+            return
+        params = signature.parameters.values()
+        takes_any = any(p.kind is p.VAR_KEYWORD for p in params)
+        keywords = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+        missing = [a for a in CORE_ARGS[self.kind] if a not in keywords and not takes_any]
+        positional = [
+            p.name for p in params if p.kind is p.POSITIONAL_ONLY and p.default is p.empty
+        ]
+        if missing or positional:
+            need = (
+                f"accept the keyword argument(s) {', '.join(missing)}, which the core passes"
+                if missing
+                else f"not require positional-only argument(s) {', '.join(positional)}"
+            )
+            raise PluginError(
+                f"{self.origin}: {self.kind} {name!r} has the wrong signature: its factory "
+                f"{getattr(factory, '__qualname__', factory)}{signature} must {need}"
+            )
+
+
+class RecipeRegister(_PluginRegister):
+    """Handed to ``ganforge_register_recipes``: ``register(name, path)``.
+
+    The recipe runs as ``ganforge PLUGIN:NAME`` (``PLUGIN`` is the plugin's entry-point name).
+    """
+
+    kind = "recipe"
+
+    def __call__(self, name: str, path: str | os.PathLike) -> None:
+        """Register the TOML file at ``path`` (inside the plugin's package) as ``PLUGIN:NAME``."""
+        self._check_name(name)
+        try:
+            file = Path(os.fspath(path))
+        except TypeError:
+            raise PluginError(
+                f"{self.origin}: recipe {name!r} needs a file path, got {path!r}"
+            ) from None
+        if not file.is_file():
+            raise PluginError(f"{self.origin}: recipe {name!r} names a missing file {file}")
+        full = f"{self._plugin}:{name}"
+        entry = RecipeEntry(full, file, self._plugin, self._distribution, self._version)
+        self._registry.add_recipe(entry)
+
 
 @dataclass
 class Registry:
-    """All registered components, by kind and name."""
+    """All registered components, by kind and name, and the recipes plugins ship."""
 
     entries: dict[str, dict[str, Entry]] = field(default_factory=lambda: {k: {} for k in KINDS})
+    recipes: dict[str, RecipeEntry] = field(default_factory=dict)
 
     def add(self, entry: Entry) -> None:
         existing = self.entries[entry.kind].get(entry.name)
         if existing is not None:
             raise PluginError(
-                f"{entry.kind} {entry.name!r} is registered twice: by plugin {existing.plugin!r} "
-                f"and by plugin {entry.plugin!r}; block one with GANFORGE_DISABLE_PLUGINS"
+                f"{entry.kind} {entry.name!r} is registered twice: by {existing.origin} "
+                f"and by {entry.origin}; block one with GANFORGE_DISABLE_PLUGINS"
             )
         self.entries[entry.kind][entry.name] = entry
+
+    def add_recipe(self, entry: RecipeEntry) -> None:
+        if entry.name in self.recipes:
+            raise PluginError(f"{entry.origin} registered recipe {entry.name!r} twice")
+        self.recipes[entry.name] = entry
+
+    def recipe(self, name: str) -> RecipeEntry:
+        """The recipe registered as ``PLUGIN:NAME``, or a PluginError suggesting a close one."""
+        if name not in self.recipes:
+            known = sorted(self.recipes)
+            hint = did_you_mean(name, known) or (f"; known: {', '.join(known)}" if known else "")
+            raise PluginError(f"no recipe file {name!r}, and no plugin registers that name{hint}")
+        return self.recipes[name]
+
+    def registered(self) -> set[str]:
+        """Every entry as ``"KIND NAME"`` (recipes included)."""
+        found = {f"{kind} {name}" for kind, entries in self.entries.items() for name in entries}
+        return found | {f"recipe {name}" for name in self.recipes}
 
     def names(self, kind: str) -> list[str]:
         return sorted(self.entries[kind])

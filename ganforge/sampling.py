@@ -107,13 +107,14 @@ def write_samples(
 
 
 def _open_data(spec: str, info: GeneratorInfo, plugins: Plugins):
-    """``spec`` is a recipe (its data and [eval] tables) or a registered data set's name."""
+    """``spec`` is a recipe (its data and [eval] tables: a file or a plugin's ``PLUGIN:NAME``)
+    or a registered data set's name."""
     from ganforge.data import open_store
     from ganforge.evaluation import build
-    from ganforge.recipe import load_recipe
+    from ganforge.recipe import RECIPE_NAME, load_recipe
 
     registry = plugins.registry
-    if spec.endswith(".toml"):
+    if spec.endswith(".toml") or RECIPE_NAME.match(spec):
         recipe = load_recipe(spec, (), registry)
         data_cfg = recipe.component("data")
         name, kwargs, evaluation = data_cfg.name, dict(data_cfg.kwargs), recipe.section("eval")

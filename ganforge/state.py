@@ -1,6 +1,7 @@
 """The training state a checkpoint holds, taken from and given back to a :class:`Trainer`.
 
-Everything a run needs to continue exactly: G, D and EMA weights and buffers, both
+Everything a run needs to continue exactly: G, D and EMA weights and buffers, the buffers of
+regularizers that keep state (``nn.Module`` regularizers, e.g. a running mean), both
 optimizers, the loss scaler, the step, the sampler position, every process's random streams,
 the skipped-step counter and the augmentation probability with its partial sums.
 Learning-rate decay and EMA warm-up are functions of the step, so they need no state of their
@@ -41,11 +42,16 @@ if TYPE_CHECKING:
     from ganforge.trainer import Trainer
 
 
-def _models(trainer: Trainer) -> dict[str, nn.Module]:
-    models = {"generator": trainer.generator, "discriminator": trainer.discriminator}
+def modules(trainer: Trainer) -> dict[str, nn.Module]:
+    """Every module whose parameters and buffers are training state, by checkpoint prefix: G,
+    D, the EMA generator, and each regularizer that keeps state (an ``nn.Module``)."""
+    found = {"generator": trainer.generator, "discriminator": trainer.discriminator}
     if trainer.ema is not None:
-        models["ema"] = trainer.ema.module
-    return models
+        found["ema"] = trainer.ema.module
+    for name, _, regularizer in trainer.regularizers:
+        if isinstance(regularizer, nn.Module):
+            found[f"regularizers.{name}"] = regularizer
+    return found
 
 
 def _optimizers(trainer: Trainer) -> dict[str, torch.optim.Optimizer]:
@@ -63,7 +69,7 @@ def save_checkpoint(trainer: Trainer) -> Path | None:
     path = None
     if acc.is_main_process:
         models: dict[str, torch.Tensor] = {}
-        for name, module in _models(trainer).items():
+        for name, module in modules(trainer).items():
             models.update(cpu_tensors(module.state_dict(), f"{name}."))
         optim_tensors, optim_json = {}, {}
         for name, optimizer in _optimizers(trainer).items():
@@ -97,7 +103,7 @@ def restore(trainer: Trainer, checkpoint: Checkpoint) -> None:
     """Give the trainer every piece of state in ``checkpoint`` (on every process)."""
     state, where = checkpoint.state, checkpoint.path
     models = checkpoint.tensors("models")
-    for name, module in _models(trainer).items():
+    for name, module in modules(trainer).items():
         load_module(module, strip_prefix(models, f"{name}."), f"the {name} weights in {where}")
     optim = checkpoint.tensors("optimizers")
     for name, optimizer in _optimizers(trainer).items():

@@ -119,6 +119,9 @@ class Trainer:
             (name, every, self._build("regularizer", name, {}, kwargs, Regularizer))
             for name, every, kwargs in recipe.regularizers()
         ]
+        for _, _, regularizer in self.regularizers:
+            if isinstance(regularizer, nn.Module):  # its state (buffers) lives beside the models
+                regularizer.to(self.acc.device)
         self.augmenter = self._build_augmenter()
         optim = recipe.section("optim")
         opt_g = build_optimizer(generator.parameters(), optim["generator"])
@@ -503,14 +506,14 @@ class Trainer:
             self.plugins.log(self.info, self.step, record)
 
     def sync_buffers(self) -> None:
-        """Give every process the main process's buffers (batch-norm statistics).
+        """Give every process the main process's buffers (batch-norm statistics, regularizers'
+        running means).
 
         Buffers are not broadcast during the step (see ``make_accelerator``), so each rank's
         running statistics follow its own shard. Before each checkpoint and the export they are
         made identical, the same way in every run, so what is saved is every rank's state.
         """
-        modules = [self.generator, self.discriminator]
-        broadcast_buffers(modules + ([self.ema.module] if self.ema else []), self.acc)
+        broadcast_buffers(state.modules(self).values(), self.acc)
 
     def save_checkpoint(self) -> Path | None:
         """Write the whole training state (every process calls it; the main one writes)."""

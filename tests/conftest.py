@@ -10,18 +10,10 @@ import pytest
 
 from ganforge.plugins import Plugins
 from ganforge.recipe import apply_overrides, validate
+from ganforge.testing import TINY_RECIPE as TINY
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted((ROOT / "recipes").glob("*.toml"))
-
-TINY = {
-    "run": {"name": "tiny", "seed": 0},
-    "data": {"name": "synthetic", "resolution": 16, "channels": 3, "size": 32},
-    "generator": {"name": "dcgan", "latent_dim": 8, "width": 4},
-    "discriminator": {"name": "dcgan", "width": 4},
-    "loss": {"name": "bce"},
-    "train": {"steps": 2, "batch_size": 8, "log_every": 1, "sample_every": 1000, "sample_count": 4},
-}
 
 
 @pytest.fixture(autouse=True)

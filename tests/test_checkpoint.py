@@ -132,6 +132,50 @@ def test_a_finished_run_extended_equals_the_longer_run(tiny, uninterrupted):
     assert_same_state(full_state(extended), full_state(uninterrupted))
 
 
+class RunningMean(torch.nn.Module):
+    """A D-phase regularizer with state: a running mean of D(real) in buffers."""
+
+    phase = "d"
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(()))
+        self.register_buffer("calls", torch.zeros((), dtype=torch.long))
+
+    def forward(self, ctx):
+        logits = ctx.critic(ctx.real, ctx.y_real).logits
+        self.mean.lerp_(logits.detach().mean(), 0.5)
+        self.calls += 1
+        return 0.01 * (logits - self.mean).square().mean(), {"mean": self.mean.clone()}
+
+
+class StatefulRegularizer:
+    @ganforge.hookimpl
+    def ganforge_register_regularizers(self, register):
+        register("running_mean", RunningMean)
+
+
+def test_a_regularizers_state_is_checkpointed_and_resumed_exactly(tmp_path, tiny):
+    extra, lazy = [("stateful", StatefulRegularizer())], "regularizers.running_mean.every=1"
+    straight = tiny(lazy, "train.steps=4", f"run.out_dir={tmp_path / 'straight'}", extra=extra)
+    straight.fit()
+    first = tiny(lazy, "train.steps=2", extra=extra)
+    first.fit()
+    saved = latest_checkpoint(first.run_dir).tensors("models")
+    assert saved["regularizers.running_mean.calls"] == 2
+    resumed = tiny(lazy, "train.steps=4", extra=extra)
+    regularizer = resumed.regularizers[0][2]
+    assert regularizer.calls == 2
+    assert torch.equal(regularizer.mean, saved["regularizers.running_mean.mean"])
+    resumed.fit()
+    assert regularizer.calls == 4
+    for name in ("models", "optimizers"):
+        assert_same_state(
+            latest_checkpoint(resumed.run_dir).tensors(name),
+            latest_checkpoint(straight.run_dir).tensors(name),
+        )
+
+
 class Recorder:
     def __init__(self):
         self.checkpoints = []

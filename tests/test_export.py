@@ -187,11 +187,23 @@ def test_bad_model_files_are_one_clear_error(make, message, export_file, tmp_pat
     assert len(err.strip().splitlines()) == 1
 
 
-def test_a_missing_generator_plugin_is_named(export_file, capsys, monkeypatch):
+def test_a_blocked_generator_plugin_is_named(export_file, capsys, monkeypatch):
     monkeypatch.setenv("GANFORGE_DISABLE_PLUGINS", "dcgan")
     assert main(["generate", str(export_file), "--out", "x.png"]) == 2
     err = capsys.readouterr().err
-    assert "needs generator 'dcgan' from ganforge" in err and "not installed" in err
+    assert "needs generator 'dcgan' from ganforge" in err
+    assert "(plugin 'dcgan'), which is installed but blocked by GANFORGE_DISABLE_PLUGINS" in err
+
+
+def test_a_generator_plugin_not_installed_is_named(export_file, capsys, tmp_path):
+    def elsewhere(meta):
+        meta["generator"].update(name="nosuch", plugin="nosuch", distribution="ganforge-nosuch")
+
+    moved = rewrite(export_file, tmp_path / "x.safetensors", elsewhere)
+    assert main(["generate", str(moved), "--out", "x.png"]) == 2
+    err = capsys.readouterr().err
+    assert "needs generator 'nosuch' from ganforge-nosuch" in err and "not installed" in err
+    assert "pip install ganforge-nosuch" in err
 
 
 @pytest.mark.parametrize(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import sys
 import tomllib
 from importlib.metadata import EntryPoint
 
@@ -115,8 +116,153 @@ def test_every_hookspec_is_prefixed_and_documented():
 def test_plugins_command_lists_plugins_and_components(capsys):
     assert main(["plugins"]) == 0
     out = capsys.readouterr().out
-    assert "dcgan  (ganforge " in out and "generator: dcgan" in out and "loss: bce" in out
+    assert "dcgan  (ganforge " in out and "generator: dcgan" in out
+    assert "bce" in next(line for line in out.splitlines() if line.startswith("    loss: "))
     assert main(["plugins", "--json"]) == 0
     listed = {p["name"]: p for p in json.loads(capsys.readouterr().out)}
     assert listed["dcgan"]["registers"] == {"generator": ["dcgan"], "discriminator": ["dcgan"]}
     assert listed["digits"]["distribution"] == "ganforge"
+
+
+class _WrongArgument:
+    @ganforge.hookimpl
+    def ganforge_register_losses(self, registry):  # the spec's argument is `register`
+        registry("x", lambda: None)
+
+
+class _Typo:
+    @ganforge.hookimpl
+    def ganforge_register_loss(self, register):
+        register("x", lambda: None)
+
+
+class _Raises:
+    @ganforge.hookimpl
+    def ganforge_register_losses(self, register):
+        raise RuntimeError("boom")
+
+
+class _NoCoreArguments:
+    @ganforge.hookimpl
+    def ganforge_register_generators(self, register):
+        register("flat", lambda latent_dim=8: None)
+
+
+def test_a_hook_with_a_wrong_signature_names_the_plugin_and_the_way_out(monkeypatch):
+    with pytest.raises(PluginError) as info:
+        Plugins(extra=[("wrongarg", _WrongArgument())])
+    message = str(info.value)
+    assert "plugin 'wrongarg' (registered directly) has a hook with the wrong signature" in message
+    assert "'registry'" in message and "GANFORGE_DISABLE_PLUGINS=wrongarg" in message
+    assert "\n" not in message
+
+
+def test_an_unknown_hook_is_named_with_the_closest_one():
+    with pytest.raises(PluginError, match="unknown hook 'ganforge_register_loss'; did you mean "):
+        Plugins(extra=[("typo", _Typo())])
+
+
+def test_a_registration_hook_that_raises_is_the_plugins_error():
+    plugins = Plugins(extra=[("raises", _Raises())])
+    with pytest.raises(PluginError, match=r"plugin 'raises' .* failed in ganforge_register_losses"):
+        plugins.registry  # noqa: B018
+
+
+def test_a_factory_that_cannot_take_the_core_arguments_is_refused_at_registration():
+    plugins = Plugins(extra=[("flat", _NoCoreArguments())])
+    with pytest.raises(PluginError) as info:
+        plugins.registry  # noqa: B018
+    message = str(info.value)
+    assert "generator 'flat' has the wrong signature" in message
+    assert "resolution, channels, num_classes" in message
+
+
+def test_a_duplicate_names_both_distributions():
+    with pytest.raises(PluginError) as info:
+        Plugins(extra=[("twin", _Twin())]).registry  # noqa: B018
+    message = str(info.value)
+    assert "plugin 'losses' (ganforge 0.1.0)" in message
+    assert "plugin 'twin' (registered directly)" in message
+
+
+def test_a_plugin_given_directly_replaces_the_installed_one_of_that_name():
+    class Stand:
+        @ganforge.hookimpl
+        def ganforge_register_losses(self, register):
+            register("stand_in", lambda: None)
+
+    plugins = Plugins(extra=[("losses", Stand())])
+    assert plugins.registry.names("loss") == ["stand_in"]
+    assert plugins.info["losses"].distribution is None
+
+
+@pytest.fixture
+def recipe_plugin(tmp_path, monkeypatch):
+    """An installed plugin (an entry point of a module in tmp_path) that ships a recipe."""
+    (tmp_path / "ganforge_recipe_probe.py").write_text(
+        "from pathlib import Path\n"
+        "from ganforge import hookimpl\n\n"
+        "@hookimpl\n"
+        "def ganforge_register_recipes(register):\n"
+        "    register('tiny', Path(__file__).parent / 'shipped.toml')\n"
+    )
+    from conftest import tiny_tables
+    from ganforge.recipe import dump_toml
+
+    (tmp_path / "shipped.toml").write_text(dump_toml(tiny_tables(tmp_path)))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    probe = EntryPoint(name="probe", value="ganforge_recipe_probe", group="ganforge")
+    real = __import__("ganforge.plugins", fromlist=["entry_points"]).entry_points
+    monkeypatch.setattr("ganforge.plugins.entry_points", lambda group: [*real(group=group), probe])
+    yield tmp_path / "shipped.toml"
+    sys.modules.pop("ganforge_recipe_probe", None)
+
+
+def test_a_plugins_recipe_runs_by_name_and_is_listed(recipe_plugin, capsys):
+    registry = Plugins().registry
+    assert registry.recipe("probe:tiny").path == recipe_plugin
+    assert registry.recipe("probe:tiny").plugin == "probe"
+    assert main(["validate", "probe:tiny", "train.steps=3"]) == 0
+    assert main(["plugins"]) == 0
+    out = capsys.readouterr().out
+    assert out.index("probe  (") < out.index("    recipe: probe:tiny\n")
+    assert main(["plugins", "--json"]) == 0
+    listed = {p["name"]: p for p in json.loads(capsys.readouterr().out)}
+    assert listed["probe"]["registers"] == {"recipe": ["probe:tiny"]}
+    assert main(["probe:tiny", "train.steps=1", "run.out_dir=by_name"]) == 0
+    assert (recipe_plugin.parent / "by_name" / "generator.safetensors").is_file()
+
+
+def test_an_unknown_recipe_name_suggests_the_close_one(recipe_plugin, capsys):
+    assert main(["validate", "probe:tinny"]) == 2
+    err = capsys.readouterr().err
+    assert "no recipe file 'probe:tinny', and no plugin registers that name" in err
+    assert "did you mean 'probe:tiny'?" in err
+    assert main(["validate", "missing.toml"]) == 2
+    assert "recipe file not found: missing.toml" in capsys.readouterr().err
+
+
+def test_a_recipe_registered_with_a_missing_file_names_the_plugin():
+    class Missing:
+        @ganforge.hookimpl
+        def ganforge_register_recipes(self, register):
+            register("gone", "/nonexistent/gone.toml")
+
+    with pytest.raises(PluginError, match="plugin 'missing' .*recipe 'gone' names a missing file"):
+        Plugins(extra=[("missing", Missing())]).registry  # noqa: B018
+
+
+def test_tracing_shows_plugins_registrations_and_hook_calls(tiny, monkeypatch, capsys):
+    assert Plugins().registry and "trace" not in capsys.readouterr().err
+    monkeypatch.setenv("GANFORGE_TRACE_PLUGINS", "1")
+    monkeypatch.setenv("GANFORGE_DISABLE_PLUGINS", "hf")
+    tiny("train.steps=1").fit()
+    err = capsys.readouterr().err
+    assert "ganforge: trace: plugin 'hf' is blocked" in err
+    assert "ganforge: trace: registered plugin 'dcgan' (ganforge 0.1.0)" in err
+    losses = "ganforge: trace: ganforge_register_losses of plugin 'losses' (ganforge 0.1.0): loss "
+    assert ", bce, " in err.split(losses, 1)[1].splitlines()[0]
+    for hook in ("ganforge_run_start", "ganforge_log", "ganforge_checkpoint", "ganforge_run_end"):
+        assert f"ganforge: trace:   {hook} [hook]\n" in err, hook
+        assert f"ganforge: trace:   finish {hook} --> [] [hook]\n" in err, hook
+    assert "ganforge: trace:       step: 1\n" in err  # the call's arguments
