@@ -188,9 +188,12 @@ def write_checkpoint(
     Keeps the newest ``keep`` checkpoints (0 keeps all). Returns the checkpoint folder.
     """
     root = Path(run_dir) / CHECKPOINTS
-    root.mkdir(parents=True, exist_ok=True)
     final = root / checkpoint_name(step)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=root))
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=root))
+    except OSError as err:
+        raise _write_failed(final, err) from None
     try:
         files = {}
         for name, group in tensors.items():
@@ -210,11 +213,27 @@ def write_checkpoint(
         if final.exists():  # an earlier checkpoint of this step: kept, under another name
             set_aside(final, "replaced")
         os.replace(tmp, final)
-    except BaseException:
+    except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(err, OSError):  # a full disk, a quota, a vanished folder
+            raise _write_failed(final, err) from None
         raise
     _prune(root, step, keep)
     return final
+
+
+def _write_failed(final: Path, err: OSError) -> CheckpointError:
+    """What a failed checkpoint write says: why, and that the earlier checkpoints are intact."""
+    earlier = [p for p in list_checkpoints(final.parent.parent) if p != final]
+    kept = (
+        f"the newest complete one, {earlier[-1]}, is intact"
+        if earlier
+        else "there is no earlier one"
+    )
+    return CheckpointError(
+        f"could not write checkpoint {final}: {err.strerror or err}; {kept}. Free space (or fix "
+        "the folder) and run the same command again to continue"
+    )
 
 
 def _fsync_folder(folder: Path) -> None:

@@ -2,7 +2,8 @@
 ``export`` and ``generate``.
 
 Everything goes through :func:`main`, which returns the exit status: 0 on success, 2 for any
-mistake in what the user gave (recipe, path, plugin, data), printed as one message.
+mistake in what the user gave (recipe, path, plugin, data), printed as one message; a training
+run that stops early says why and exits 130 (Ctrl-C) or 3 (too many non-finite steps in a row).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ganforge import __version__
-from ganforge.errors import GanforgeError
+from ganforge.errors import INTERRUPTED, GanforgeError, TrainingStopped
 
 COMMANDS = ("train", "validate", "plugins", "export", "generate", "eval")
 USAGE_ERROR = 2
@@ -128,6 +129,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as err:  # a path the user gave: missing, unwritable, a folder, a full disk
         print(f"ganforge: error: {err}", file=sys.stderr)
         return USAGE_ERROR
+    except TrainingStopped as stop:
+        print(f"ganforge: stopped: {stop}", file=sys.stderr)
+        return stop.exit_status
+    except KeyboardInterrupt:  # Ctrl-C outside the training loop, or a second one inside it
+        print("ganforge: interrupted", file=sys.stderr)
+        return INTERRUPTED
 
 
 def console_main() -> None:

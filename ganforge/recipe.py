@@ -106,6 +106,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "resume": Key(str, "auto", None, lambda v: None if v.strip() else "must not be empty"),
         # A checkpoint or run folder whose weights (not optimizer state) a new run starts from.
         "init_from": Key(str, ""),
+        # Stop (exit status 3) once this many steps in a row were skipped for a non-finite loss
+        # or gradient (0: never); read at log and checkpoint steps only.
+        "max_skipped_in_a_row": Key(int, 100, None, non_negative),
     },
 }
 SCHEMA["ema"] = {
@@ -628,10 +631,14 @@ def _toml_key(key: str) -> str:
     return key if key.replace("_", "").replace("-", "").isalnum() else _toml_string(key)
 
 
+_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\t": "\\t", "\r": "\\r"}
+
+
 def _toml_string(text: str) -> str:
-    escaped = text.replace("\\", "\\\\").replace('"', '\\"')
-    for char, code in (("\n", "\\n"), ("\t", "\\t"), ("\r", "\\r")):
-        escaped = escaped.replace(char, code)
+    """A TOML basic string; control characters, which TOML forbids raw, as ``\\uXXXX``."""
+    escaped = "".join(
+        _ESCAPES.get(c, f"\\u{ord(c):04x}" if ord(c) < 0x20 or c == "\x7f" else c) for c in text
+    )
     return f'"{escaped}"'
 
 

@@ -3,7 +3,8 @@
 Everything a run needs to continue exactly: G, D and EMA weights and buffers, the buffers of
 regularizers that keep state (``nn.Module`` regularizers, e.g. a running mean), both
 optimizers, the loss scaler, the step, the sampler position, every process's random streams,
-the skipped-step counter and the augmentation probability with its partial sums.
+the skipped-step counters (in all, and in a row) and the augmentation probability with its
+partial sums.
 Learning-rate decay and EMA warm-up are functions of the step, so they need no state of their
 own.
 """
@@ -78,6 +79,7 @@ def save_checkpoint(trainer: Trainer) -> Path | None:
             optim_json[name] = document
         state = {
             "skipped_steps": int(trainer.skipped.item()),
+            "skipped_in_a_row": int(trainer.skipped_in_a_row.item()),
             "sampler": trainer.sampler.state_dict(),
             "data_size": len(trainer.data),
             "world_size": acc.num_processes,
@@ -133,6 +135,7 @@ def restore(trainer: Trainer, checkpoint: Checkpoint) -> None:
         trainer.latent_rng.manual_seed(trainer.seed * 7919 + rank + 1 + checkpoint.step * 104729)
         torch.manual_seed(trainer.seed + rank + checkpoint.step * 104729)
     trainer.skipped.fill_(state["skipped_steps"])
+    trainer.skipped_in_a_row.fill_(state.get("skipped_in_a_row", 0))  # older checkpoints: none
     if trainer.augmenter is not None and state.get("augment"):
         trainer.augmenter.load_state_dict(state["augment"])
     trainer.step = checkpoint.step

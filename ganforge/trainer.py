@@ -31,11 +31,12 @@ from ganforge.components import (
 )
 from ganforge.data import BatchSource, DataSource, ImageData, ShardedSampler, open_store
 from ganforge.distributed import broadcast_buffers, make_accelerator
-from ganforge.errors import DataError, PluginError, RecipeError
+from ganforge.errors import DataError, GanforgeError, PluginError, RecipeError
 from ganforge.export import export_generator, export_metadata
 from ganforge.plugins import Plugins
 from ganforge.recipe import Recipe
 from ganforge.runfiles import append_jsonl, cut_jsonl, save_grid, save_scatter, write_text
+from ganforge.stopping import CtrlC, interrupted, too_many_skipped
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,20 @@ def build_optimizer(params, config: dict[str, Any]) -> torch.optim.Optimizer:
         weight_decay=config["weight_decay"],
         fused=True,
     )
+
+
+def _total_norm(grads: list[torch.Tensor]) -> torch.Tensor:
+    """The 2-norm of all gradients together, in float32, as a device tensor (no host read).
+
+    ``torch.nn.utils.get_total_norm`` without its grouping by device and dtype: a GAN's
+    models each live on one device, and per step the grouping cost more than the norms on a
+    launch-bound model.
+    """
+    if not grads:
+        return torch.zeros(())
+    if len({g.dtype for g in grads}) > 1:
+        grads = [g.float() for g in grads]
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)), dtype=torch.float32)
 
 
 class Trainer:
@@ -132,6 +147,7 @@ class Trainer:
         # The models outside any distributed wrapper: for sampling, checkpoints and export.
         self.generator = self.acc.unwrap_model(self.G)
         self.discriminator = self.acc.unwrap_model(self.D)
+        self._critic_params = list(self.discriminator.parameters())
         self.optim = optim
         ema = recipe.section("ema")
         self.ema = EMA(self.generator, ema["decay"], ema["warmup_steps"]) if ema["decay"] else None
@@ -144,6 +160,8 @@ class Trainer:
         torch.manual_seed(self.seed + rank)  # dropout and other module randomness
         self.step = 0
         self.skipped = torch.zeros((), device=self.acc.device)
+        # Steps in a row with a skipped update (train.max_skipped_in_a_row), on the device.
+        self.skipped_in_a_row = torch.zeros((), device=self.acc.device)
         # Resume (train.resume) or start from another run's weights (train.init_from).
         self.start_message = state.start(self)
         self._evaluation = self._prepare_evaluation() if recipe.get("eval.every") else None
@@ -249,6 +267,7 @@ class Trainer:
         for optimizer, model in ((self.opt_d, "discriminator"), (self.opt_g, "generator")):
             config = self.optim[model]
             set_lr(optimizer, config["lr"] * lr_factor(step, config))
+        skips = []
         for i in range(self.n_critic):
             real, y_real = self.batches.next(with_labels=conditional)
             y_fake = y_real  # fakes follow the data's class distribution
@@ -265,12 +284,13 @@ class Trainer:
             ctx = RegularizerContext("d", step, self.G, self.critic, real, fake, z, y_real, y_fake)
             loss, logs = self._regularize(ctx, loss)
             norm, skipped = self._update(self.D, self.opt_d, loss)
+            skips.append(skipped)
             if self.augmenter is not None:
                 self.augmenter.observe(real_out.logits)
             d = Phase(loss.detach(), norm, skipped, logs, real_out, fake_out)
 
         # G phase: D is frozen and its gradients are not all-reduced; G's are.
-        self.D.requires_grad_(False)
+        self._critic_grad(False)
         with self.acc.no_sync(self.D):
             fake = generated
             fake_out = self.critic(fake, y_fake)
@@ -279,13 +299,23 @@ class Trainer:
             ctx = RegularizerContext("g", step, self.G, self.critic, real, fake, z, y_real, y_fake)
             loss, logs = self._regularize(ctx, loss)
             norm, skipped = self._update(self.G, self.opt_g, loss)
+            skips.append(skipped)
             g = Phase(loss.detach(), norm, skipped, logs)
-        self.D.requires_grad_(True)
+        self._critic_grad(True)
+        # A step with any skipped update extends the streak, a clean one resets it (on the
+        # device: the loop reads it at log and checkpoint steps only).
+        any_skipped = torch.stack(skips).amax()
+        self.skipped_in_a_row.mul_(any_skipped).add_(any_skipped)
         if self.ema is not None:  # skipped together with the G step it follows
             self.ema.update(step + 1, skipped)
         if self.augmenter is not None:
             self.augmenter.adjust(step)
         return d, g
+
+    def _critic_grad(self, enabled: bool) -> None:
+        """Freeze or unfreeze D's parameters (a cached list: no module traversal per step)."""
+        for p in self._critic_params:
+            p.requires_grad_(enabled)
 
     def _regularize(self, ctx: RegularizerContext, loss: torch.Tensor):
         logs: dict[str, torch.Tensor] = {}
@@ -306,36 +336,50 @@ class Trainer:
         Returns the gradient norm and the skip flag (device tensors). A non-finite loss or
         gradient on any rank skips this optimizer step on every rank, decided on the device.
         """
-        optimizer.zero_grad(set_to_none=True)
-        self.acc.backward(loss)
-        if self.acc.scaler is not None:  # fp16: measure and clip true gradients
+        # The optimizer inside Accelerate's wrapper, used as the wrapper would (stepped through
+        # the loss scaler under fp16). The wrapper's zero_grad inspects a signature and its step
+        # looks for optional packages on the file system at every call: with 2 updates a step
+        # that was ~30% of a tiny model's step on a CPU (benchmarks/engine_overhead.py).
+        inner = optimizer.optimizer
+        params = [p for group in inner.param_groups for p in group["params"]]
+        inner.zero_grad(set_to_none=True)
+        scaler = self.acc.scaler
+        # What accelerator.backward does for the launches ganforge accepts (no gradient
+        # accumulation; DeepSpeed, FSDP, XLA and Megatron are refused), minus its loss / 1.
+        (loss if scaler is None else scaler.scale(loss)).backward()
+        if scaler is not None:  # fp16: measure and clip true gradients
             self.acc.unscale_gradients(optimizer)
-        params = [p for p in model.parameters() if p.grad is not None]
-        norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+        params = [p for p in params if p.grad is not None]
+        norm = _total_norm([p.grad for p in params])
         found_inf = (~torch.isfinite(norm + loss.detach())).float()
         if self.acc.num_processes > 1:
             torch.distributed.all_reduce(found_inf, op=torch.distributed.ReduceOp.MAX)
         if self.grad_clip > 0:
             torch.nn.utils.clip_grads_with_norm_(params, self.grad_clip, norm)
-        optimizer.optimizer.found_inf = found_inf  # read by the fused step: skip when 1
-        optimizer.step()
+        inner.found_inf = found_inf  # read by the fused step: skip when 1
+        if scaler is not None:
+            scaler.step(inner)
+            scaler.update()
+        else:
+            inner.step()
         self.skipped += found_inf
         return norm, found_inf
 
     # ------------------------------------------------------------------ the loop
 
     def fit(self) -> Path | None:
-        """Train from the current step to ``train.steps``; return the export path."""
+        """Train from the current step to ``train.steps``; return the export path.
+
+        Raises :class:`~ganforge.errors.TrainingStopped` after Ctrl-C (once the checkpoint of
+        the last complete step is written) or after ``train.max_skipped_in_a_row`` skipped
+        steps in a row.
+        """
         from tqdm.auto import tqdm
 
         acc, train = self.acc, self.recipe.section("train")
         main = acc.is_main_process
         if main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "samples").mkdir(exist_ok=True)
-            write_text(self.run_dir / "recipe.toml", self.recipe.to_toml())
-            # The log continues from the starting step: no step is logged twice.
-            cut_jsonl(self.run_dir / "metrics.jsonl", self.step)
+            self._prepare_run_dir()
         acc.print(
             f"ganforge: {acc.num_processes} process(es) on {acc.device}, global batch "
             f"{self.batch_size} = {self.info.per_process_batch} per process, mixed "
@@ -354,30 +398,35 @@ class Trainer:
         )
         last_time, last_step = time.perf_counter(), self.step
         eval_every, save_every = self.recipe.get("eval.every"), train["checkpoint_every"]
-        while self.step < self.steps:
-            d, g = self.train_step(self.step)
-            self.step += 1
-            bar.update(1)
-            if self.step % train["log_every"] == 0 or self.step == self.steps:
-                now = time.perf_counter()
-                seen = (self.step - last_step) * self.n_critic * self.batch_size
-                values = self._log_values(d, g, seen / max(now - last_time, 1e-9))
-                last_time, last_step = now, self.step
-                if main:
-                    bar.set_postfix(
-                        d=f"{values['d_loss']:.3f}",
-                        g=f"{values['g_loss']:.3f}",
-                        img_s=f"{values['images_per_s']:.0f}",
-                    )
-                    append_jsonl(self.run_dir / "metrics.jsonl", values)
-                    self.plugins.log(self.info, self.step, values)
-            if main and (self.step % train["sample_every"] == 0 or self.step == self.steps):
-                self.save_samples()
-            if eval_every and (self.step % eval_every == 0 or self.step == self.steps):
-                self.log_evaluation()
-            if (save_every and self.step % save_every == 0) or self.step == self.steps:
-                self.save_checkpoint()
-        bar.close()
+        with bar, CtrlC(enabled=acc.num_processes == 1) as ctrl_c:
+            while self.step < self.steps:
+                d, g = self.train_step(self.step)
+                self.step += 1
+                bar.update(1)
+                logging = self.step % train["log_every"] == 0 or self.step == self.steps
+                saving = (save_every and self.step % save_every == 0) or self.step == self.steps
+                if logging:
+                    now = time.perf_counter()
+                    seen = (self.step - last_step) * self.n_critic * self.batch_size
+                    values = self._log_values(d, g, seen / max(now - last_time, 1e-9))
+                    last_time, last_step = now, self.step
+                    if main:
+                        bar.set_postfix(
+                            d=f"{values['d_loss']:.3f}",
+                            g=f"{values['g_loss']:.3f}",
+                            img_s=f"{values['images_per_s']:.0f}",
+                        )
+                        append_jsonl(self.run_dir / "metrics.jsonl", values)
+                        self.plugins.log(self.info, self.step, values)
+                if logging or saving:  # host reads happen at these steps anyway
+                    self._check_skipped_in_a_row(train["max_skipped_in_a_row"])
+                if main and (self.step % train["sample_every"] == 0 or self.step == self.steps):
+                    self.save_samples()
+                if eval_every and (self.step % eval_every == 0 or self.step == self.steps):
+                    self.log_evaluation()
+                checkpoint = self.save_checkpoint() if saving else None
+                if ctrl_c.requested:
+                    raise interrupted(self.step, checkpoint or self.save_checkpoint())
         self.sync_buffers()
         export_path = self.export() if main else None
         acc.wait_for_everyone()
@@ -385,6 +434,28 @@ class Trainer:
             self.plugins.run_end(self.info, self.step, str(export_path) if export_path else None)
         acc.end_training()
         return export_path
+
+    def _prepare_run_dir(self) -> None:
+        try:
+            (self.run_dir / "samples").mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise GanforgeError(
+                f"cannot create the run directory {self.run_dir} (run.out_dir): "
+                f"{err.strerror or err}"
+            ) from None
+        write_text(self.run_dir / "recipe.toml", self.recipe.to_toml())
+        # The log continues from the starting step: no step is logged twice.
+        cut_jsonl(self.run_dir / "metrics.jsonl", self.step)
+
+    def _check_skipped_in_a_row(self, limit: int) -> None:
+        """Stop when the last ``limit`` steps were all skipped (0: never stop). The counter is
+        the same on every process (the skip flags are all-reduced), so all stop together."""
+        if not limit:
+            return
+        in_a_row = int(self.skipped_in_a_row.item())
+        if in_a_row >= limit:
+            self.acc.end_training()
+            raise too_many_skipped(self.step, in_a_row, limit, self.run_dir)
 
     def _log_values(self, d: Phase, g: Phase, images_per_s: float) -> dict[str, Any]:
         named = {

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import collections
+import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -24,21 +27,78 @@ def isolated(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
 
 
+@pytest.fixture(scope="session")
+def reliability_report():
+    """Counts of what the reliability tests tried (``report[area][what] += n``), written as
+    JSON to ``$GANFORGE_RELIABILITY_REPORT`` at the end of the session when it is set
+    (``docs/reliability.md`` quotes them)."""
+    target = os.environ.get("GANFORGE_RELIABILITY_REPORT")
+    target = Path(target).resolve() if target else None
+    counts: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+    yield counts
+    if target is not None:
+        report = {area: dict(sorted(found.items())) for area, found in sorted(counts.items())}
+        target.write_text(json.dumps(report, indent=2) + "\n")
+
+
+#: ``pickle.find_class`` audit events (a global resolved while unpickling: the only way a
+#: pickle runs code) seen while ``no_unpickling`` is active; None when it is not.
+_UNPICKLED: list[str] | None = None
+
+
+def _audit_unpickling(event: str, args: tuple) -> None:
+    if event == "pickle.find_class" and _UNPICKLED is not None:
+        _UNPICKLED.append(f"{args[0]}.{args[1]}")
+        raise AssertionError(f"something tried to unpickle {args[0]}.{args[1]}")
+
+
 @pytest.fixture
 def no_unpickling(monkeypatch):
-    """Any attempt to unpickle (``pickle.load(s)`` or ``torch.load``) fails the test.
+    """Any attempt to unpickle fails the test; yields the globals it caught.
 
-    (``pickle.Unpickler`` itself stays: libraries subclass it at import time.)"""
+    ``pickle.load(s)``, ``torch.load`` and ``numpy.load(allow_pickle=True)`` raise, and so does
+    creating a ``pickle.Unpickler`` (replaced here, after the libraries that subclass it at
+    import time are imported, by a subclass that refuses). A class that subclassed the C
+    unpickler earlier is caught by an audit hook on ``pickle.find_class``, which every pickle
+    that would run code triggers; the events are recorded too, so an unpickling whose error a
+    library swallowed still fails the test at teardown.
+    """
+    global _UNPICKLED
     import pickle
 
+    import numpy as np
     import torch
 
     def refuse(*args, **kwargs):
         raise AssertionError("something tried to unpickle")
 
+    class RefusingUnpickler(pickle.Unpickler):
+        def __init__(self, *args, **kwargs):
+            refuse()
+
     for name in ("load", "loads"):
         monkeypatch.setattr(pickle, name, refuse)
+    monkeypatch.setattr(pickle, "Unpickler", RefusingUnpickler)
+    monkeypatch.setattr(pickle, "_Unpickler", RefusingUnpickler)
     monkeypatch.setattr(torch, "load", refuse)
+    monkeypatch.setattr(torch.serialization, "load", refuse)
+    real_np_load = np.load
+
+    def np_load(*args, allow_pickle=False, **kwargs):
+        if allow_pickle:
+            refuse()
+        return real_np_load(*args, allow_pickle=False, **kwargs)
+
+    monkeypatch.setattr(np, "load", np_load)
+    if not getattr(_audit_unpickling, "installed", False):
+        sys.addaudithook(_audit_unpickling)  # process-wide and permanent: inert when None
+        _audit_unpickling.installed = True
+    _UNPICKLED = caught = []
+    try:
+        yield caught
+    finally:
+        _UNPICKLED = None
+    assert not caught, f"something unpickled {caught}"
 
 
 @pytest.fixture(scope="session")
@@ -91,3 +151,14 @@ def make_trainer(tmp_path: Path, *overrides: str, extra=()):
 def tiny(tmp_path):
     """``tiny(*overrides, extra=())`` builds a Trainer on a 16 px synthetic recipe."""
     return lambda *overrides, extra=(): make_trainer(tmp_path, *overrides, extra=extra)
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models gain nothing from intra-op threads; on a busy machine threads only contend."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -323,3 +323,67 @@ def test_imagefolder_split_subfolders(folder, tmp_path):
         load(tmp_path / "splits", split="val")
     with pytest.raises(DataError, match=r"no split 'test'; splits: \['train'\]"):
         load(folder, split="test")  # a plain folder of classes is one split
+
+
+def break_files(folder: Path) -> list[Path]:
+    """A truncated PNG, a JPEG with garbage after its header, and an empty file, among good ones."""
+    good = png(make_image((30, 30), "RGB", (230, 230, 230)))
+    jpeg = io.BytesIO()
+    make_image((30, 30), "RGB", (20, 20, 20)).save(jpeg, format="JPEG")
+    broken = {
+        folder / "dogs" / "truncated.png": good[: len(good) // 2],
+        folder / "cats" / "garbled.jpg": jpeg.getvalue()[:20] + b"\x00" * 200,
+        folder / "cats" / "empty.png": b"",
+    }
+    for path, content in broken.items():
+        path.write_bytes(content)
+    return list(broken)
+
+
+def test_broken_images_are_skipped_and_counted_up_to_a_threshold(
+    folder, capsys, reliability_report
+):
+    broken = break_files(folder)
+    data = load(folder, max_broken_fraction=0.25)
+    assert data.images.shape == (12, 3, 8, 8)  # the 12 good images, the 3 broken left out
+    means = data.images.reshape(12, -1).mean(axis=1)  # labels still beside their own images
+    assert means[data.labels == 0].max() < 70 and means[data.labels == 1].min() > 190
+    assert "skipped 3 of 15 images" in capsys.readouterr().err
+    too_many = r"3 of 15 images .* cannot be decoded, more than max_broken_fraction"
+    with pytest.raises(DataError, match=too_many):
+        load(folder)  # the default allows 1%
+    with pytest.raises(DataError, match=r"max_broken_fraction must be in \[0, 1\]"):
+        hf_source(resolution=8, path=str(folder), max_broken_fraction=1.5)
+    reliability_report["data"]["broken image files skipped"] += len(broken)
+
+
+def test_a_training_run_skips_broken_images_or_stops_with_one_message(folder, tmp_path, capsys):
+    from conftest import tiny_tables
+    from ganforge.cli import main
+    from ganforge.recipe import dump_toml
+
+    break_files(folder)
+    recipe = tmp_path / "hf.toml"
+    data = f"data={{name='hf', path='{folder}', resolution=16}}"
+    recipe.write_text(dump_toml(tiny_tables(tmp_path, data, "train.steps=1")))
+    assert main([str(recipe)]) == 2
+    err = capsys.readouterr().err
+    assert "ganforge: error: hf: 3 of 15 images" in err and "Traceback" not in err
+    assert main([str(recipe), "data.max_broken_fraction=0.2"]) == 0
+    assert "warning: hf: skipped 3 of 15 images" in capsys.readouterr().err
+
+
+def test_small_mixed_mode_images_are_scaled_up_to_the_resolution(folder):
+    # Every image is smaller than 64 px on its shorter side; RGB, RGBA, L and P are mixed.
+    data = load(folder, resolution=64)
+    assert data.images.shape == (12, 3, 64, 64)
+    means = data.images.reshape(12, -1).mean(axis=1)
+    assert means[data.labels == 0].max() < 70 and means[data.labels == 1].min() > 190
+    gray = load(folder, resolution=64, channels=1)
+    assert gray.images.shape == (12, 1, 64, 64)
+
+
+def test_an_empty_folder_is_a_data_error(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="holds no images"):
+        hf_source(resolution=8, path=str(tmp_path / "empty"))

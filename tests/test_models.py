@@ -16,13 +16,7 @@ from ganforge_plugins.resnet import ResNetDiscriminator, ResNetGenerator
 NORMS = ("batch", "none", "layer", "spectral")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from intra-op threads; on a busy machine threads only contend."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def norm_layers(module: nn.Module, kind: type) -> int:

@@ -100,6 +100,13 @@ class ConditionalSequential(nn.Sequential):
         return x
 
 
+def check_sizes(**sizes: int) -> None:
+    """Raise ValueError (a recipe error for the core) unless every layer size is at least 1."""
+    bad = [f"{name} = {value}" for name, value in sizes.items() if value < 1]
+    if bad:
+        raise ValueError(f"{', '.join(bad)}: must be >= 1")
+
+
 def check_condition(condition: str) -> None:
     """Raise ValueError (a recipe error for the core) for an unknown ``condition``."""
     if condition not in CONDITIONS:

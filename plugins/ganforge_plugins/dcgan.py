@@ -22,6 +22,7 @@ from ganforge_plugins._layers import (
     batch_norm,
     check_condition,
     check_resolution,
+    check_sizes,
     critic_output,
     dropout_layers,
     require_labels,
@@ -70,6 +71,7 @@ class DCGANGenerator(nn.Module):
         width: int = 64,
     ):
         super().__init__()
+        check_sizes(latent_dim=latent_dim, width=width)
         ups = _upsamplings(resolution)
         self.num_classes = num_classes
         self.latent_shape = (latent_dim,)
@@ -133,6 +135,7 @@ class DCGANDiscriminator(nn.Module):
     ):
         super().__init__()
         check_condition(condition)
+        check_sizes(width=width)
         downs = _upsamplings(resolution)
         widths = [width * 2**i for i in range(downs)]  # e.g. 32px: w, 2w, 4w
         layers: list[nn.Module] = [

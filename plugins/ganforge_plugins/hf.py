@@ -12,8 +12,10 @@ import io
 import json
 import os
 import re
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -41,6 +43,7 @@ def hf_source(
     labels: bool = True,
     channels: int = 3,
     revision: str | None = None,
+    max_broken_fraction: float = 0.01,
 ) -> DataSource:
     """Images from the Hugging Face `datasets` library: a hub name or a local path.
 
@@ -51,10 +54,14 @@ def hf_source(
     the first ``Image`` feature (else ``image``/``img``) and the first ``ClassLabel`` (else an
     integer or string ``label``/``labels`` column); ``labels = false`` ignores labels.
     Images are converted to RGB (``channels = 3``) or grayscale (``1``), resized so the
-    shorter side is ``resolution`` and center-cropped.
+    shorter side is ``resolution`` and center-cropped (smaller images are scaled up).
+    Images that cannot be decoded (corrupt, truncated, not an image) are skipped and counted;
+    more than ``max_broken_fraction`` of them stops the run, naming the first.
     """
     if channels not in (1, 3):
         raise DataError(f"hf: channels must be 1 or 3, got {channels}")
+    if not 0 <= max_broken_fraction <= 1:
+        raise DataError(f"hf: max_broken_fraction must be in [0, 1], got {max_broken_fraction}")
     kind, where, files = _locate(path)
     options = {
         "v": FORMAT_VERSION,
@@ -74,7 +81,8 @@ def hf_source(
 
     def load() -> ImageData:
         ds = _open(kind, where, split, revision)
-        return _decode(ds, where, resolution, channels, image_column, label_column, labels)
+        data = _decode(ds, where, resolution, channels, image_column, label_column, labels)
+        return _drop_broken(data, where, max_broken_fraction)
 
     return DataSource(
         fingerprint=json.dumps(options, sort_keys=True),
@@ -199,21 +207,27 @@ def _decode(ds, where, resolution, channels, image_column, label_column, labels)
     if isinstance(ds.features[image], datasets.Image):  # raw bytes/paths: we decode with PIL
         ds = ds.cast_column(image, datasets.Image(decode=False))
     images = np.empty((len(ds), channels, resolution, resolution), np.uint8)
-    raw_labels, row = [], 0
+    raw_labels, row, broken = [], 0, []
 
     def decode(value, index):
-        return _to_array(value, resolution, channels, where, index)
+        try:
+            return _to_array(value, resolution, channels, where, index)
+        except DataError as err:  # counted here, judged by _drop_broken
+            return err
 
     # PIL releases the GIL while decoding and resizing, so threads use every core.
     with ThreadPoolExecutor(min(16, os.cpu_count() or 1)) as pool:
         for batch in ds.iter(batch_size=BATCH):
             values = batch[image]
             for array in pool.map(decode, values, range(row, row + len(values))):
-                images[row] = array
+                if isinstance(array, DataError):
+                    broken.append((row, array))
+                else:
+                    images[row] = array
                 row += 1
             raw_labels += batch[label] if label else []
     if not label:
-        return ImageData(images=images)
+        return _Decoded(ImageData(images=images), broken)
     class_names = list(feature.names) if isinstance(feature, datasets.ClassLabel) else None
     if feature.dtype in STRINGS:  # sorted names, so the encoding does not depend on row order
         class_names = sorted(set(raw_labels))
@@ -224,7 +238,38 @@ def _decode(ds, where, resolution, channels, image_column, label_column, labels)
             f"hf: column {label!r} of {where} has negative labels (unlabelled rows?); "
             "set labels = false to ignore labels"
         )
-    return ImageData(images=images, labels=label_values, class_names=class_names)
+    return _Decoded(ImageData(images, label_values, class_names), broken)
+
+
+class _Decoded(NamedTuple):
+    """Every row decoded, and the rows that could not be, with why."""
+
+    data: ImageData
+    broken: list[tuple[int, DataError]]
+
+
+def _drop_broken(decoded: _Decoded, where: str, max_fraction: float) -> ImageData:
+    """Leave out the rows that could not be decoded, or refuse when there are too many."""
+    data, broken = decoded
+    if not broken:
+        return data
+    total = len(data)
+    if len(broken) > max_fraction * total:
+        raise DataError(
+            f"hf: {len(broken)} of {total} images of {where} cannot be decoded, more than "
+            f"max_broken_fraction = {max_fraction} allows (data.max_broken_fraction); first: "
+            f"{broken[0][1]}"
+        )
+    print(
+        f"ganforge: warning: hf: skipped {len(broken)} of {total} images of {where} that cannot "
+        f"be decoded; first: {broken[0][1]}",
+        file=sys.stderr,
+        flush=True,
+    )
+    keep = np.ones(total, bool)
+    keep[[row for row, _ in broken]] = False
+    labels = data.labels[keep] if data.labels is not None else None
+    return ImageData(data.images[keep], labels, data.class_names)
 
 
 def _to_array(value, resolution: int, channels: int, where: str, row: int) -> np.ndarray:
@@ -246,7 +291,7 @@ def _to_array(value, resolution: int, channels: int, where: str, row: int) -> np
         img = img.convert("RGB" if channels == 3 else "L")
         # fit = crop the centered region of the target aspect ratio, then resize it
         img = ImageOps.fit(img, (resolution, resolution), Image.Resampling.LANCZOS)
-    except (OSError, ValueError, TypeError) as err:
+    except (OSError, ValueError, TypeError, SyntaxError, Image.DecompressionBombError) as err:
         raise DataError(f"hf: cannot decode image {row} of {where}: {err}") from err
     array = np.asarray(img, dtype=np.uint8)
     return array[None] if channels == 1 else array.transpose(2, 0, 1)

@@ -1,0 +1,297 @@
+"""Faults during a run lose nothing: non-finite streaks, Ctrl-C, a full disk, a path that cannot
+be written, and SIGKILL at random moments, each resumed to the uninterrupted run's weights."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from test_checkpoint import EXACT, assert_same_state, full_state
+
+import ganforge
+import ganforge.checkpoint
+from conftest import ROOT, tiny_tables
+from ganforge.checkpoint import latest_checkpoint, list_checkpoints, open_checkpoint
+from ganforge.cli import main
+from ganforge.errors import INTERRUPTED, NON_FINITE, TrainingStopped
+from ganforge.recipe import dump_toml
+from ganforge.trainer import Trainer, read_metrics
+
+
+class NaNFrom:
+    """A ``bce`` loss whose D and G losses turn NaN from the ``start``-th step on."""
+
+    needs_real_for_g = False
+
+    def __init__(self, *, start: int = 6):
+        self.start, self.calls = start, 0
+
+    def _bce(self, out, target: float) -> torch.Tensor:
+        logits = out.logits
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(
+            logits, torch.full_like(logits, target)
+        )
+        return loss * float("nan") if self.calls >= self.start else loss
+
+    def d_loss(self, real, fake, y_real, y_fake):
+        return self._bce(real, 1.0) + self._bce(fake, 0.0)
+
+    def g_loss(self, fake, real, y_real, y_fake):
+        self.calls += 1  # one G update per step: calls is the step number once incremented
+        return self._bce(fake, 1.0)
+
+
+class NaNPlugin:
+    @ganforge.hookimpl
+    def ganforge_register_losses(self, register):
+        register("nan_from", NaNFrom)
+
+
+def test_a_run_of_non_finite_steps_stops_and_keeps_the_last_good_checkpoint(
+    tiny, reliability_report
+):
+    settings = ("loss.name=nan_from", "train.log_every=2", "train.checkpoint_every=3")
+    trainer = tiny(
+        *settings, "train.steps=30", "train.max_skipped_in_a_row=4", extra=[("nan", NaNPlugin())]
+    )
+    with pytest.raises(TrainingStopped) as stop:
+        trainer.fit()
+    # Steps 6.. are skipped; the streak reaches 4 at step 9, a checkpoint step: checked first.
+    assert stop.value.exit_status == NON_FINITE and trainer.step == 9
+    message = str(stop.value)
+    assert "the last 4 steps were all skipped" in message
+    assert "train.max_skipped_in_a_row = 4" in message and "step_000006" in message
+    assert [p.name for p in list_checkpoints(trainer.run_dir)] == ["step_000003", "step_000006"]
+    assert not (trainer.run_dir / "generator.safetensors").exists()
+    # The kept checkpoint holds finite weights, those of the last step that trained (5).
+    kept = latest_checkpoint(trainer.run_dir)
+    assert kept.state["skipped_in_a_row"] == 1  # step 6 itself was skipped
+    weights = kept.tensors("models")
+    assert all(torch.isfinite(t).all() for k, t in weights.items() if "running" not in k)
+    for name, value in trainer.generator.state_dict().items():
+        if "running" not in name and "num_batches" not in name:
+            assert torch.equal(weights[f"generator.{name}"], value), name
+    # Updates are counted one by one: G at step 6, then D and G at steps 7 and 8 (logged).
+    assert read_metrics(trainer.run_dir)[-1]["skipped_steps"] == 5
+
+    # Resuming from it restores the streak, so the limit still counts from step 6.
+    resumed = tiny(*settings, "train.steps=30", extra=[("nan", NaNPlugin())])
+    assert resumed.step == 6 and resumed.skipped_in_a_row.item() == 1
+    reliability_report["non-finite steps"]["runs stopped after a streak"] += 1
+
+
+def test_max_skipped_in_a_row_0_never_stops(tiny):
+    trainer = tiny(
+        "loss.name=nan_from",
+        "loss.start=1",
+        "train.steps=6",
+        "train.max_skipped_in_a_row=0",
+        extra=[("nan", NaNPlugin())],
+    )
+    assert trainer.fit() is not None and trainer.step == 6
+    assert trainer.skipped_in_a_row.item() == 6
+
+
+class CtrlCAt:
+    """Presses Ctrl-C (a real SIGINT to this process) when a step is logged."""
+
+    def __init__(self, step: int, times: int = 1):
+        self.step, self.times = step, times
+
+    @ganforge.hookimpl
+    def ganforge_log(self, run, step, values):
+        if step == self.step:
+            for _ in range(self.times):
+                signal.raise_signal(signal.SIGINT)
+
+
+def test_ctrl_c_finishes_the_step_writes_a_checkpoint_and_resumes_exactly(
+    tmp_path, tiny, reliability_report
+):
+    steps = ("train.steps=6", "train.checkpoint_every=4")
+    straight = tiny(*EXACT, *steps, f"run.out_dir={tmp_path / 'straight'}")
+    straight.fit()
+
+    first = tiny(*EXACT, *steps, extra=[("ctrl_c", CtrlCAt(3))])
+    with pytest.raises(TrainingStopped) as stop:
+        first.fit()
+    assert stop.value.exit_status == INTERRUPTED and first.step == 3
+    assert "interrupted at step 3" in str(stop.value) and "step_000003" in str(stop.value)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    resumed = tiny(*EXACT, *steps)
+    assert resumed.step == 3
+    resumed.fit()
+    assert_same_state(full_state(resumed), full_state(straight))
+    reliability_report["Ctrl-C"]["stops resumed bit for bit"] += 1
+
+
+def write_recipe(tmp_path, *overrides, name: str = "tiny") -> str:
+    path = tmp_path / f"{name}.toml"
+    path.write_text(dump_toml(tiny_tables(tmp_path, *overrides)))
+    return str(path)
+
+
+def test_ctrl_c_through_the_cli_exits_130_and_a_second_one_stops_at_once(
+    tmp_path, capsys, monkeypatch
+):
+    recipe = write_recipe(tmp_path, "train.steps=5", "train.checkpoint_every=0")
+    presses = {"step": 1, "times": 1}
+    real_step = Trainer.train_step
+
+    def step_then_ctrl_c(self, step):
+        out = real_step(self, step)
+        if step == presses["step"]:
+            for _ in range(presses["times"]):
+                signal.raise_signal(signal.SIGINT)
+        return out
+
+    monkeypatch.setattr(Trainer, "train_step", step_then_ctrl_c)
+    assert main([recipe]) == INTERRUPTED
+    err = capsys.readouterr().err
+    assert "Ctrl-C: stopping after this step" in err
+    assert "ganforge: stopped: interrupted at step 2" in err and "Traceback" not in err
+    assert [p.name for p in list_checkpoints(tmp_path / "run")] == ["step_000002"]
+
+    # Twice: the second press interrupts the step itself; no checkpoint of a half step.
+    presses.update(step=3, times=2)
+    assert main([recipe]) == INTERRUPTED
+    err = capsys.readouterr().err
+    assert err.rstrip().endswith("ganforge: interrupted") and "Traceback" not in err
+    assert [p.name for p in list_checkpoints(tmp_path / "run")] == ["step_000002"]
+
+    monkeypatch.setattr(Trainer, "train_step", real_step)
+    assert main([recipe]) == 0
+    assert "resumed from" in capsys.readouterr().out
+    assert [m["step"] for m in read_metrics(tmp_path / "run")] == [1, 2, 3, 4, 5]
+
+
+def test_a_full_disk_while_checkpointing_is_one_clear_error_and_loses_nothing(
+    tmp_path, capsys, monkeypatch, reliability_report
+):
+    recipe = write_recipe(tmp_path, "train.steps=6", "train.checkpoint_every=2")
+    real_save, calls = ganforge.checkpoint.save_file, []
+
+    def disk_full_at_checkpoint_2(tensors, filename):
+        calls.append(filename)
+        if len(calls) == 5:  # checkpoint 2: models written, then the disk is full
+            with open(filename, "wb") as f:
+                f.write(b"\0" * 100)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), filename)
+        real_save(tensors, filename)
+
+    monkeypatch.setattr(ganforge.checkpoint, "save_file", disk_full_at_checkpoint_2)
+    assert main([recipe]) == 2
+    err = capsys.readouterr().err
+    assert "could not write checkpoint" in err and "step_000004" in err
+    assert "No space left on device" in err and "step_000002, is intact" in err
+    assert "Traceback" not in err
+    root = tmp_path / "run" / "checkpoints"
+    assert [p.name for p in root.iterdir()] == ["step_000002"]  # no torn folder left
+    assert open_checkpoint(root / "step_000002").step == 2
+
+    monkeypatch.setattr(ganforge.checkpoint, "save_file", real_save)
+    assert main([recipe]) == 0  # space freed: the same command continues
+    assert "resumed from" in capsys.readouterr().out
+    reliability_report["disk full"]["checkpoint writes failed and resumed"] += 1
+
+
+def test_missing_files_and_unwritable_run_folders_are_one_clear_error(tmp_path, capsys):
+    (tmp_path / "a_file").write_text("not a folder")
+    cases = [
+        (["train", str(tmp_path / "missing.toml")], "recipe file not found"),
+        (["validate", str(tmp_path / "missing.toml")], "recipe file not found"),
+        (["export", str(tmp_path / "no_run"), "--out", "g.safetensors"], "does not exist"),
+        (["generate", str(tmp_path / "none.safetensors"), "--out", "g.png"], "none.safetensors"),
+        (
+            [write_recipe(tmp_path), f"run.out_dir={tmp_path / 'a_file' / 'run'}"],
+            "cannot create the run directory",
+        ),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, (argv, err)
+    assert "(run.out_dir): Not a directory" in err
+
+
+# --------------------------------------------------------------------------- SIGKILL
+
+KILL_RECIPE = (
+    "train.steps=16",
+    "train.n_critic=2",
+    "train.checkpoint_every=1",
+    "train.keep_checkpoints=2",
+    "ema.decay=0.9",
+    "discriminator.dropout=0.2",
+)
+
+
+def last_logged_step(run_dir) -> int:
+    try:
+        lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    except FileNotFoundError:
+        return 0
+    steps = [json.loads(line)["step"] for line in lines if line.endswith("}")]
+    return max(steps, default=0)
+
+
+def test_sigkill_at_random_moments_then_resume_ends_with_the_same_weights(
+    tmp_path, reliability_report
+):
+    env = {**os.environ, "GANFORGE_CACHE_DIR": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+
+    def launch(out_dir):
+        recipe = write_recipe(tmp_path, *KILL_RECIPE, f"run.out_dir={out_dir}", name=out_dir.name)
+        with open(tmp_path / f"{out_dir.name}.log", "a") as log:
+            return subprocess.Popen(
+                [sys.executable, "-m", "ganforge", recipe],
+                cwd=ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+
+    straight = launch(tmp_path / "straight")  # on the other core meanwhile
+    run_dir, rng, kills = tmp_path / "killed", random.Random(10), []
+    seen = 0
+    for _ in range(3):
+        target = seen + rng.randint(1, 4)
+        process = launch(run_dir)
+        while last_logged_step(run_dir) < target and process.poll() is None:
+            time.sleep(0.002)
+        time.sleep(rng.uniform(0, 0.03))  # mid-step, mid-checkpoint, mid-log: wherever it lands
+        os.kill(process.pid, signal.SIGKILL)
+        assert process.wait(timeout=60) == -signal.SIGKILL
+        seen = last_logged_step(run_dir)
+        torn = list((run_dir / "checkpoints").glob(".step_*.tmp"))
+        kills.append({"logged": seen, "torn_checkpoint_write": bool(torn)})
+    final = launch(run_dir)
+    assert final.wait(timeout=120) == 0, (tmp_path / "killed.log").read_text()
+    assert straight.wait(timeout=120) == 0, (tmp_path / "straight.log").read_text()
+
+    assert [k["logged"] for k in kills] == sorted(k["logged"] for k in kills)
+    assert kills[-1]["logged"] < 16, kills  # every kill landed before the end
+    assert [m["step"] for m in read_metrics(run_dir)] == list(range(1, 17))
+    assert not list((run_dir / "checkpoints").glob(".*.tmp"))
+    exported = load_file(str(run_dir / "generator.safetensors"))
+    expected = load_file(str(tmp_path / "straight" / "generator.safetensors"))
+    assert exported.keys() == expected.keys()
+    assert all(torch.equal(exported[k], expected[k]) for k in expected)
+    for group in ("models", "optimizers"):
+        assert_same_state(
+            latest_checkpoint(run_dir).tensors(group),
+            latest_checkpoint(tmp_path / "straight").tensors(group),
+        )
+    report = reliability_report["SIGKILL"]
+    report["kills"] += len(kills)
+    report["kills during a checkpoint write"] += sum(k["torn_checkpoint_write"] for k in kills)
+    report["runs resumed to identical weights"] += 1
