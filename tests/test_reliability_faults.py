@@ -114,6 +114,17 @@ class CtrlCAt:
                 signal.raise_signal(signal.SIGINT)
 
 
+@pytest.fixture
+def terminal_sigint():
+    """SIGINT handled as in a terminal. A shell that starts the tests in the background
+    (``cmd &``, nohup, some CI runners) ignores SIGINT, Python keeps it ignored, and ganforge
+    then rightly leaves Ctrl-C alone; these tests need Python's default handler."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+@pytest.mark.usefixtures("terminal_sigint")
 def test_ctrl_c_finishes_the_step_writes_a_checkpoint_and_resumes_exactly(
     tmp_path, tiny, reliability_report
 ):
@@ -140,6 +151,7 @@ def write_recipe(tmp_path, *overrides, name: str = "tiny") -> str:
     return str(path)
 
 
+@pytest.mark.usefixtures("terminal_sigint")
 def test_ctrl_c_through_the_cli_exits_130_and_a_second_one_stops_at_once(
     tmp_path, capsys, monkeypatch
 ):
