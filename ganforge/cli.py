@@ -1,5 +1,5 @@
 """The command line: ``ganforge [train] RECIPE [overrides]``, ``validate``, ``plugins``,
-``export`` and ``generate``.
+``export``, ``generate`` (samples or ``--interpolate``) and ``eval``.
 
 Everything goes through :func:`main`, which returns the exit status: 0 on success, 2 for any
 mistake in what the user gave (recipe, path, plugin, data), printed as one message; a training
@@ -63,7 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     generate = sub.add_parser("generate", help="sample an exported generator")
     generate.add_argument("model", help="a .safetensors file written by ganforge")
-    generate.add_argument("--num", type=int, default=64, help="number of samples (default 64)")
+    generate.add_argument(
+        "--num",
+        type=int,
+        help="number of samples (default 64); with --interpolate, rows (default: a row per "
+        "class, or 4)",
+    )
     generate.add_argument("--seed", type=int, default=0, help="latent seed (default 0)")
     where = generate.add_mutually_exclusive_group(required=True)
     where.add_argument("--out", help="one grid .png (a scatter plot for points), or a .npy array")
@@ -75,6 +80,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         help="class index or name for conditional models, repeatable or comma-separated "
         "(e.g. --class 3 --class 7, or --class 3,7: a row each; default: every class)",
+    )
+    generate.add_argument(
+        "--interpolate",
+        type=int,
+        metavar="N",
+        help="spherical interpolation in N steps between pairs of latents, a pair per row: "
+        "--out x.png writes the grid and x.gif (animated), --out x.gif only the GIF",
     )
     generate.add_argument("--device", default="cpu", help="torch device (default cpu)")
 
@@ -197,9 +209,12 @@ def _export(args) -> int:
 def _generate(args) -> int:
     from ganforge.sampling import write_samples
 
+    if args.interpolate is not None:
+        return _interpolate(args)
+    num = 64 if args.num is None else args.num
     paths = write_samples(
         args.model,
-        num=args.num,
+        num=num,
         seed=args.seed,
         out=args.out,
         out_dir=args.out_dir,
@@ -208,7 +223,27 @@ def _generate(args) -> int:
         device=args.device,
     )
     where = paths[0] if args.out else f"{len(paths)} files in {args.out_dir}"
-    print(f"ganforge: wrote {args.num} samples (seed {args.seed}) to {where}")
+    print(f"ganforge: wrote {num} samples (seed {args.seed}) to {where}")
+    return 0
+
+
+def _interpolate(args) -> int:
+    from ganforge.interpolation import write_interpolation
+
+    if args.out is None:
+        raise GanforgeError("--interpolate writes one grid or GIF: give --out x.png or x.gif")
+    paths = write_interpolation(
+        args.model,
+        steps=args.interpolate,
+        out=args.out,
+        rows=args.num,
+        seed=args.seed,
+        truncation=args.truncation,
+        label=",".join(args.label) if args.label else None,
+        device=args.device,
+    )
+    shown = " and ".join(str(p) for p in paths)
+    print(f"ganforge: wrote a {args.interpolate}-step interpolation (seed {args.seed}) to {shown}")
     return 0
 
 

@@ -30,6 +30,7 @@ from ganforge.components import (
     sample_latents,
 )
 from ganforge.data import BatchSource, DataSource, ImageData, ShardedSampler, open_store
+from ganforge.diagnostics import Watch, summary
 from ganforge.distributed import broadcast_buffers, make_accelerator
 from ganforge.errors import DataError, GanforgeError, PluginError, RecipeError
 from ganforge.export import export_generator, export_metadata
@@ -162,6 +163,9 @@ class Trainer:
         self.skipped = torch.zeros((), device=self.acc.device)
         # Steps in a row with a skipped update (train.max_skipped_in_a_row), on the device.
         self.skipped_in_a_row = torch.zeros((), device=self.acc.device)
+        # The newest log and eval records, for the end-of-run summary (main process).
+        self.last_log: dict[str, Any] | None = None
+        self.last_eval: dict[str, Any] | None = None
         # Resume (train.resume) or start from another run's weights (train.init_from).
         self.start_message = state.start(self)
         self._evaluation = self._prepare_evaluation() if recipe.get("eval.every") else None
@@ -397,6 +401,7 @@ class Trainer:
             mininterval=0.5,
         )
         last_time, last_step = time.perf_counter(), self.step
+        started, first_step, watch = last_time, self.step, Watch()
         eval_every, save_every = self.recipe.get("eval.every"), train["checkpoint_every"]
         with bar, CtrlC(enabled=acc.num_processes == 1) as ctrl_c:
             while self.step < self.steps:
@@ -417,6 +422,9 @@ class Trainer:
                             img_s=f"{values['images_per_s']:.0f}",
                         )
                         append_jsonl(self.run_dir / "metrics.jsonl", values)
+                        for warning in watch.check(values):
+                            bar.write(warning)
+                        self.last_log = values
                         self.plugins.log(self.info, self.step, values)
                 if logging or saving:  # host reads happen at these steps anyway
                     self._check_skipped_in_a_row(train["max_skipped_in_a_row"])
@@ -432,8 +440,29 @@ class Trainer:
         acc.wait_for_everyone()
         if main:
             self.plugins.run_end(self.info, self.step, str(export_path) if export_path else None)
+            images = (self.step - first_step) * self.n_critic * self.batch_size
+            self._print_summary(time.perf_counter() - started, first_step, images, export_path)
         acc.end_training()
         return export_path
+
+    def _print_summary(
+        self, wall_s: float, first_step: int, images: int, export_path: Path | None
+    ) -> None:
+        samples = self.run_dir / "samples"
+        text = summary(
+            wall_s=wall_s,
+            first_step=first_step,
+            last_step=self.step,
+            images=images,
+            last_log=self.last_log,
+            last_eval=self.last_eval,
+            paths={
+                "export": export_path,
+                "samples": samples if any(samples.glob("*.png")) else None,
+                "metrics": self.run_dir / "metrics.jsonl",
+            },
+        )
+        self.acc.print(text)
 
     def _prepare_run_dir(self) -> None:
         try:
@@ -463,6 +492,12 @@ class Trainer:
             "g_loss": g.loss,
             "d_real": d.real.logits.detach().float().mean(),
             "d_fake": d.fake.logits.detach().float().mean(),
+            # The critic's sign accuracy: reals scored above 0, fakes below (equal counts).
+            "d_accuracy": torch.cat(
+                [(d.real.logits.detach() > 0).flatten(), (d.fake.logits.detach() < 0).flatten()]
+            )
+            .float()
+            .mean(),
             "grad_norm_d": d.grad_norm,
             "grad_norm_g": g.grad_norm,
             **{f"reg/{k}": v for k, v in {**d.logs, **g.logs}.items()},
@@ -478,6 +513,7 @@ class Trainer:
             "lr_d": self.opt_d.param_groups[0]["lr"],
             "skipped_steps": int(self.skipped.item()),
             "images_per_s": images_per_s,
+            "kimg": self.step * self.n_critic * self.batch_size / 1000,
         }
 
     def _sampling_inputs(self) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -575,6 +611,7 @@ class Trainer:
             record = {"step": self.step, **{f"eval/{k}": v for k, v in values.items()}}
             append_jsonl(self.run_dir / "metrics.jsonl", record)
             self.plugins.log(self.info, self.step, record)
+            self.last_eval = record
 
     def sync_buffers(self) -> None:
         """Give every process the main process's buffers (batch-norm statistics, regularizers'
