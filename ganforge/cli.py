@@ -1,5 +1,5 @@
 """The command line: ``ganforge [train] RECIPE [overrides]``, ``validate``, ``plugins``,
-``export``, ``generate`` (samples or ``--interpolate``) and ``eval``.
+``export``, ``generate`` (samples or ``--interpolate``), ``eval`` and ``report``.
 
 Everything goes through :func:`main`, which returns the exit status: 0 on success, 2 for any
 mistake in what the user gave (recipe, path, plugin, data), printed as one message; a training
@@ -17,7 +17,7 @@ from pathlib import Path
 from ganforge import __version__
 from ganforge.errors import INTERRUPTED, GanforgeError, TrainingStopped
 
-COMMANDS = ("train", "validate", "plugins", "export", "generate", "eval")
+COMMANDS = ("train", "validate", "plugins", "export", "generate", "eval", "report")
 USAGE_ERROR = 2
 
 
@@ -106,6 +106,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     evaluate.add_argument("--device", default="cpu", help="torch device (default cpu)")
     evaluate.add_argument("--out", help="write the results as JSON")
+
+    report = sub.add_parser(
+        "report", help="(re)write a run's curves.png and self-contained report.html"
+    )
+    report.add_argument("run_dir", help="a run folder (one with metrics.jsonl)")
     return parser
 
 
@@ -133,6 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "export": _export,
             "generate": _generate,
             "eval": _eval,
+            "report": _report,
         }
         return handlers[args.command](args)
     except GanforgeError as err:
@@ -268,4 +274,12 @@ def _eval(args) -> int:
     if args.out:
         write_text(Path(args.out), json.dumps(result, indent=2) + "\n")
         print(f"ganforge: wrote {args.out}")
+    return 0
+
+
+def _report(args) -> int:
+    from ganforge.report import write_report
+
+    path = write_report(Path(args.run_dir))
+    print(f"ganforge: wrote {path} and {path.with_name('curves.png')}")
     return 0

@@ -74,6 +74,12 @@ def cut_jsonl(path: Path, step: int) -> None:
     write_text(path, "".join(kept))
 
 
+def read_metrics(run_dir: Path) -> list[dict]:
+    """The records of ``RUN_DIR/metrics.jsonl``."""
+    path = Path(run_dir) / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
 def write_text(path: Path, text: str) -> Path:
     return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 

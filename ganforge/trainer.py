@@ -7,7 +7,6 @@ logging and export. See docs/architecture.md for the contracts it keeps.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +35,9 @@ from ganforge.errors import DataError, GanforgeError, PluginError, RecipeError
 from ganforge.export import export_generator, export_metadata
 from ganforge.plugins import Plugins
 from ganforge.recipe import Recipe
+from ganforge.report import write_report
 from ganforge.runfiles import append_jsonl, cut_jsonl, save_grid, save_scatter, write_text
+from ganforge.runfiles import read_metrics as read_metrics  # re-exported: its old home
 from ganforge.stopping import CtrlC, interrupted, too_many_skipped
 
 
@@ -441,12 +442,29 @@ class Trainer:
         if main:
             self.plugins.run_end(self.info, self.step, str(export_path) if export_path else None)
             images = (self.step - first_step) * self.n_critic * self.batch_size
-            self._print_summary(time.perf_counter() - started, first_step, images, export_path)
+            report_path = self._write_report()
+            self._print_summary(
+                time.perf_counter() - started, first_step, images, export_path, report_path
+            )
         acc.end_training()
         return export_path
 
+    def _write_report(self) -> Path | None:
+        """``curves.png`` and ``report.html`` (a few PNG reads); a failure to write them is a
+        warning, not a lost run: the export and checkpoint are already on disk."""
+        try:
+            return write_report(self.run_dir)
+        except OSError as err:
+            self.acc.print(f"ganforge: warning: no report written: {err}")
+            return None
+
     def _print_summary(
-        self, wall_s: float, first_step: int, images: int, export_path: Path | None
+        self,
+        wall_s: float,
+        first_step: int,
+        images: int,
+        export_path: Path | None,
+        report_path: Path | None,
     ) -> None:
         samples = self.run_dir / "samples"
         text = summary(
@@ -460,6 +478,8 @@ class Trainer:
                 "export": export_path,
                 "samples": samples if any(samples.glob("*.png")) else None,
                 "metrics": self.run_dir / "metrics.jsonl",
+                "curves": report_path and report_path.with_name("curves.png"),
+                "report": report_path,
             },
         )
         self.acc.print(text)
@@ -652,9 +672,3 @@ class Trainer:
         """Write ``RUN_DIR/generator.safetensors``: the sampling generator and its metadata."""
         path = self.run_dir / "generator.safetensors"
         return export_generator(path, self.sampling_generator, self.export_metadata())
-
-
-def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    """The records of ``RUN_DIR/metrics.jsonl``."""
-    path = Path(run_dir) / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
