@@ -19,6 +19,17 @@ ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted((ROOT / "recipes").glob("*.toml"))
 
 
+#: A 2-step point-data run on the 8 Gaussians with eval at its end (overrides of the tiny recipe).
+TOY_EVAL_RUN = (
+    "data={name='toy2d', dataset='8gaussians', size=256}",
+    "generator={name='mlp', hidden=16}",
+    "discriminator={name='mlp', hidden=16}",
+    "train.steps=2",
+    "eval.every=2",
+    "eval.num=64",
+)
+
+
 @pytest.fixture(autouse=True)
 def isolated(tmp_path, monkeypatch):
     """No test writes outside its tmp dir or sees a user's plugin blocklist."""

@@ -7,6 +7,7 @@ import math
 
 import pytest
 
+from conftest import TOY_EVAL_RUN
 from ganforge.diagnostics import Watch
 from ganforge.trainer import read_metrics
 
@@ -36,14 +37,7 @@ def test_a_diverging_run_warns_once_and_the_summary_names_its_files(tiny, one_th
 
 
 def test_a_healthy_run_prints_no_warning_and_its_final_eval(tiny, one_thread, capsys):
-    trainer = tiny(
-        "data={name='toy2d', dataset='8gaussians', size=256}",
-        "generator={name='mlp', hidden=16}",
-        "discriminator={name='mlp', hidden=16}",
-        "train.steps=2",
-        "eval.every=2",
-        "eval.num=64",
-    )
+    trainer = tiny(*TOY_EVAL_RUN)
     trainer.fit()
     out = capsys.readouterr().out
     assert "warning" not in out

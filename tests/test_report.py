@@ -10,6 +10,7 @@ import re
 
 from PIL import Image
 
+from conftest import TOY_EVAL_RUN
 from ganforge.cli import main
 from ganforge.report import COLOURS, COLUMNS, MAX_GRIDS, PANEL_SIZE, plot_curves, write_report
 
@@ -47,14 +48,7 @@ def test_the_report_is_self_contained(tiny, one_thread):
 
 
 def test_a_point_run_gets_a_panel_per_eval_metric_and_its_final_eval(tiny, one_thread):
-    trainer = tiny(
-        "data={name='toy2d', dataset='8gaussians', size=256}",
-        "generator={name='mlp', hidden=16}",
-        "discriminator={name='mlp', hidden=16}",
-        "train.steps=2",
-        "eval.every=2",
-        "eval.num=64",
-    )
+    trainer = tiny(*TOY_EVAL_RUN)
     trainer.fit()
     with Image.open(trainer.run_dir / "curves.png") as picture:
         width, height = picture.size
