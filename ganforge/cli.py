@@ -215,6 +215,8 @@ def _export(args) -> int:
 def _generate(args) -> int:
     from ganforge.sampling import write_samples
 
+    # --class may be repeated and comma-separated: one comma-separated list from here on.
+    args.label = ",".join(args.label) if args.label else None
     if args.interpolate is not None:
         return _interpolate(args)
     num = 64 if args.num is None else args.num
@@ -225,7 +227,7 @@ def _generate(args) -> int:
         out=args.out,
         out_dir=args.out_dir,
         truncation=args.truncation,
-        label=",".join(args.label) if args.label else None,
+        label=args.label,
         device=args.device,
     )
     where = paths[0] if args.out else f"{len(paths)} files in {args.out_dir}"
@@ -245,7 +247,7 @@ def _interpolate(args) -> int:
         rows=args.num,
         seed=args.seed,
         truncation=args.truncation,
-        label=",".join(args.label) if args.label else None,
+        label=args.label,
         device=args.device,
     )
     shown = " and ".join(str(p) for p in paths)

@@ -260,8 +260,18 @@ def generate(
     Conditional generators take ``labels`` (``num`` class indices). ``truncation`` (ψ) is passed
     to generators that declare ``supports_truncation``.
     """
+    return forward(generator, latents(info, num, seed), labels, truncation)
+
+
+def forward(
+    generator: nn.Module,
+    z: torch.Tensor,
+    labels: torch.Tensor | None = None,
+    truncation: float | None = None,
+) -> torch.Tensor:
+    """The generator on given latents (and labels), moved to its device; ``truncation`` (ψ) is
+    passed only when set (generators that declare ``supports_truncation`` take it)."""
     device = next(iter(generator.parameters()), torch.empty(0)).device
-    z = latents(info, num, seed).to(device)
     y = None if labels is None else labels.to(device)
     extra = {} if truncation is None else {"truncation": truncation}
-    return generator(z, y, **extra)
+    return generator(z.to(device), y, **extra)

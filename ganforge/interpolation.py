@@ -10,10 +10,10 @@ from PIL import Image
 
 from ganforge.components import grid_labels
 from ganforge.errors import GanforgeError
-from ganforge.export import latents, load_generator
+from ganforge.export import forward, latents, load_generator
 from ganforge.plugins import Plugins
 from ganforge.runfiles import atomic_write, image_grid, save_grid
-from ganforge.sampling import _device, class_index
+from ganforge.sampling import _device, check_truncation, chosen_classes
 
 #: Each GIF frame is shown this long (milliseconds).
 FRAME_MS = 120
@@ -75,12 +75,9 @@ def write_interpolation(
     generator, info = load_generator(model, _device(device), plugins)
     if info.output != "image":
         raise GanforgeError("--interpolate draws images; this generator makes points")
-    if truncation is not None and not info.supports_truncation:
-        raise GanforgeError(f"generator {info.name!r} does not support --truncation")
-    classes = None
-    if label is not None:
-        classes = torch.tensor([class_index(name.strip(), info) for name in label.split(",")])
-    elif info.num_classes:
+    check_truncation(truncation, info)
+    classes = chosen_classes(label, info)
+    if classes is None and info.num_classes:
         classes = torch.arange(info.num_classes)
     rows = rows or (len(classes) if classes is not None else 4)
     ends = latents(info, 2 * rows, seed)
@@ -88,12 +85,8 @@ def write_interpolation(
     y = None
     if classes is not None:
         y = classes[grid_labels(rows, len(classes))].repeat_interleave(steps)
-    parameter = next(iter(generator.parameters()), torch.empty(0))
-    extra = {} if truncation is None else {"truncation": truncation}
     with torch.no_grad():
-        images = generator(
-            z.to(parameter.device), None if y is None else y.to(parameter.device), **extra
-        ).cpu()
+        images = forward(generator, z, y, truncation).cpu()
     written = []
     if out.suffix.lower() == ".png":
         written.append(save_grid(out, images, nrow=steps))

@@ -32,6 +32,18 @@ def class_index(label: str, info: GeneratorInfo) -> int:
     return index
 
 
+def chosen_classes(label: str | None, info: GeneratorInfo) -> torch.Tensor | None:
+    """The classes ``--class`` names (comma-separated indices or names), or None for all."""
+    if label is None:
+        return None
+    return torch.tensor([class_index(name.strip(), info) for name in label.split(",")])
+
+
+def check_truncation(truncation: float | None, info: GeneratorInfo) -> None:
+    if truncation is not None and not info.supports_truncation:
+        raise GanforgeError(f"generator {info.name!r} does not support --truncation")
+
+
 def _device(name: str) -> torch.device:
     try:
         device = torch.device(name)
@@ -72,11 +84,10 @@ def write_samples(
     if out and suffix not in (".png", ".npy"):
         raise GanforgeError(f"--out {out}: write a .png (grid) or a .npy (array)")
     generator, info = load_generator(model, _device(device), plugins)
-    if truncation is not None and not info.supports_truncation:
-        raise GanforgeError(f"generator {info.name!r} does not support --truncation")
+    check_truncation(truncation, info)
     labels, classes = None, info.num_classes
-    if label is not None:
-        chosen = torch.tensor([class_index(name.strip(), info) for name in label.split(",")])
+    chosen = chosen_classes(label, info)
+    if chosen is not None:
         labels, classes = chosen[grid_labels(num, len(chosen))], len(chosen)
     elif info.num_classes:
         labels = grid_labels(num, info.num_classes)
