@@ -4,7 +4,8 @@ operations the core needs beyond DDP's gradient all-reduce."""
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -13,9 +14,12 @@ from torch import nn
 from ganforge.errors import GanforgeError
 
 
-def make_accelerator(mixed_precision: str):
+def make_accelerator(
+    mixed_precision: str, log_with: Sequence[str] = (), run_dir: str | Path | None = None
+):
     """The run's Accelerator: DDP without per-forward buffer broadcasts, the recipe's precision
-    (or the launcher's, for "auto"), and a clear refusal of launch types ganforge cannot run."""
+    (or the launcher's, for "auto"), the recipe's trackers (writing under ``run_dir/logs``)
+    and a clear refusal of launch types ganforge cannot run."""
     from accelerate import Accelerator  # lazy: keeps `ganforge validate` fast
     from accelerate.utils import DistributedDataParallelKwargs, DistributedType
 
@@ -23,6 +27,16 @@ def make_accelerator(mixed_precision: str):
     # several forwards per step that would overwrite each rank's train-mode statistics mid-step.
     ddp = DistributedDataParallelKwargs(broadcast_buffers=False)
     kwargs: dict[str, Any] = {"kwargs_handlers": [ddp]}
+    if log_with:
+        from accelerate.utils import ProjectConfiguration
+
+        from ganforge import tracking
+
+        tracking.check_available(list(log_with))
+        kwargs["log_with"] = list(log_with)
+        kwargs["project_config"] = ProjectConfiguration(
+            project_dir=str(run_dir), logging_dir=str(Path(run_dir) / tracking.LOG_DIR)
+        )
     if mixed_precision != "auto":  # "auto" defers to `accelerate launch --mixed_precision`
         kwargs["mixed_precision"] = mixed_precision
     # torch >= 2.13 names the option `forward_sync_buffers` and warns about the old name; the

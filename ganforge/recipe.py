@@ -8,6 +8,7 @@ at once in a :class:`~ganforge.errors.RecipeError` naming the TOML key.
 
 from __future__ import annotations
 
+import copy
 import inspect
 import re
 import tomllib
@@ -70,6 +71,37 @@ OPTIMIZER = {
     "lr_decay_steps": Key(int, 0, OPTIM, non_negative),
 }
 
+#: Accelerate's experiment trackers (``[run] log_with``); ganforge.tracking maps them to packages.
+TRACKERS = (
+    "tensorboard",
+    "wandb",
+    "mlflow",
+    "aim",
+    "comet_ml",
+    "clearml",
+    "dvclive",
+    "swanlab",
+    "trackio",
+)
+
+
+def _trackers(value) -> str | None:
+    for name in value:
+        if name not in TRACKERS:
+            hint = did_you_mean(str(name), TRACKERS) or f" (one of {', '.join(TRACKERS)})"
+            return f"unknown tracker {name!r}{hint}"
+    return None if len(set(value)) == len(value) else "names a tracker twice"
+
+
+def _tracker_options(value) -> str | None:
+    for name, options in value.items():
+        if name not in TRACKERS:
+            return f"unknown tracker {name!r}{did_you_mean(name, TRACKERS)}"
+        if not isinstance(options, dict):
+            return f"{name} must be a table of that tracker's options"
+    return None
+
+
 #: Core keys per section. Component sections also take their factory's keyword arguments.
 SCHEMA: dict[str, dict[str, Key]] = {
     "run": {
@@ -77,6 +109,10 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "out_dir": Key(str, ""),
         "seed": Key(int, 0, OPTIM),
         "mixed_precision": Key(str, "auto", None, one_of("auto", "no", "fp16", "bf16")),
+        # Experiment trackers (Accelerate's): every logged value and sample grid goes to them.
+        "log_with": Key(list, [], None, _trackers),
+        # Per-tracker constructor options: [run.tracker_options.wandb] entity = "me".
+        "tracker_options": Key(dict, {}, None, _tracker_options),
     },
     "data": {
         "name": Key(str, REQUIRED, MODEL),
@@ -384,7 +420,7 @@ def _check_table(prefix, table, schema, problems, *, extra_allowed=False) -> dic
             if key.default is REQUIRED:
                 problems.append((where, "is required"))
             else:
-                out[name] = key.default if not isinstance(key.default, list) else list(key.default)
+                out[name] = copy.deepcopy(key.default)
             continue
         value = table[name]
         if not _is_instance(value, key.type):

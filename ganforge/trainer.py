@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ganforge import state
+from ganforge import state, tracking
 from ganforge.augment import Augmentation, Augmenter
 from ganforge.averaging import EMA, lr_factor, set_lr
 from ganforge.components import (
@@ -102,7 +102,9 @@ class Trainer:
     def __init__(self, recipe: Recipe, plugins: Plugins, accelerator=None):
         self.recipe, self.plugins, self.registry = recipe, plugins, plugins.registry
         run, train = recipe.section("run"), recipe.section("train")
-        self.acc = accelerator or make_accelerator(run["mixed_precision"])
+        self.acc = accelerator or make_accelerator(
+            run["mixed_precision"], run["log_with"], recipe.run_dir
+        )
         self.steps, self.n_critic = train["steps"], train["n_critic"]
         self.batch_size, self.grad_clip = train["batch_size"], train["grad_clip"]
         world = self.acc.num_processes
@@ -379,9 +381,7 @@ class Trainer:
         the last complete step is written) or after ``train.max_skipped_in_a_row`` skipped
         steps in a row.
         """
-        from tqdm.auto import tqdm
-
-        acc, train = self.acc, self.recipe.section("train")
+        acc = self.acc
         main = acc.is_main_process
         if main:
             self._prepare_run_dir()
@@ -393,6 +393,17 @@ class Trainer:
         )
         if main:
             self.plugins.run_start(self.info)
+        tracking.start(acc, self.recipe, self.step)
+        try:
+            return self._loop()
+        finally:
+            tracking.finish(acc)  # flushed and closed on Ctrl-C and errors too
+
+    def _loop(self) -> Path | None:
+        from tqdm.auto import tqdm
+
+        acc, train = self.acc, self.recipe.section("train")
+        main = acc.is_main_process
         bar = tqdm(
             total=self.steps,
             initial=self.step,
@@ -427,10 +438,11 @@ class Trainer:
                             bar.write(warning)
                         self.last_log = values
                         self.plugins.log(self.info, self.step, values)
+                        tracking.log(acc, values)
                 if logging or saving:  # host reads happen at these steps anyway
                     self._check_skipped_in_a_row(train["max_skipped_in_a_row"])
                 if main and (self.step % train["sample_every"] == 0 or self.step == self.steps):
-                    self.save_samples()
+                    tracking.log_image(acc, "samples", self.save_samples(), self.step)
                 if eval_every and (self.step % eval_every == 0 or self.step == self.steps):
                     self.log_evaluation()
                 checkpoint = self.save_checkpoint() if saving else None
@@ -446,6 +458,7 @@ class Trainer:
             self._print_summary(
                 time.perf_counter() - started, first_step, images, export_path, report_path
             )
+        tracking.finish(acc)
         acc.end_training()
         return export_path
 
@@ -480,6 +493,7 @@ class Trainer:
                 "metrics": self.run_dir / "metrics.jsonl",
                 "curves": report_path and report_path.with_name("curves.png"),
                 "report": report_path,
+                "tracker logs": tracking.local_logs(self.acc, self.run_dir),
             },
         )
         self.acc.print(text)
@@ -631,6 +645,7 @@ class Trainer:
             record = {"step": self.step, **{f"eval/{k}": v for k, v in values.items()}}
             append_jsonl(self.run_dir / "metrics.jsonl", record)
             self.plugins.log(self.info, self.step, record)
+            tracking.log(self.acc, record)
             self.last_eval = record
 
     def sync_buffers(self) -> None:

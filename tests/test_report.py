@@ -8,6 +8,7 @@ import json
 import math
 import re
 
+import pytest
 from PIL import Image
 
 from conftest import TOY_EVAL_RUN
@@ -92,3 +93,42 @@ def test_the_report_command_rewrites_a_run_and_refuses_another_folder(tiny, caps
 def test_the_report_command_refuses_a_missing_folder(capsys):
     assert main(["report", "nowhere"]) == 2
     assert "not a run folder" in capsys.readouterr().err
+
+
+CHROMIUM = ("chromium-headless-shell", "chromium", "chromium-browser", "google-chrome", "chrome")
+
+
+@pytest.mark.slow
+def test_the_report_renders_in_headless_chromium(tiny, one_thread, tmp_path):
+    """The page as a browser shows it, from disk with no network: the inlined curves and sample
+    grids are drawn (their exact pixels are on the screenshot)."""
+    import shutil
+    import subprocess
+
+    browser = next((found for name in CHROMIUM if (found := shutil.which(name))), None)
+    if browser is None:
+        pytest.skip("no headless Chromium installed (apt install chromium-headless-shell)")
+    trainer = tiny("train.steps=3", "train.sample_every=1")
+    trainer.fit()
+    shot = tmp_path / "shot.png"
+    done = subprocess.run(
+        [
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--force-device-scale-factor=1",
+            f"--screenshot={shot}",
+            "--window-size=1200,2000",
+            (trainer.run_dir / "report.html").resolve().as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert shot.exists(), done.stderr[-2000:]
+    seen = colours_in(shot)
+    assert set(COLOURS[:2]) <= seen  # the curves image, decoded from its data: URI
+    grid_colours = colours_in(trainer.run_dir / "samples" / "step_000003.png")
+    # A 16 px RGB noise grid has hundreds of colours no other part of the page draws.
+    assert len(grid_colours & seen) > 0.9 * len(grid_colours)
