@@ -25,6 +25,8 @@ if [[ "${1:-}" == "prepare" ]]; then
     python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
         --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
         -d "$WHEELS" scikit-learn scipy joblib threadpoolctl pillow
+    # The plain loop the speed rows compare against (../shared does not travel to the GPU).
+    cp /work/shared/baselines/gan_step_bench.py "$WHEELS/"
     source_hash > "$WHEELS/SOURCE_HASH"
     du -sh "$WHEELS"
     exit 0
@@ -97,6 +99,21 @@ for pass in 1 2; do
         --data digits --num 500 --device "$DEVICE" --out "$OUT/eval_$pass.json"
 done
 train quickstart_eval bf16 quickstart.toml train.steps=200 eval.every=100 eval.num=500
+# Speed: ganforge's DCGAN-64 (synthetic data: the input path included) against the plain loop
+# (random data already on the GPU) in the same run, batches 128 and 512, bf16.
+if [[ "$CUDA" == 1 ]]; then SPEED_STEPS=600 SPEED_BATCHES="128 512"; else
+    SPEED_STEPS=4 SPEED_BATCHES="16"; fi
+run plain_bench 300 "$PY" "$WHEELS/gan_step_bench.py" --device "$DEVICE" --algos dcgan \
+    --variants fp32,bf16_cl,bf16_cl_cg --batches "${SPEED_BATCHES// /,}" --steps 30 \
+    --out "$OUT/plain_bench.jsonl"
+for batch in $SPEED_BATCHES; do
+    for layout in nchw cl; do
+        flag=$([[ $layout == cl ]] && echo true || echo false)
+        train "dcgan64_b${batch}_bf16_$layout" bf16 dcgan.toml data.name=synthetic data.size=8192 \
+            "train.batch_size=$batch" "train.channels_last=$flag" "train.steps=$SPEED_STEPS" \
+            train.log_every=100 train.sample_every=100000
+    done
+done
 # fp16 with its loss scaler, every loss and regularizer (skips itself without CUDA).
 run fp16_every_loss 200 "$PY" -m pytest -q -p no:cacheprovider -m gpu \
     "$ROOT/tests/test_precision.py" --rootdir "$ROOT"
@@ -131,4 +148,13 @@ for name, rc, wall in rows:
         log = (out / f"{name}.log").read_text().strip().splitlines()
         cells[0] = log[-1] if log else ""
     print(f"| {name} | {rc} | {wall} | " + " | ".join(cells) + " |")
+bench = out / "plain_bench.jsonl"
+if bench.exists():
+    print()
+    print("| plain loop (gan_step_bench.py), DCGAN-64 | batch | real img/s |")
+    print("|---|---|---|")
+    for line in bench.read_text().splitlines():
+        r = json.loads(line)
+        speed = f"{r['real_img_per_s']:.0f}" if "real_img_per_s" in r else r.get("error", "")[:80]
+        print(f"| {r['variant']} | {r['batch']} | {speed} |")
 EOF

@@ -145,6 +145,14 @@ SCHEMA: dict[str, dict[str, Key]] = {
         # Stop (exit status 3) once this many steps in a row were skipped for a non-finite loss
         # or gradient (0: never); read at log and checkpoint steps only.
         "max_skipped_in_a_row": Key(int, 100, None, non_negative),
+        # Speed switches (docs/performance.md). channels_last: models and image batches in
+        # NHWC memory layout (faster convolutions under bf16/fp16 on tensor-core GPUs).
+        "channels_last": Key(bool, False),
+        # CUDA only: TF32 (a 10-bit mantissa) for float32 matmuls and convolutions: "on",
+        # "off", or "auto", PyTorch's default (convolutions yes, matmuls no); and cuDNN's
+        # autotuner (the shapes of a GAN step never change).
+        "tf32": Key(str, "auto", None, one_of("auto", "on", "off")),
+        "cudnn_benchmark": Key(bool, True),
     },
 }
 SCHEMA["ema"] = {

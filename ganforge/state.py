@@ -101,6 +101,25 @@ def save_checkpoint(trainer: Trainer) -> Path | None:
     return path
 
 
+def _match_param_layouts(optimizer) -> None:
+    """Give each per-parameter state tensor (Adam's moments) its parameter's memory layout.
+
+    Checkpoints store contiguous tensors; a channels_last parameter must get channels_last
+    moments back, or a fused step that walks both in memory order pairs the wrong elements.
+    """
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            for key, value in optimizer.state.get(param, {}).items():
+                if (
+                    torch.is_tensor(value)
+                    and value.shape == param.shape
+                    and value.stride() != param.stride()
+                ):
+                    optimizer.state[param][key] = torch.empty_like(param, dtype=value.dtype).copy_(
+                        value
+                    )
+
+
 def restore(trainer: Trainer, checkpoint: Checkpoint) -> None:
     """Give the trainer every piece of state in ``checkpoint`` (on every process)."""
     state, where = checkpoint.state, checkpoint.path
@@ -113,6 +132,7 @@ def restore(trainer: Trainer, checkpoint: Checkpoint) -> None:
             strip_prefix(optim, f"{name}."), state["optimizers"][name], optimizer.state_dict()
         )
         optimizer.load_state_dict(saved)
+        _match_param_layouts(optimizer)
     if trainer.acc.scaler is not None and state["scaler"] is not None:
         trainer.acc.scaler.load_state_dict(state["scaler"])
     trainer.sampler.load_state_dict(state["sampler"])

@@ -105,6 +105,11 @@ class Trainer:
         self.acc = accelerator or make_accelerator(
             run["mixed_precision"], run["log_with"], recipe.run_dir
         )
+        if self.acc.device.type == "cuda":  # process-wide, as PyTorch keeps them
+            if train["tf32"] != "auto":
+                torch.backends.cuda.matmul.allow_tf32 = train["tf32"] == "on"
+                torch.backends.cudnn.allow_tf32 = train["tf32"] == "on"
+            torch.backends.cudnn.benchmark = train["cudnn_benchmark"]
         self.steps, self.n_critic = train["steps"], train["n_critic"]
         self.batch_size, self.grad_clip = train["batch_size"], train["grad_clip"]
         world = self.acc.num_processes
@@ -142,6 +147,10 @@ class Trainer:
             if isinstance(regularizer, nn.Module):  # its state (buffers) lives beside the models
                 regularizer.to(self.acc.device)
         self.augmenter = self._build_augmenter()
+        self.memory_format = torch.channels_last if train["channels_last"] else None
+        if self.memory_format is not None and self.data.is_image:
+            generator.to(memory_format=self.memory_format)
+            discriminator.to(memory_format=self.memory_format)
         optim = recipe.section("optim")
         opt_g = build_optimizer(generator.parameters(), optim["generator"])
         opt_d = build_optimizer(discriminator.parameters(), optim["discriminator"])
@@ -159,7 +168,9 @@ class Trainer:
         # Per-rank streams: data order and latents differ across ranks, repeat across runs.
         rank = self.acc.process_index
         self.sampler = ShardedSampler(len(self.data), self.batch_size, self.seed, rank, world)
-        self.batches = BatchSource(self.data, self.sampler, self.acc.device)
+        self.batches = BatchSource(
+            self.data, self.sampler, self.acc.device, self.memory_format or torch.contiguous_format
+        )
         self.latent_rng = torch.Generator().manual_seed(self.seed * 7919 + rank + 1)
         torch.manual_seed(self.seed + rank)  # dropout and other module randomness
         self.step = 0
