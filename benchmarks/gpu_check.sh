@@ -101,10 +101,10 @@ done
 train quickstart_eval bf16 quickstart.toml train.steps=200 eval.every=100 eval.num=500
 # Speed: ganforge's DCGAN-64 (synthetic data: the input path included) against the plain loop
 # (random data already on the GPU) in the same run, batches 128 and 512, bf16.
-if [[ "$CUDA" == 1 ]]; then SPEED_STEPS=600 SPEED_BATCHES="128 512"; else
-    SPEED_STEPS=4 SPEED_BATCHES="16"; fi
+if [[ "$CUDA" == 1 ]]; then SPEED_STEPS=600 SPEED_BATCHES="128 512" BENCH=(--steps 30); else
+    SPEED_STEPS=4 SPEED_BATCHES="16" BENCH=(--steps 1 --warmup 1); fi
 run plain_bench 300 "$PY" "$WHEELS/gan_step_bench.py" --device "$DEVICE" --algos dcgan \
-    --variants fp32,bf16_cl,bf16_cl_cg --batches "${SPEED_BATCHES// /,}" --steps 30 \
+    --variants fp32,bf16_cl,bf16_cl_cg --batches "${SPEED_BATCHES// /,}" "${BENCH[@]}" \
     --out "$OUT/plain_bench.jsonl"
 for batch in $SPEED_BATCHES; do
     for layout in nchw cl; do
