@@ -114,6 +114,7 @@ for batch in $SPEED_BATCHES; do
             train.log_every=100 train.sample_every=100000
     done
 done
+run input_pipeline 120 "$PY" "$ROOT/benchmarks/input_pipeline.py" --seconds 1
 # fp16 with its loss scaler, every loss and regularizer (skips itself without CUDA).
 run fp16_every_loss 200 "$PY" -m pytest -q -p no:cacheprovider -m gpu \
     "$ROOT/tests/test_precision.py" --rootdir "$ROOT"
@@ -148,6 +149,10 @@ for name, rc, wall in rows:
         log = (out / f"{name}.log").read_text().strip().splitlines()
         cells[0] = log[-1] if log else ""
     print(f"| {name} | {rc} | {wall} | " + " | ".join(cells) + " |")
+pipeline = out / "input_pipeline.log"
+if pipeline.exists():
+    print()
+    print("\n".join(l for l in pipeline.read_text().splitlines() if l.startswith("|")))
 bench = out / "plain_bench.jsonl"
 if bench.exists():
     print()

@@ -4,8 +4,10 @@ The host side of a step's batch, as ``BatchSource`` does it: the sampler's indic
 next global batch, one ``index_select`` of uint8 images from the in-memory store, and the
 labels. Conversion to float and scaling to [-1, 1] happen on the device, after the transfer,
 so they are not host work; the script also times a CPU float conversion, to show why.
-Pinned memory for the transfer is measured only where a GPU is present (a CPU-only torch
-cannot pin). Synthetic uint8 RGB images (``--images`` of them) at 32×32 and 64×64, batch 512.
+Where a GPU is present it also times the whole path the trainer uses (``BatchSource.next``
+on the GPU: the gather into pinned staging memory, the asynchronous copy and the conversion on
+the device); a CPU-only torch cannot pin. Synthetic uint8 RGB images (``--images`` of them)
+at 32×32 and 64×64, batch 512.
 
 ``ratio`` (printed last) = images/s delivered at 64×64 ÷ 65,000, the images/s a DCGAN-64 step
 consumes on an H100 at batch 512 (``../shared/FACTS.md``).
@@ -70,12 +72,19 @@ def main() -> None:
         rows.append(
             (f"{size}x{size}", "indices + uint8 gather + labels (host side)", delivered[size])
         )
-        if cuda:
+        if cuda:  # the whole path the trainer uses, synchronised after every batch
+            on_gpu = BatchSource(data, sampler, torch.device("cuda"))
+
+            def device_batch(on_gpu=on_gpu):
+                batch = on_gpu.next(with_labels=True)
+                torch.cuda.synchronize()
+                return batch
+
             rows.append(
                 (
                     f"{size}x{size}",
-                    "+ pinned copy",
-                    rate(lambda: host_batch()[0].pin_memory(), args.batch, args.seconds),
+                    "BatchSource.next on the GPU: pinned staging, async copy, float on the device",
+                    rate(device_batch, args.batch, args.seconds),
                 )
             )
         one = source.images[: args.batch]

@@ -148,6 +148,11 @@ class Trainer:
                 regularizer.to(self.acc.device)
         self.augmenter = self._build_augmenter()
         self.memory_format = torch.channels_last if train["channels_last"] else None
+        if self.memory_format is not None and self.acc.device.type == "cpu":
+            self.acc.print(
+                "ganforge: warning: train.channels_last = true on a CPU: the DCGAN quickstart "
+                "ran about 5x slower that way here (docs/performance.md); it pays on GPUs"
+            )
         if self.memory_format is not None and self.data.is_image:
             generator.to(memory_format=self.memory_format)
             discriminator.to(memory_format=self.memory_format)
