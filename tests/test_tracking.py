@@ -112,7 +112,7 @@ def test_a_missing_tracker_package_is_one_message_before_training(tmp_path, monk
 
     recipe.write_text(dump_toml(tiny_tables(tmp_path, 'run.log_with=["wandb"]')))
     done = run_command([sys.executable, "-m", "ganforge", str(recipe)], tmp_path)
-    assert done.returncode != 0
+    assert done.returncode == 2
     assert "pip install wandb" in done.stderr
     assert "Traceback" not in done.stderr
     assert not (tmp_path / "run" / "checkpoints").exists()
