@@ -71,7 +71,7 @@ OPTIMIZER = {
     "lr_decay_steps": Key(int, 0, OPTIM, non_negative),
 }
 
-#: Accelerate's experiment trackers (``[run] log_with``); ganforge.tracking maps them to packages.
+#: Accelerate's experiment trackers (``[run] log_with``); each installs as the package of its name.
 TRACKERS = (
     "tensorboard",
     "wandb",
