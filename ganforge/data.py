@@ -182,6 +182,10 @@ class ShardedSampler:
 
     def next_indices(self) -> torch.Tensor:
         """This process's indices of the next global batch."""
+        end = self.offset + self.batch_size
+        if end < self.size and self.world_size == 1:  # the common case, in one slice
+            batch, self.offset = self._permutation(self.epoch)[self.offset : end], end
+            return batch
         parts, need = [], self.batch_size
         while need:
             take = min(need, self.size - self.offset)
@@ -191,7 +195,7 @@ class ShardedSampler:
             if self.offset == self.size:
                 self.epoch, self.offset = self.epoch + 1, 0
         batch = torch.cat(parts) if len(parts) > 1 else parts[0]
-        return batch[self.rank :: self.world_size]
+        return batch[self.rank :: self.world_size] if self.world_size > 1 else batch
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "offset": self.offset}

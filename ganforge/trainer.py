@@ -7,6 +7,7 @@ logging and export. See docs/architecture.md for the contracts it keeps.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,7 +62,7 @@ class Phase:
     """Tensors one phase leaves for logging; read on the host only every ``log_every`` steps."""
 
     loss: torch.Tensor
-    grad_norm: torch.Tensor
+    grad_norm: torch.Tensor | None  # measured on logged steps (and always when clipping)
     skipped: torch.Tensor
     logs: dict[str, torch.Tensor]
     real: CriticOutput | None = None
@@ -94,6 +95,25 @@ def _total_norm(grads: list[torch.Tensor]) -> torch.Tensor:
     if len({g.dtype for g in grads}) > 1:
         grads = [g.float() for g in grads]
     return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)), dtype=torch.float32)
+
+
+def _non_finite(tensors: list[torch.Tensor], one: torch.Tensor) -> torch.Tensor:
+    """1.0 if any element of ``tensors`` is infinite or NaN, else 0.0 (a 0-d device tensor).
+
+    One fused kernel per dtype (the loss scaler's check, unscaling by exactly 1, which changes
+    nothing): on steps that log no gradient norm it replaces the norm as the check.
+    """
+    found = torch.zeros((), device=one.device)
+    dtype = tensors[0].dtype
+    if all(t.dtype == dtype for t in tensors):
+        torch._amp_foreach_non_finite_check_and_unscale_(tensors, found, one)
+        return found
+    groups: dict[torch.dtype, list[torch.Tensor]] = {}
+    for t in tensors:
+        groups.setdefault(t.dtype, []).append(t)
+    for group in groups.values():
+        torch._amp_foreach_non_finite_check_and_unscale_(group, found, one)
+    return found
 
 
 class Trainer:
@@ -166,6 +186,10 @@ class Trainer:
         self.generator = self.acc.unwrap_model(self.G)
         self.discriminator = self.acc.unwrap_model(self.D)
         self._critic_params = list(self.discriminator.parameters())
+        self._optimized = {  # each optimizer's parameters, listed once
+            id(opt.optimizer): [p for group in opt.optimizer.param_groups for p in group["params"]]
+            for opt in (self.opt_g, self.opt_d)
+        }
         self.optim = optim
         ema = recipe.section("ema")
         self.ema = EMA(self.generator, ema["decay"], ema["warmup_steps"]) if ema["decay"] else None
@@ -180,6 +204,12 @@ class Trainer:
         torch.manual_seed(self.seed + rank)  # dropout and other module randomness
         self.step = 0
         self.skipped = torch.zeros((), device=self.acc.device)
+        self._one = torch.ones((), device=self.acc.device)  # the non-finite check's unit scale
+        # Accelerate's no_sync asks its state whether the launch is distributed at every call
+        # (~40 µs on a CPU); one process needs no context at all.
+        self._no_sync_d = (
+            (lambda: self.acc.no_sync(self.D)) if world > 1 else contextlib.nullcontext
+        )
         # Steps in a row with a skipped update (train.max_skipped_in_a_row), on the device.
         self.skipped_in_a_row = torch.zeros((), device=self.acc.device)
         # The newest log and eval records, for the end-of-run summary (main process).
@@ -284,8 +314,12 @@ class Trainer:
     def latents(self, n: int) -> torch.Tensor:
         return sample_latents(self.generator, n, self.latent_rng, self.acc.device)
 
-    def train_step(self, step: int) -> tuple[Phase, Phase]:
-        """One generator update: n_critic D updates on fresh reals, then one G update."""
+    def train_step(self, step: int, measure: bool = True) -> tuple[Phase, Phase]:
+        """One generator update: n_critic D updates on fresh reals, then one G update.
+
+        ``measure=False`` leaves the gradient norms out (``Phase.grad_norm`` is None) unless
+        clipping needs them: the loop passes it on the steps it does not log.
+        """
         conditional = self.num_classes > 0
         for optimizer, model in ((self.opt_d, "discriminator"), (self.opt_g, "generator")):
             config = self.optim[model]
@@ -298,15 +332,17 @@ class Trainer:
             # The last critic update's fakes are generated with a graph and reused by the G
             # update (one G forward per step, as in the DCGAN reference); D only sees them
             # detached, so its loss has no graph into G.
-            last = i == self.n_critic - 1
-            with torch.set_grad_enabled(last):
+            if i == self.n_critic - 1:
                 generated = self.G(z, y_fake)
+            else:
+                with torch.no_grad():
+                    generated = self.G(z, y_fake)
             fake = generated.detach()
             real_out, fake_out = self.critic(real, y_real), self.critic(fake, y_fake)
             loss = self.loss.d_loss(real_out, fake_out, y_real, y_fake)
             ctx = RegularizerContext("d", step, self.G, self.critic, real, fake, z, y_real, y_fake)
             loss, logs = self._regularize(ctx, loss)
-            norm, skipped = self._update(self.D, self.opt_d, loss)
+            norm, skipped = self._update(self.D, self.opt_d, loss, measure)
             skips.append(skipped)
             if self.augmenter is not None:
                 self.augmenter.observe(real_out.logits)
@@ -314,21 +350,21 @@ class Trainer:
 
         # G phase: D is frozen and its gradients are not all-reduced; G's are.
         self._critic_grad(False)
-        with self.acc.no_sync(self.D):
+        with self._no_sync_d():
             fake = generated
             fake_out = self.critic(fake, y_fake)
             real_out = self.critic(real, y_real) if self.loss.needs_real_for_g else None
             loss = self.loss.g_loss(fake_out, real_out, y_real, y_fake)
             ctx = RegularizerContext("g", step, self.G, self.critic, real, fake, z, y_real, y_fake)
             loss, logs = self._regularize(ctx, loss)
-            norm, skipped = self._update(self.G, self.opt_g, loss)
+            norm, skipped = self._update(self.G, self.opt_g, loss, measure)
             skips.append(skipped)
             g = Phase(loss.detach(), norm, skipped, logs)
         self._critic_grad(True)
         # A step with any skipped update extends the streak, a clean one resets it (on the
         # device: the loop reads it at log and checkpoint steps only).
-        any_skipped = torch.stack(skips).amax()
-        self.skipped_in_a_row.mul_(any_skipped).add_(any_skipped)
+        any_skipped = torch.maximum(*skips) if len(skips) == 2 else torch.stack(skips).amax()
+        torch.addcmul(any_skipped, self.skipped_in_a_row, any_skipped, out=self.skipped_in_a_row)
         if self.ema is not None:  # skipped together with the G step it follows
             self.ema.update(step + 1, skipped)
         if self.augmenter is not None:
@@ -352,20 +388,22 @@ class Trainer:
         return loss, logs
 
     def _update(
-        self, model: nn.Module, optimizer, loss: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+        self, model: nn.Module, optimizer, loss: torch.Tensor, measure: bool = True
+    ) -> tuple[torch.Tensor | None, torch.Tensor]:
         """Backward, the non-finite check, optional clipping and the optimizer step.
 
-        Returns the gradient norm and the skip flag (device tensors). A non-finite loss or
-        gradient on any rank skips this optimizer step on every rank, decided on the device.
+        Returns the gradient norm (None when neither ``measure`` nor clipping asks for it) and
+        the skip flag (device tensors). A non-finite loss or gradient on any rank skips this
+        optimizer step on every rank, decided on the device.
         """
         # The optimizer inside Accelerate's wrapper, used as the wrapper would (stepped through
         # the loss scaler under fp16). The wrapper's zero_grad inspects a signature and its step
         # looks for optional packages on the file system at every call: with 2 updates a step
         # that was ~30% of a tiny model's step on a CPU (benchmarks/engine_overhead.py).
         inner = optimizer.optimizer
-        params = [p for group in inner.param_groups for p in group["params"]]
-        inner.zero_grad(set_to_none=True)
+        params = self._optimized[id(inner)]
+        for p in params:  # zero_grad(set_to_none=True) without its per-call bookkeeping
+            p.grad = None
         scaler = self.acc.scaler
         # What accelerator.backward does for the launches ganforge accepts (no gradient
         # accumulation; DeepSpeed, FSDP, XLA and Megatron are refused), minus its loss / 1.
@@ -373,8 +411,12 @@ class Trainer:
         if scaler is not None:  # fp16: measure and clip true gradients
             self.acc.unscale_gradients(optimizer)
         params = [p for p in params if p.grad is not None]
-        norm = _total_norm([p.grad for p in params])
-        found_inf = (~torch.isfinite(norm + loss.detach())).float()
+        grads = [p.grad for p in params]
+        if measure or self.grad_clip > 0:
+            norm = _total_norm(grads)
+            found_inf = (~torch.isfinite(norm + loss.detach())).float()
+        else:  # one fused check instead of the norm's three kernels
+            norm, found_inf = None, _non_finite([*grads, loss.detach()], self._one)
         if self.acc.num_processes > 1:
             torch.distributed.all_reduce(found_inf, op=torch.distributed.ReduceOp.MAX)
         if self.grad_clip > 0:
@@ -433,10 +475,11 @@ class Trainer:
         eval_every, save_every = self.recipe.get("eval.every"), train["checkpoint_every"]
         with bar, CtrlC(enabled=acc.num_processes == 1) as ctrl_c:
             while self.step < self.steps:
-                d, g = self.train_step(self.step)
-                self.step += 1
+                upcoming = self.step + 1
+                logging = upcoming % train["log_every"] == 0 or upcoming == self.steps
+                d, g = self.train_step(self.step, measure=logging)
+                self.step = upcoming
                 bar.update(1)
-                logging = self.step % train["log_every"] == 0 or self.step == self.steps
                 saving = (save_every and self.step % save_every == 0) or self.step == self.steps
                 if logging:
                     now = time.perf_counter()

@@ -159,8 +159,8 @@ def test_ctrl_c_through_the_cli_exits_130_and_a_second_one_stops_at_once(
     presses = {"step": 1, "times": 1}
     real_step = Trainer.train_step
 
-    def step_then_ctrl_c(self, step):
-        out = real_step(self, step)
+    def step_then_ctrl_c(self, step, **kwargs):
+        out = real_step(self, step, **kwargs)
         if step == presses["step"]:
             for _ in range(presses["times"]):
                 signal.raise_signal(signal.SIGINT)

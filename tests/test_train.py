@@ -36,13 +36,13 @@ def test_each_update_touches_only_its_own_model(tiny):
     calls = []
     original = trainer._update
 
-    def checked_update(model, optimizer, loss):
+    def checked_update(model, optimizer, loss, *rest):
         other = trainer.G if model is trainer.D else trainer.D
         other_names = g_params if other is trainer.G else d_params
         before_other, before_self = snapshot(other), snapshot(model)
         if model is trainer.G:  # no gradient may reach the frozen critic
             assert all(not p.requires_grad for p in trainer.D.parameters())
-        norm = original(model, optimizer, loss)
+        norm = original(model, optimizer, loss, *rest)
         assert params_equal(snapshot(other), before_other, other_names)
         assert not params_equal(
             snapshot(model), before_self, g_params if model is trainer.G else d_params
@@ -64,8 +64,8 @@ def test_the_d_phase_puts_no_gradient_into_g(tiny):
     trainer = tiny("train.n_critic=2")
     original, g_grads = trainer._update, []
 
-    def recording_update(model, optimizer, loss):
-        result = original(model, optimizer, loss)
+    def recording_update(model, optimizer, loss, *rest):
+        result = original(model, optimizer, loss, *rest)
         if model is trainer.D:  # after D's backward and step: nothing reached G
             g_grads.append([p.grad for p in trainer.G.parameters()])
         return result
@@ -195,19 +195,24 @@ def test_runs_are_deterministic_for_a_seed(tmp_path, tiny):
 
 
 class NaNOnce:
-    """The bce loss, except the D loss of the second call is NaN."""
+    """The bce loss, except the D loss of the second call is NaN (``poison="loss"``), or
+    finite with a NaN gradient (``poison="gradient"``: the derivative of sqrt at 0, times 0)."""
 
     needs_real_for_g = False
 
-    def __init__(self):
-        self.calls = 0
+    def __init__(self, poison: str = "loss"):
+        self.calls, self.poison = 0, poison
 
     def d_loss(self, real, fake, y_real, y_fake):
         self.calls += 1
         loss = (
             nn.functional.softplus(-real.logits).mean() + nn.functional.softplus(fake.logits).mean()
         )
-        return loss * float("nan") if self.calls == 2 else loss
+        if self.calls != 2:
+            return loss
+        if self.poison == "loss":
+            return loss * float("nan")
+        return loss + (real.logits * 0).sum().sqrt()
 
     def g_loss(self, fake, real, y_real, y_fake):
         return nn.functional.softplus(-fake.logits).mean()
@@ -219,14 +224,21 @@ class NaNPlugin:
         register("nan_once", NaNOnce)
 
 
-def test_a_non_finite_update_is_skipped_and_counted(tiny):
-    trainer = tiny("loss.name=nan_once", "train.steps=3", extra=[("nan", NaNPlugin())])
-    trainer.train_step(0)
+@pytest.mark.parametrize("poison", ["loss", "gradient"])
+@pytest.mark.parametrize("measure", [True, False], ids=["logged step", "unlogged step"])
+def test_a_non_finite_update_is_skipped_and_counted(tiny, poison, measure):
+    # Logged steps check the gradient norm; the others a fused check of every gradient.
+    trainer = tiny(
+        "loss.name=nan_once", f"loss.poison={poison}", "train.steps=3", extra=[("nan", NaNPlugin())]
+    )
+    trainer.train_step(0, measure=measure)
     before, opt_before = snapshot(trainer.D), copy.deepcopy(trainer.opt_d.state_dict())
-    trainer.train_step(1)  # the NaN step
+    d, g = trainer.train_step(1, measure=measure)  # the poisoned step
+    assert torch.isfinite(d.loss) == (poison == "gradient")
+    assert (d.grad_norm is not None) == measure
     assert params_equal(snapshot(trainer.D), before, dict(trainer.D.named_parameters()))
     assert str(trainer.opt_d.state_dict()["state"]) == str(opt_before["state"])
-    assert trainer.skipped.item() == 1
+    assert (d.skipped.item(), g.skipped.item(), trainer.skipped.item()) == (1, 0, 1)
     trainer.step = 2
     trainer.fit()
     assert all(torch.isfinite(p).all() for p in trainer.D.parameters())
