@@ -70,7 +70,13 @@ def ganforge_register_losses(register: Register) -> None:
     outputs and labels, ``d_loss(real, fake, y_real, y_fake)`` and
     ``g_loss(fake, real, y_real, y_fake)`` returning scalar tensors. A loss whose G term needs
     the critic's outputs on real images sets ``needs_real_for_g = True``; otherwise ``real`` is
-    ``None`` in ``g_loss`` and the core skips that critic pass.
+    ``None`` in ``g_loss`` and the core skips that critic pass. A loss that trains the critic's
+    class head (``CriticOutput.class_logits``, as ``acgan`` does) sets
+    ``uses_class_logits = True``: before training, the core then checks that the critic has
+    that head, and that a critic with one is trained by a loss that uses it (an untrained head's
+    parameters would stop a multi-process run). ``register(..., conditional=True)`` declares a
+    loss that needs class labels, which the recipe check then requires
+    (``data.conditional = true``).
     """
 
 

@@ -551,6 +551,10 @@ def _check_component(section, kind, table, registry, conditional, problems) -> N
                 f"{kind} {name!r} cannot condition on labels, but data.conditional = true",
             )
         )
+    if kind == "loss" and entry.conditional and not conditional:
+        problems.append(
+            (f"{section}.name", f"loss {name!r} needs class labels: set data.conditional = true")
+        )
     kwargs = {k: v for k, v in table.items() if k not in SCHEMA[section]}
     _bind_kwargs(section, entry, kwargs, problems)
 

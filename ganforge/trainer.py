@@ -191,6 +191,7 @@ class Trainer:
             for opt in (self.opt_g, self.opt_d)
         }
         self.optim = optim
+        self._check_class_head(loss_spec.name)
         ema = recipe.section("ema")
         self.ema = EMA(self.generator, ema["decay"], ema["warmup_steps"]) if ema["decay"] else None
 
@@ -277,6 +278,38 @@ class Trainer:
                 f"{type(obj).__name__}, not a {expected.__name__}"
             )
         return obj
+
+    @torch.no_grad()
+    def _check_class_head(self, loss_name: str) -> None:
+        """The critic has a class head exactly when the loss trains one, checked on two real
+        images before training (eval mode: no statistics or power iterations move)."""
+        uses = bool(getattr(self.loss, "uses_class_logits", False))
+        x = torch.from_numpy(np.asarray(self.data.images[:2])).to(self.acc.device)
+        x = x.float().div(127.5).sub(1) if x.dtype == torch.uint8 else x.float()
+        y = None
+        if self.num_classes:
+            y = torch.from_numpy(np.asarray(self.data.labels[:2])).to(self.acc.device)
+        critic = self.discriminator
+        was_training = critic.training
+        critic.eval()
+        try:
+            has = as_critic_output(critic(x, y)).class_logits is not None
+        finally:
+            critic.train(was_training)
+        d_name = self.d_spec.name
+        if uses and not has:
+            problem = (
+                f"loss {loss_name!r} trains the critic's class head, but discriminator "
+                f'{d_name!r} returned none: set discriminator.condition = "auxiliary"'
+            )
+            raise RecipeError([("discriminator", problem)], self.recipe.source)
+        if has and not uses:
+            problem = (
+                f"discriminator {d_name!r} has a class head that loss {loss_name!r} does not "
+                'train: use loss.name = "acgan", or drop discriminator.condition = '
+                '"auxiliary" (an untrained head\'s parameters also stop multi-process runs)'
+            )
+            raise RecipeError([("discriminator", problem)], self.recipe.source)
 
     # ------------------------------------------------------------------ the step
 

@@ -14,6 +14,7 @@ from torch.nn.utils import parametrize
 from ganforge.components import CriticOutput
 from ganforge.errors import GanforgeError, RecipeError
 from ganforge.plugins import Plugins
+from ganforge.trainer import Trainer
 from ganforge_plugins._layers import ConditionalBatchNorm2d
 from ganforge_plugins.dcgan import DCGANDiscriminator, DCGANGenerator
 from ganforge_plugins.resnet import ResNetDiscriminator, ResNetGenerator
@@ -323,10 +324,33 @@ def test_a_conditional_run_trains_every_label_parameter(tiny, overrides):
         assert all(not torch.equal(after[n], v) for n, v in params.items())
 
 
-def test_acgan_in_an_unconditional_run_stops_with_the_fix(tiny):
-    trainer = tiny("loss.name=acgan", "train.steps=1")
-    with pytest.raises(GanforgeError, match="data.conditional = true"):
-        trainer.train_step(0)
+def test_acgan_in_an_unconditional_run_is_a_recipe_error(tiny):
+    with pytest.raises(RecipeError, match="loss.name: loss 'acgan' needs class labels"):
+        tiny("loss.name=acgan", "train.steps=1")
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (("loss.name=acgan",), 'returned none: set discriminator.condition = "auxiliary"'),
+        (("discriminator.condition=auxiliary",), "has a class head that loss 'bce' does not train"),
+    ],
+    ids=["acgan without a class head", "a class head without acgan"],
+)
+def test_a_class_head_and_its_loss_must_come_together(tiny, overrides, message):
+    # Caught before training: an untrained head would also stop a multi-process run in DDP.
+    with pytest.raises(RecipeError, match=message):
+        tiny(*CONDITIONAL, *overrides)
+
+
+def test_checking_the_class_head_changes_no_state(tiny, monkeypatch):
+    overrides = (*CONDITIONAL, "discriminator.norm=spectral", "discriminator.condition=auxiliary")
+    overrides += ("loss.name=acgan",)
+    checked = tiny(*overrides).discriminator.state_dict()
+    monkeypatch.setattr(Trainer, "_check_class_head", lambda self, name: None)
+    unchecked = tiny(*overrides).discriminator.state_dict()
+    assert checked.keys() == unchecked.keys()
+    assert all(torch.equal(checked[k], unchecked[k]) for k in checked)
 
 
 def test_a_misspelt_condition_is_a_recipe_error(tiny):

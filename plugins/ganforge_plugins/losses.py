@@ -152,6 +152,7 @@ class AuxiliaryClassifier:
     """
 
     needs_real_for_g = False
+    uses_class_logits = True
 
     def __init__(self, *, adversarial: str = "bce", class_weight: float = 1.0):
         if adversarial not in ABSOLUTE:
