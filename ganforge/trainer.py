@@ -1,8 +1,9 @@
 """The training loop: n_critic D updates on fresh reals, then one G update with D frozen.
 
 Everything concrete (networks, losses, regularizers, data) comes from plugins through the
-registry; this module owns the order of operations, backward, the non-finite check, sampling,
-logging and export. See docs/architecture.md for the contracts it keeps.
+registry; this module owns the order of operations, backward, the non-finite check (with
+``updates.py``), logging and checkpoints. Sample grids, evaluation and the export are in
+``outputs.py``. See docs/architecture.md for the contracts it keeps.
 """
 
 from __future__ import annotations
@@ -26,20 +27,19 @@ from ganforge.components import (
     Regularizer,
     RegularizerContext,
     as_critic_output,
-    grid_labels,
     sample_latents,
 )
 from ganforge.data import BatchSource, DataSource, ImageData, ShardedSampler, open_store
-from ganforge.diagnostics import Watch, summary
+from ganforge.diagnostics import Watch
 from ganforge.distributed import broadcast_buffers, make_accelerator
 from ganforge.errors import DataError, GanforgeError, PluginError, RecipeError
-from ganforge.export import export_generator, export_metadata
+from ganforge.outputs import RunOutputs
 from ganforge.plugins import Plugins
 from ganforge.recipe import Recipe
-from ganforge.report import write_report
-from ganforge.runfiles import append_jsonl, cut_jsonl, save_grid, save_scatter, write_text
+from ganforge.runfiles import append_jsonl, cut_jsonl, write_text
 from ganforge.runfiles import read_metrics as read_metrics  # re-exported: its old home
 from ganforge.stopping import CtrlC, interrupted, too_many_skipped
+from ganforge.updates import build_optimizer, non_finite, total_norm
 
 
 @dataclass(frozen=True)
@@ -69,54 +69,7 @@ class Phase:
     fake: CriticOutput | None = None
 
 
-def build_optimizer(params, config: dict[str, Any]) -> torch.optim.Optimizer:
-    kind = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[config["name"]]
-    # Fused Adam accepts a device-side `found_inf` flag, so a non-finite step is skipped
-    # without the host reading anything back (no synchronisation inside the step).
-    return kind(
-        params,
-        lr=config["lr"],
-        betas=tuple(config["betas"]),
-        eps=config["eps"],
-        weight_decay=config["weight_decay"],
-        fused=True,
-    )
-
-
-def _total_norm(grads: list[torch.Tensor]) -> torch.Tensor:
-    """The 2-norm of all gradients together, in float32, as a device tensor (no host read).
-
-    ``torch.nn.utils.get_total_norm`` without its grouping by device and dtype: a GAN's
-    models each live on one device, and per step the grouping cost more than the norms on a
-    launch-bound model.
-    """
-    if not grads:
-        return torch.zeros(())
-    if len({g.dtype for g in grads}) > 1:
-        grads = [g.float() for g in grads]
-    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)), dtype=torch.float32)
-
-
-def _non_finite(tensors: list[torch.Tensor], one: torch.Tensor) -> torch.Tensor:
-    """1.0 if any element of ``tensors`` is infinite or NaN, else 0.0 (a 0-d device tensor).
-
-    One fused kernel per dtype (the loss scaler's check, unscaling by exactly 1, which changes
-    nothing): on steps that log no gradient norm it replaces the norm as the check.
-    """
-    found = torch.zeros((), device=one.device)
-    dtype = tensors[0].dtype
-    if all(t.dtype == dtype for t in tensors):
-        torch._amp_foreach_non_finite_check_and_unscale_(tensors, found, one)
-        return found
-    groups: dict[torch.dtype, list[torch.Tensor]] = {}
-    for t in tensors:
-        groups.setdefault(t.dtype, []).append(t)
-    for group in groups.values():
-        torch._amp_foreach_non_finite_check_and_unscale_(group, found, one)
-    return found
-
-
-class Trainer:
+class Trainer(RunOutputs):
     """Builds a run from a validated recipe and trains it."""
 
     def __init__(self, recipe: Recipe, plugins: Plugins, accelerator=None):
@@ -284,11 +237,11 @@ class Trainer:
         """The critic has a class head exactly when the loss trains one, checked on two real
         images before training (eval mode: no statistics or power iterations move)."""
         uses = bool(getattr(self.loss, "uses_class_logits", False))
-        x = torch.from_numpy(np.asarray(self.data.images[:2])).to(self.acc.device)
+        x = torch.from_numpy(np.array(self.data.images[:2])).to(self.acc.device)  # a copy
         x = x.float().div(127.5).sub(1) if x.dtype == torch.uint8 else x.float()
         y = None
         if self.num_classes:
-            y = torch.from_numpy(np.asarray(self.data.labels[:2])).to(self.acc.device)
+            y = torch.from_numpy(np.array(self.data.labels[:2])).to(self.acc.device)
         critic = self.discriminator
         was_training = critic.training
         critic.eval()
@@ -446,10 +399,10 @@ class Trainer:
         params = [p for p in params if p.grad is not None]
         grads = [p.grad for p in params]
         if measure or self.grad_clip > 0:
-            norm = _total_norm(grads)
+            norm = total_norm(grads)
             found_inf = (~torch.isfinite(norm + loss.detach())).float()
         else:  # one fused check instead of the norm's three kernels
-            norm, found_inf = None, _non_finite([*grads, loss.detach()], self._one)
+            norm, found_inf = None, non_finite([*grads, loss.detach()], self._one)
         if self.acc.num_processes > 1:
             torch.distributed.all_reduce(found_inf, op=torch.distributed.ReduceOp.MAX)
         if self.grad_clip > 0:
@@ -554,42 +507,6 @@ class Trainer:
         acc.end_training()
         return export_path
 
-    def _write_report(self) -> Path | None:
-        """``curves.png`` and ``report.html`` (a few PNG reads); a failure to write them is a
-        warning, not a lost run: the export and checkpoint are already on disk."""
-        try:
-            return write_report(self.run_dir)
-        except OSError as err:
-            self.acc.print(f"ganforge: warning: no report written: {err}")
-            return None
-
-    def _print_summary(
-        self,
-        wall_s: float,
-        first_step: int,
-        images: int,
-        export_path: Path | None,
-        report_path: Path | None,
-    ) -> None:
-        samples = self.run_dir / "samples"
-        text = summary(
-            wall_s=wall_s,
-            first_step=first_step,
-            last_step=self.step,
-            images=images,
-            last_log=self.last_log,
-            last_eval=self.last_eval,
-            paths={
-                "export": export_path,
-                "samples": samples if any(samples.glob("*.png")) else None,
-                "metrics": self.run_dir / "metrics.jsonl",
-                "curves": report_path and report_path.with_name("curves.png"),
-                "report": report_path,
-                "tracker logs": tracking.local_logs(self.acc, self.run_dir),
-            },
-        )
-        self.acc.print(text)
-
     def _prepare_run_dir(self) -> None:
         try:
             (self.run_dir / "samples").mkdir(parents=True, exist_ok=True)
@@ -642,104 +559,6 @@ class Trainer:
             "kimg": self.step * self.n_critic * self.batch_size / 1000,
         }
 
-    def _sampling_inputs(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The fixed latent batch (and labels, a row per class) every sample grid uses."""
-        count = self.recipe.get("train.sample_count")
-        rng = torch.Generator().manual_seed(self.seed + 2**31 - 1)  # never the training stream
-        z = sample_latents(self.generator, count, rng, self.acc.device)
-        y = grid_labels(count, self.num_classes).to(self.acc.device) if self.num_classes else None
-        return z, y
-
-    @property
-    def sampling_generator(self) -> nn.Module:
-        """What samples and the export come from: the EMA generator when enabled, else G."""
-        return self.ema.module if self.ema is not None else self.generator
-
-    @torch.no_grad()
-    def generate(self, z: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
-        """Samples in eval mode, leaving every training state untouched."""
-        generator = self.sampling_generator
-        was_training = generator.training
-        generator.eval()  # batch-norm running statistics are read, not updated
-        try:
-            return generator(z, y)
-        finally:
-            generator.train(was_training)
-
-    def save_samples(self) -> Path:
-        """A grid of the fixed latent batch (a scatter plot over the data for point data)."""
-        z, y = self._sampling_inputs()
-        samples = self.generate(z, y)
-        path = self.run_dir / "samples" / f"step_{self.step:06d}.png"
-        if not self.data.is_image:
-            reference = torch.from_numpy(np.asarray(self.data.images[: 4 * len(z)]))
-            return save_scatter(path, samples, reference)
-        nrow = max(len(z) // self.num_classes, 1) if self.num_classes else None
-        return save_grid(path, samples, nrow)
-
-    def evaluate(self) -> dict[str, float] | None:
-        """The ``[eval]`` metrics of the sampling generator now (every process contributes
-        samples; the main process gets the values, the others None).
-
-        Samples come from their own seeded streams, in eval mode: no training state moves.
-        """
-        from ganforge import evaluation
-
-        cfg, acc = self.recipe.section("eval"), self.acc
-        if self._evaluation is None:
-            self._evaluation = self._prepare_evaluation()
-        # Every process samples with the main one's batch-norm statistics, as the export will
-        # (running statistics never enter a train-mode forward: training is unchanged).
-        self.sync_buffers()
-        per_process = -(-cfg["num"] // acc.num_processes)
-        batches = evaluation.generated_batches(
-            lambda z, y: self.generate(z, None if y is None else y.to(acc.device)),
-            lambda n, rng: sample_latents(self.generator, n, rng, acc.device),
-            per_process,
-            self.num_classes,
-            seed=self.seed + 1_000_003 * (acc.process_index + 1),
-        )
-        fake = self._evaluation.features_of(batches, keep_samples=not self.data.is_image)
-        fake = evaluation.gather(fake, acc, cfg["num"])
-        return self._evaluation.score(fake) if acc.is_main_process else None
-
-    def _prepare_evaluation(self):
-        """The ``[eval]`` extractor, metrics and real-data features, built before training so
-        that a missing weight file or an impossible metric stops the run at once."""
-        from ganforge import evaluation
-
-        cfg, acc = self.recipe.section("eval"), self.acc
-        # The main process first: an extractor trained or converted at first use is written
-        # to the cache once, and the other processes read it.
-        with acc.main_process_first():
-            prepared = evaluation.prepare(
-                self.registry,
-                self.data,
-                self.data_source.fingerprint,
-                self.data_source.metadata,
-                num=cfg["num"],
-                extractor=cfg["extractor"] or None,
-                extractor_options=cfg["extractor_options"],
-                metrics=cfg["metrics"] or None,
-                conditional=self.num_classes > 0,
-                device=acc.device,
-                seed=self.seed,
-                with_real=acc.is_main_process,
-            )
-        if prepared.ceiling:
-            shown = ", ".join(f"{k} {v:.4g}" for k, v in prepared.ceiling.items())
-            acc.print(f"ganforge: eval of held-out real data (the ceiling): {shown}")
-        return prepared
-
-    def log_evaluation(self) -> None:
-        values = self.evaluate()
-        if values is not None:
-            record = {"step": self.step, **{f"eval/{k}": v for k, v in values.items()}}
-            append_jsonl(self.run_dir / "metrics.jsonl", record)
-            self.plugins.log(self.info, self.step, record)
-            tracking.log(self.acc, record)
-            self.last_eval = record
-
     def sync_buffers(self) -> None:
         """Give every process the main process's buffers (batch-norm statistics, regularizers'
         running means).
@@ -757,25 +576,3 @@ class Trainer:
         if path is not None:
             self.plugins.checkpoint(self.info, self.step, str(path))
         return path
-
-    def export_metadata(self) -> dict[str, Any]:
-        """What an export of the sampling generator says about itself (``export.py``)."""
-        return export_metadata(
-            self.sampling_generator,
-            self.registry.get("generator", self.g_spec.name),
-            dict(self.g_spec.kwargs),
-            channels=self.data.channels,
-            resolution=self.data.resolution,
-            num_classes=self.num_classes,
-            class_names=list(self.data.class_names)
-            if self.num_classes and self.data.class_names
-            else None,
-            ema=self.ema is not None,
-            recipe_toml=self.recipe.to_toml(),
-            step=self.step,
-        )
-
-    def export(self) -> Path:
-        """Write ``RUN_DIR/generator.safetensors``: the sampling generator and its metadata."""
-        path = self.run_dir / "generator.safetensors"
-        return export_generator(path, self.sampling_generator, self.export_metadata())

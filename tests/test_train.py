@@ -116,6 +116,7 @@ def test_labels_travel_from_data_to_both_models(tiny):
         extra=[("stub", StubPlugin())],
     )
     assert trainer.num_classes == 3
+    trainer.D.seen.clear()  # the class-head check before training called D once, in eval mode
     sampler_state = trainer.sampler.state_dict()
     trainer.train_step(0)
     trainer.sampler.load_state_dict(sampler_state)
