@@ -16,23 +16,28 @@ from ganforge.errors import INTERRUPTED, NON_FINITE, TrainingStopped
 
 
 class CtrlC:
-    """While training, the first Ctrl-C (SIGINT) asks for a stop after the current step.
+    """While training, the first Ctrl-C (SIGINT) asks for a stop at a step boundary.
 
     A KeyboardInterrupt in the middle of a step would leave D updated and G not, so the handler
     only sets :attr:`requested`; the loop finishes the step, writes a checkpoint and raises
-    :func:`interrupted`. A second Ctrl-C raises KeyboardInterrupt at once (no checkpoint).
+    :func:`interrupted`.
 
-    Only for a single process (``enabled``): processes receive the signal at different steps,
-    and agreeing on one would need a synchronisation in every step. In a multi-process launch
-    Ctrl-C ends the processes as before and the run resumes from its newest checkpoint. The
-    handler is also left alone outside the main thread or when someone else installed one.
+    - One process: the stop comes after the current step. A second Ctrl-C raises
+      KeyboardInterrupt at once (no checkpoint).
+    - Several processes: each receives the signal at its own step, so the processes agree on
+      the stop at the next step where the loop reads values anyway (logged and checkpoint
+      steps: ``Trainer._stop_requested``), and write the checkpoint there together. Later
+      signals are ignored, because the launcher forwards the same Ctrl-C to every process; it
+      ends them itself 30 s later (torchrun's grace period).
+
+    The handler is left alone outside the main thread or when someone else installed one.
     """
 
-    def __init__(self, enabled: bool):
+    def __init__(self, processes: int = 1, announce: bool = True):
         self.requested = False
+        self.processes, self.announce = processes, announce
         self.enabled = (
-            enabled
-            and threading.current_thread() is threading.main_thread()
+            threading.current_thread() is threading.main_thread()
             and signal.getsignal(signal.SIGINT) is signal.default_int_handler
         )
 
@@ -46,20 +51,27 @@ class CtrlC:
             signal.signal(signal.SIGINT, signal.default_int_handler)
 
     def _handle(self, signum, frame) -> None:
-        self.requested = True
-        signal.signal(signal.SIGINT, signal.default_int_handler)  # the next one stops at once
-        print(
-            "\nganforge: Ctrl-C: stopping after this step with a checkpoint "
-            "(Ctrl-C again to stop now, without one)",
-            file=sys.stderr,
-            flush=True,
-        )
+        first, self.requested = not self.requested, True
+        if self.processes == 1:
+            signal.signal(signal.SIGINT, signal.default_int_handler)  # the next one stops at once
+            message = (
+                "stopping after this step with a checkpoint (Ctrl-C again to stop now, without one)"
+            )
+        else:
+            message = (
+                "the processes stop together at the next logged or checkpoint step "
+                "(train.log_every) and write a checkpoint there"
+            )
+        if first and self.announce:
+            print(f"\nganforge: Ctrl-C: {message}", file=sys.stderr, flush=True)
 
 
 def interrupted(step: int, checkpoint: Path | None) -> TrainingStopped:
-    """The stop after Ctrl-C, once the checkpoint of ``step`` is written."""
+    """The stop after Ctrl-C, once the checkpoint of ``step`` is written (``checkpoint`` is
+    None on the processes other than the main one, which writes it)."""
+    wrote = checkpoint or f"the checkpoint of step {step} (the main process writes it)"
     return TrainingStopped(
-        f"interrupted at step {step}; wrote {checkpoint}; run the same command again to "
+        f"interrupted at step {step}; wrote {wrote}; run the same command again to "
         "continue from it",
         INTERRUPTED,
     )

@@ -459,7 +459,7 @@ class Trainer(RunOutputs):
         last_time, last_step = time.perf_counter(), self.step
         started, first_step, watch = last_time, self.step, Watch()
         eval_every, save_every = self.recipe.get("eval.every"), train["checkpoint_every"]
-        with bar, CtrlC(enabled=acc.num_processes == 1) as ctrl_c:
+        with bar, CtrlC(acc.num_processes, announce=main) as ctrl_c:
             while self.step < self.steps:
                 upcoming = self.step + 1
                 logging = upcoming % train["log_every"] == 0 or upcoming == self.steps
@@ -491,8 +491,8 @@ class Trainer(RunOutputs):
                 if eval_every and (self.step % eval_every == 0 or self.step == self.steps):
                     self.log_evaluation()
                 checkpoint = self.save_checkpoint() if saving else None
-                if ctrl_c.requested:
-                    raise interrupted(self.step, checkpoint or self.save_checkpoint())
+                if self._stop_requested(ctrl_c, logging or saving):
+                    raise interrupted(self.step, checkpoint if saving else self.save_checkpoint())
         self.sync_buffers()
         export_path = self.export() if main else None
         acc.wait_for_everyone()
@@ -506,6 +506,18 @@ class Trainer(RunOutputs):
         tracking.finish(acc)
         acc.end_training()
         return export_path
+
+    def _stop_requested(self, ctrl_c: CtrlC, reading: bool) -> bool:
+        """Whether to stop after this step for Ctrl-C. Several processes decide together, on
+        steps where the loop reads values anyway (``reading``), so that every process writes
+        the same checkpoint: any process that saw Ctrl-C stops them all."""
+        if self.acc.num_processes == 1:
+            return ctrl_c.requested
+        if not reading:
+            return False
+        flag = torch.tensor(float(ctrl_c.requested), device=self.acc.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        return bool(flag.item())
 
     def _prepare_run_dir(self) -> None:
         try:

@@ -5,9 +5,13 @@ launch types the GAN step cannot run are refused."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import socket
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -34,10 +38,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch_two(tmp_path: Path, mixed_precision: str, *args: str):
+def launch_command(mixed_precision: str, *args: str) -> list[str]:
     """Two real CPU ranks from the shipped multi-GPU config (``--cpu`` alone would start one)."""
     launcher = shutil.which("accelerate", path=str(Path(sys.executable).parent))
-    command = [
+    return [
         launcher,
         "launch",
         "--config_file",
@@ -50,6 +54,10 @@ def launch_two(tmp_path: Path, mixed_precision: str, *args: str):
         str(free_port()),
         *args,
     ]
+
+
+def launch_two(tmp_path: Path, mixed_precision: str, *args: str):
+    command = launch_command(mixed_precision, *args)
     return run_command(command, tmp_path, timeout=300, env={"ACCELERATE_USE_CPU": "1"})
 
 
@@ -145,3 +153,53 @@ def test_deepspeed_and_other_unsupported_launches_are_refused_clearly():
         refuse_unsupported(DistributedType.DEEPSPEED, DistributedType)
     with pytest.raises(GanforgeError, match="FSDP launches are not supported"):
         refuse_unsupported(DistributedType.FSDP, DistributedType)
+
+
+@pytest.mark.parametrize("checkpoint_every", [0, 5], ids=["a new checkpoint", "a periodic one"])
+def test_ctrl_c_stops_every_process_at_one_step_with_a_checkpoint(tmp_path, checkpoint_every):
+    # As in a terminal: Ctrl-C reaches the launcher and both processes (one process group),
+    # and the launcher forwards it again. They agree on the next logged step and write one
+    # checkpoint there, which a later run resumes.
+    run = tmp_path / "run"
+    command = launch_command(
+        "no",
+        "-m",
+        "ganforge",
+        str(ROOT / "recipes" / "quickstart.toml"),
+        "generator.width=8",
+        "discriminator.width=8",
+        "train.batch_size=16",
+        "train.steps=100000",
+        "train.log_every=5",
+        f"train.checkpoint_every={checkpoint_every}",
+        f"run.out_dir={run}",
+    )
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "GANFORGE_CACHE_DIR": str(tmp_path / "c")}
+    launch = subprocess.Popen(
+        command,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    metrics = run / "metrics.jsonl"
+    deadline = time.monotonic() + 240
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 2):
+        assert launch.poll() is None and time.monotonic() < deadline, launch.communicate()
+        time.sleep(0.2)
+    os.killpg(launch.pid, signal.SIGINT)
+    out, err = launch.communicate(timeout=120)
+    stopped = [line for line in err.splitlines() if "ganforge: stopped: interrupted" in line]
+    assert len(stopped) == 2, err[-3000:]  # each process, at the same step
+    step = int(stopped[0].split("interrupted at step ")[1].split(";")[0])
+    assert all(f"interrupted at step {step};" in line for line in stopped)
+    assert step % 5 == 0  # a logged step
+    assert sorted(p.name for p in (run / "checkpoints").iterdir())[-1] == f"step_{step:06d}"
+    assert json.loads(metrics.read_text().splitlines()[-1])["step"] == step
+    assert "[rank" not in err  # no process failed (only the launcher reports its signal)
+
+    resumed = launch_two(tmp_path, "no", *command[command.index("-m") :], f"train.steps={step + 5}")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resumed from {run / 'checkpoints' / f'step_{step:06d}'}" in resumed.stdout
