@@ -1,0 +1,204 @@
+"""The recipe schema: every core key with its type, default, role and check.
+
+A key's role says what it affects: ``"model"`` keys shape the networks and ``"optim"`` keys the
+optimisation, so a resumed run may change neither; keys with no role (steps, logging, paths)
+may change on resume. Component tables (``[generator]``, ``[loss]``, ...) list only their core
+keys here; their other keys are the registered factory's keyword arguments
+(``recipe.validate`` binds them to its signature).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ganforge.errors import did_you_mean
+
+REQUIRED = object()
+
+# What a key affects: "model" keys shape the networks, "optim" keys the optimisation; a resumed
+# run may change neither. Keys with no role (steps, logging, paths) may change on resume.
+MODEL, OPTIM = "model", "optim"
+
+
+@dataclass(frozen=True)
+class Key:
+    """One schema key: its type, default, role and an optional extra check."""
+
+    type: type | tuple[type, ...]
+    default: Any = REQUIRED
+    role: str | None = None
+    check: Callable[[Any], str | None] | None = None
+
+
+def positive(value) -> str | None:
+    return None if value > 0 else "must be > 0"
+
+
+def non_negative(value) -> str | None:
+    return None if value >= 0 else "must be >= 0"
+
+
+def one_of(*choices: str) -> Callable[[Any], str | None]:
+    def check(value):
+        return None if value in choices else f"must be one of {', '.join(map(repr, choices))}"
+
+    return check
+
+
+def _betas(value) -> str | None:
+    ok = len(value) == 2 and all(isinstance(b, (int, float)) and 0 <= b < 1 for b in value)
+    return None if ok else "must be two numbers in [0, 1)"
+
+
+OPTIMIZER = {
+    "name": Key(str, "adam", OPTIM, one_of("adam", "adamw")),
+    "lr": Key(float, 2e-4, OPTIM, positive),
+    "betas": Key(list, [0.5, 0.999], OPTIM, _betas),
+    "eps": Key(float, 1e-8, OPTIM, positive),
+    "weight_decay": Key(float, 0.0, OPTIM, non_negative),
+    # Linear decay to 0 at lr_decay_steps, its own horizon: train.steps only says when to stop.
+    "lr_decay": Key(str, "none", OPTIM, one_of("none", "linear")),
+    "lr_decay_start": Key(int, 0, OPTIM, non_negative),
+    "lr_decay_steps": Key(int, 0, OPTIM, non_negative),
+}
+
+#: Accelerate's experiment trackers (``[run] log_with``); each installs as the package of its name.
+TRACKERS = (
+    "tensorboard",
+    "wandb",
+    "mlflow",
+    "aim",
+    "comet_ml",
+    "clearml",
+    "dvclive",
+    "swanlab",
+    "trackio",
+)
+
+
+def _trackers(value) -> str | None:
+    for name in value:
+        if name not in TRACKERS:
+            hint = did_you_mean(str(name), TRACKERS) or f" (one of {', '.join(TRACKERS)})"
+            return f"unknown tracker {name!r}{hint}"
+    return None if len(set(value)) == len(value) else "names a tracker twice"
+
+
+def _tracker_options(value) -> str | None:
+    for name, options in value.items():
+        if name not in TRACKERS:
+            return f"unknown tracker {name!r}{did_you_mean(name, TRACKERS)}"
+        if not isinstance(options, dict):
+            return f"{name} must be a table of that tracker's options"
+    return None
+
+
+#: Core keys per section. Component sections also take their factory's keyword arguments.
+SCHEMA: dict[str, dict[str, Key]] = {
+    "run": {
+        "name": Key(str, "ganforge"),
+        "out_dir": Key(str, ""),
+        "seed": Key(int, 0, OPTIM),
+        "mixed_precision": Key(str, "auto", None, one_of("auto", "no", "fp16", "bf16")),
+        # Experiment trackers (Accelerate's): every logged value and sample grid goes to them.
+        "log_with": Key(list, [], None, _trackers),
+        # Per-tracker constructor options: [run.tracker_options.wandb] entity = "me".
+        "tracker_options": Key(dict, {}, None, _tracker_options),
+    },
+    "data": {
+        "name": Key(str, REQUIRED, MODEL),
+        # Image data needs it; point data (toy 2-D sets) has none and leaves it at 0.
+        "resolution": Key(
+            int, 0, MODEL, lambda v: None if v == 0 or 4 <= v <= 4096 else "must be in 4..4096"
+        ),
+        "conditional": Key(bool, False, MODEL),
+    },
+    "generator": {"name": Key(str, REQUIRED, MODEL)},
+    "discriminator": {"name": Key(str, REQUIRED, MODEL)},
+    "loss": {"name": Key(str, REQUIRED, OPTIM)},
+    "train": {
+        "steps": Key(int, REQUIRED, None, positive),
+        "batch_size": Key(int, 64, OPTIM, positive),
+        "n_critic": Key(int, 1, OPTIM, positive),
+        "grad_clip": Key(float, 0.0, OPTIM, non_negative),
+        "log_every": Key(int, 50, None, positive),
+        "sample_every": Key(int, 500, None, positive),
+        "sample_count": Key(int, 64, None, positive),
+        # Checkpoints every k steps and at the end (0: only at the end); the newest
+        # keep_checkpoints are kept (0: all).
+        "checkpoint_every": Key(int, 1000, None, non_negative),
+        "keep_checkpoints": Key(int, 3, None, non_negative),
+        # "auto": continue from the newest checkpoint in the run directory, if any; "never": a
+        # new run (an earlier one in the folder is moved aside); or a checkpoint or run folder.
+        "resume": Key(str, "auto", None, lambda v: None if v.strip() else "must not be empty"),
+        # A checkpoint or run folder whose weights (not optimizer state) a new run starts from.
+        "init_from": Key(str, ""),
+        # Stop (exit status 3) once this many steps in a row were skipped for a non-finite loss
+        # or gradient (0: never); read at log and checkpoint steps only.
+        "max_skipped_in_a_row": Key(int, 100, None, non_negative),
+        # Speed switches (docs/performance.md). channels_last: models and image batches in
+        # NHWC memory layout (faster convolutions under bf16/fp16 on tensor-core GPUs).
+        "channels_last": Key(bool, False),
+        # CUDA only: TF32 (a 10-bit mantissa) for float32 matmuls and convolutions: "on",
+        # "off", or "auto", PyTorch's default (convolutions yes, matmuls no); and cuDNN's
+        # autotuner (the shapes of a GAN step never change).
+        "tf32": Key(str, "auto", None, one_of("auto", "on", "off")),
+        "cudnn_benchmark": Key(bool, True),
+    },
+}
+SCHEMA["ema"] = {
+    # decay 0 disables the average; sampling and export use it when enabled.
+    "decay": Key(float, 0.0, OPTIM, lambda v: None if 0 <= v < 1 else "must be in [0, 1)"),
+    "warmup_steps": Key(int, 0, OPTIM, non_negative),
+}
+SCHEMA["eval"] = {
+    # Metrics every k steps during training (0: never), on `num` generated samples against
+    # as many real ones; `extractor` empty: the data source's choice, else by kind of data.
+    "every": Key(int, 0, None, non_negative),
+    "num": Key(int, 2000, None, lambda v: None if v >= 10 else "must be >= 10"),
+    "extractor": Key(str, ""),
+}
+SCHEMA["augment"] = {
+    # An augmentation applied to every image the critic sees ("": none). Each transform
+    # applies to each image with probability p: fixed, or adapted as in ADA (starting from p),
+    # moving toward the rate that holds mean(sign(D(real))) at target, every interval steps,
+    # by at most 1 per speed_images real images.
+    "name": Key(str, "", OPTIM),
+    "p": Key(float, 1.0, OPTIM, lambda v: None if 0 <= v <= 1 else "must be in [0, 1]"),
+    "adaptive": Key(bool, False, OPTIM),
+    "target": Key(float, 0.6, OPTIM, lambda v: None if 0 < v < 1 else "must be in (0, 1)"),
+    "interval": Key(int, 4, OPTIM, positive),
+    "speed_images": Key(int, 500_000, OPTIM, positive),
+}
+EVAL_TABLES = ("extractor_options", "metrics")
+REGULARIZER_KEYS = {"every": Key(int, 1, OPTIM, positive)}
+#: Sections whose extra keys go to a registered factory, and the registry kind of each.
+COMPONENT_SECTIONS = {
+    "data": "dataset",
+    "generator": "generator",
+    "discriminator": "discriminator",
+    "loss": "loss",
+    "augment": "augmentation",
+}
+SECTION_ROLES = {
+    "data": MODEL,
+    "generator": MODEL,
+    "discriminator": MODEL,
+    "loss": OPTIM,
+    "augment": OPTIM,
+}
+SECTIONS = (
+    "run",
+    "data",
+    "generator",
+    "discriminator",
+    "loss",
+    "regularizers",
+    "augment",
+    "optim",
+    "ema",
+    "train",
+    "eval",
+)
