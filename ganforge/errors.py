@@ -19,18 +19,20 @@ class DataError(GanforgeError):
 
 
 class TrainingStopped(Exception):
-    """A run stopped before ``train.steps`` for a reason it explains: Ctrl-C, or too many
-    non-finite steps in a row. Not a mistake in the user's input, so it carries its own exit
-    status (:data:`INTERRUPTED`, :data:`NON_FINITE`)."""
+    """A run stopped before ``train.steps`` for a reason it explains: Ctrl-C or SIGTERM, or
+    too many non-finite steps in a row. Not a mistake in the user's input, so it carries its
+    own exit status (:data:`INTERRUPTED`, :data:`TERMINATED`, :data:`NON_FINITE`)."""
 
     def __init__(self, message: str, exit_status: int):
         super().__init__(message)
         self.exit_status = exit_status
 
 
-#: Exit statuses of a stopped run: Ctrl-C (128 + SIGINT, as shells report it), and a run that
-#: gave up after ``train.max_skipped_in_a_row`` non-finite steps.
+#: Exit statuses of a stopped run: Ctrl-C (128 + SIGINT, as shells report it), SIGTERM (128 +
+#: 15: a scheduler preempting the job), and a run that gave up after
+#: ``train.max_skipped_in_a_row`` non-finite steps.
 INTERRUPTED = 130
+TERMINATED = 143
 NON_FINITE = 3
 
 

@@ -1,4 +1,4 @@
-"""Stopping a run early and cleanly: Ctrl-C, and too many non-finite steps in a row.
+"""Stopping a run early and cleanly: Ctrl-C or SIGTERM, and too many non-finite steps in a row.
 
 Both stops raise :class:`~ganforge.errors.TrainingStopped` from the training loop at a step
 boundary, where the state is whole: a checkpoint written there resumes exactly.
@@ -12,68 +12,85 @@ import threading
 from pathlib import Path
 
 from ganforge.checkpoint import list_checkpoints
-from ganforge.errors import INTERRUPTED, NON_FINITE, TrainingStopped
+from ganforge.errors import INTERRUPTED, NON_FINITE, TERMINATED, TrainingStopped
 
 
-class CtrlC:
-    """While training, the first Ctrl-C (SIGINT) asks for a stop at a step boundary.
+class StopSignals:
+    """While training, the first Ctrl-C (SIGINT) or SIGTERM asks for a stop at a step boundary.
 
-    A KeyboardInterrupt in the middle of a step would leave D updated and G not, so the handler
-    only sets :attr:`requested`; the loop finishes the step, writes a checkpoint and raises
-    :func:`interrupted`.
+    SIGTERM is what schedulers (SLURM, Kubernetes) and ``kill`` send before they end a job, so a
+    preempted run keeps its progress the way a Ctrl-C does. A KeyboardInterrupt in the middle of
+    a step would leave D updated and G not, so the handler only sets :attr:`requested`; the
+    loop finishes the step, writes a checkpoint and raises :func:`interrupted`.
 
-    - One process: the stop comes after the current step. A second Ctrl-C raises
-      KeyboardInterrupt at once (no checkpoint).
+    - One process: the stop comes after the current step. A second signal acts at once, as it
+      would without ganforge (Ctrl-C: KeyboardInterrupt; SIGTERM: the process ends), without a
+      checkpoint.
     - Several processes: each receives the signal at its own step, so the processes agree on
       the stop at the next step where the loop reads values anyway (logged and checkpoint
       steps: ``Trainer._stop_requested``), and write the checkpoint there together. Later
-      signals are ignored, because the launcher forwards the same Ctrl-C to every process; it
+      signals are ignored, because the launcher forwards the same signal to every process; it
       ends them itself 30 s later (torchrun's grace period).
 
-    The handler is left alone outside the main thread or when someone else installed one.
+    A signal whose handler someone else installed is left alone, and so is every signal
+    outside the main thread.
     """
 
-    def __init__(self, processes: int = 1, announce: bool = True):
-        self.requested = False
-        self.processes, self.announce = processes, announce
-        self.enabled = (
-            threading.current_thread() is threading.main_thread()
-            and signal.getsignal(signal.SIGINT) is signal.default_int_handler
-        )
+    DEFAULTS = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: signal.SIG_DFL}
+    NAMES = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM"}
 
-    def __enter__(self) -> CtrlC:
-        if self.enabled:
-            signal.signal(signal.SIGINT, self._handle)
+    def __init__(self, processes: int = 1, announce: bool = True):
+        self.requested: signal.Signals | None = None
+        self.processes, self.announce = processes, announce
+        main_thread = threading.current_thread() is threading.main_thread()
+        self.handled = [
+            signum
+            for signum, default in self.DEFAULTS.items()
+            if main_thread and signal.getsignal(signum) is default
+        ]
+
+    def __enter__(self) -> StopSignals:
+        for signum in self.handled:
+            signal.signal(signum, self._handle)
         return self
 
     def __exit__(self, *exc) -> None:
-        if self.enabled:
-            signal.signal(signal.SIGINT, signal.default_int_handler)
+        self._restore()
+
+    def _restore(self) -> None:
+        for signum in self.handled:
+            signal.signal(signum, self.DEFAULTS[signum])
 
     def _handle(self, signum, frame) -> None:
-        first, self.requested = not self.requested, True
+        if self.requested is not None:
+            return  # several processes: the launcher forwarded the same stop
+        self.requested = signal.Signals(signum)
+        name = self.NAMES[self.requested]
         if self.processes == 1:
-            signal.signal(signal.SIGINT, signal.default_int_handler)  # the next one stops at once
+            self._restore()  # the next signal acts at once
             message = (
-                "stopping after this step with a checkpoint (Ctrl-C again to stop now, without one)"
+                f"stopping after this step with a checkpoint ({name} again to stop now, "
+                "without one)"
             )
         else:
             message = (
                 "the processes stop together at the next logged or checkpoint step "
                 "(train.log_every) and write a checkpoint there"
             )
-        if first and self.announce:
-            print(f"\nganforge: Ctrl-C: {message}", file=sys.stderr, flush=True)
+        if self.announce:
+            print(f"\nganforge: {name}: {message}", file=sys.stderr, flush=True)
 
 
-def interrupted(step: int, checkpoint: Path | None) -> TrainingStopped:
-    """The stop after Ctrl-C, once the checkpoint of ``step`` is written (``checkpoint`` is
-    None on the processes other than the main one, which writes it)."""
+def interrupted(
+    step: int, checkpoint: Path | None, signum: signal.Signals | None = signal.SIGINT
+) -> TrainingStopped:
+    """The stop after Ctrl-C or SIGTERM, once the checkpoint of ``step`` is written
+    (``checkpoint`` is None on the processes other than the main one, which writes it)."""
     wrote = checkpoint or f"the checkpoint of step {step} (the main process writes it)"
+    how = "terminated (SIGTERM)" if signum == signal.SIGTERM else "interrupted"
     return TrainingStopped(
-        f"interrupted at step {step}; wrote {wrote}; run the same command again to "
-        "continue from it",
-        INTERRUPTED,
+        f"{how} at step {step}; wrote {wrote}; run the same command again to continue from it",
+        TERMINATED if signum == signal.SIGTERM else INTERRUPTED,
     )
 
 

@@ -38,7 +38,7 @@ from ganforge.plugins import Plugins
 from ganforge.recipe import Recipe
 from ganforge.runfiles import append_jsonl, cut_jsonl, write_text
 from ganforge.runfiles import read_metrics as read_metrics  # re-exported: its old home
-from ganforge.stopping import CtrlC, interrupted, too_many_skipped
+from ganforge.stopping import StopSignals, interrupted, too_many_skipped
 from ganforge.updates import build_optimizer, non_finite, total_norm
 
 
@@ -421,9 +421,9 @@ class Trainer(RunOutputs):
     def fit(self) -> Path | None:
         """Train from the current step to ``train.steps``; return the export path.
 
-        Raises :class:`~ganforge.errors.TrainingStopped` after Ctrl-C (once the checkpoint of
-        the last complete step is written) or after ``train.max_skipped_in_a_row`` skipped
-        steps in a row.
+        Raises :class:`~ganforge.errors.TrainingStopped` after Ctrl-C or SIGTERM (once the
+        checkpoint of the last complete step is written) or after
+        ``train.max_skipped_in_a_row`` skipped steps in a row.
         """
         acc = self.acc
         main = acc.is_main_process
@@ -459,7 +459,7 @@ class Trainer(RunOutputs):
         last_time, last_step = time.perf_counter(), self.step
         started, first_step, watch = last_time, self.step, Watch()
         eval_every, save_every = self.recipe.get("eval.every"), train["checkpoint_every"]
-        with bar, CtrlC(acc.num_processes, announce=main) as ctrl_c:
+        with bar, StopSignals(acc.num_processes, announce=main) as stop:
             while self.step < self.steps:
                 upcoming = self.step + 1
                 logging = upcoming % train["log_every"] == 0 or upcoming == self.steps
@@ -491,8 +491,9 @@ class Trainer(RunOutputs):
                 if eval_every and (self.step % eval_every == 0 or self.step == self.steps):
                     self.log_evaluation()
                 checkpoint = self.save_checkpoint() if saving else None
-                if self._stop_requested(ctrl_c, logging or saving):
-                    raise interrupted(self.step, checkpoint if saving else self.save_checkpoint())
+                if self._stop_requested(stop, logging or saving):
+                    path = checkpoint if saving else self.save_checkpoint()
+                    raise interrupted(self.step, path, stop.requested)
         self.sync_buffers()
         export_path = self.export() if main else None
         acc.wait_for_everyone()
@@ -507,15 +508,15 @@ class Trainer(RunOutputs):
         acc.end_training()
         return export_path
 
-    def _stop_requested(self, ctrl_c: CtrlC, reading: bool) -> bool:
-        """Whether to stop after this step for Ctrl-C. Several processes decide together, on
-        steps where the loop reads values anyway (``reading``), so that every process writes
-        the same checkpoint: any process that saw Ctrl-C stops them all."""
+    def _stop_requested(self, stop: StopSignals, reading: bool) -> bool:
+        """Whether to stop after this step for Ctrl-C or SIGTERM. Several processes decide
+        together, on steps where the loop reads values anyway (``reading``), so that every
+        process writes the same checkpoint: any process that got the signal stops them all."""
         if self.acc.num_processes == 1:
-            return ctrl_c.requested
+            return stop.requested is not None
         if not reading:
             return False
-        flag = torch.tensor(float(ctrl_c.requested), device=self.acc.device)
+        flag = torch.tensor(float(stop.requested is not None), device=self.acc.device)
         torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
         return bool(flag.item())
 

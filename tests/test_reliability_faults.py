@@ -22,7 +22,7 @@ import ganforge.checkpoint
 from conftest import ROOT, tiny_tables
 from ganforge.checkpoint import latest_checkpoint, list_checkpoints, open_checkpoint
 from ganforge.cli import main
-from ganforge.errors import INTERRUPTED, NON_FINITE, TrainingStopped
+from ganforge.errors import INTERRUPTED, NON_FINITE, TERMINATED, TrainingStopped
 from ganforge.recipe import dump_toml
 from ganforge.trainer import Trainer, read_metrics
 
@@ -184,6 +184,35 @@ def test_ctrl_c_through_the_cli_exits_130_and_a_second_one_stops_at_once(
     assert main([recipe]) == 0
     assert "resumed from" in capsys.readouterr().out
     assert [m["step"] for m in read_metrics(tmp_path / "run")] == [1, 2, 3, 4, 5]
+
+
+def test_sigterm_stops_like_ctrl_c_with_exit_143_and_the_run_resumes(tmp_path):
+    # What a scheduler sends before it preempts a job: the step finishes, its checkpoint is
+    # written, and the same command continues the run.
+    recipe = write_recipe(tmp_path, "train.steps=100000", "train.log_every=1")
+    env = {**os.environ, "GANFORGE_CACHE_DIR": str(tmp_path / "cache")}
+    run = subprocess.Popen(
+        [sys.executable, "-m", "ganforge", recipe],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while not (metrics.exists() and metrics.read_text().count("\n") >= 2):
+        assert run.poll() is None and time.monotonic() < deadline, run.communicate()
+        time.sleep(0.1)
+    run.send_signal(signal.SIGTERM)
+    out, err = run.communicate(timeout=60)
+    assert run.returncode == TERMINATED, err[-2000:]
+    assert "SIGTERM: stopping after this step" in err and "Traceback" not in err
+    stopped = err.split("ganforge: stopped: terminated (SIGTERM) at step ")[1]
+    step = int(stopped.split(";")[0])
+    assert [p.name for p in list_checkpoints(tmp_path / "run")] == [f"step_{step:06d}"]
+    assert main([recipe, f"train.steps={step + 2}"]) == 0
+    assert [m["step"] for m in read_metrics(tmp_path / "run")][-2:] == [step + 1, step + 2]
 
 
 def test_a_full_disk_while_checkpointing_is_one_clear_error_and_loses_nothing(
