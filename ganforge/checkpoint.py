@@ -325,13 +325,18 @@ def rng_states(latent_rng: torch.Generator, device: torch.device) -> dict[str, t
 
 def restore_rng(
     states: dict[str, torch.Tensor], latent_rng: torch.Generator, device: torch.device
-) -> None:
+) -> bool:
+    """Give this process its random streams back. False when the latent stream's state is of
+    another kind of generator (a checkpoint from a CPU run resumed on a GPU, or back): that
+    stream is then left for the caller to re-seed."""
     import random
 
     import numpy as np
 
     torch.set_rng_state(states["torch"])
-    latent_rng.set_state(states["latent"])
+    same_kind = states["latent"].numel() == latent_rng.get_state().numel()
+    if same_kind:
+        latent_rng.set_state(states["latent"])
     if "cuda" in states and device.type == "cuda":
         torch.cuda.set_rng_state(states["cuda"], device)
     host = json.loads(bytes(states["host"].tolist()).decode())
@@ -339,6 +344,7 @@ def restore_rng(
     random.setstate((version, tuple(internal), gauss))
     kind, keys, *rest = host["numpy"]
     np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), *rest))
+    return same_kind
 
 
 # --------------------------------------------------------------------------- resume rules

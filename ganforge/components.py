@@ -107,17 +107,19 @@ def latent_shape(generator: nn.Module) -> tuple[int, ...]:
 def sample_latents(
     generator: nn.Module, n: int, rng: torch.Generator, device: torch.device | str = "cpu"
 ) -> torch.Tensor:
-    """Draw ``n`` latents from the generator's declared prior, from ``rng`` only.
+    """Draw ``n`` latents from the generator's declared prior, from ``rng`` only, on the
+    generator's device, then moved to ``device``.
 
-    Latents are drawn on the CPU generator and moved, so the same seed gives the same
-    latents on every device.
+    Sample grids, evaluation and exports draw from CPU generators, so the same seed gives the
+    same latents on every device. Training draws from a generator on the training device: no
+    copy from host memory per step.
     """
     shape = (n, *latent_shape(generator))
     prior = getattr(generator, "latent_prior", "normal")
     if prior == "normal":
-        z = torch.randn(shape, generator=rng)
+        z = torch.randn(shape, generator=rng, device=rng.device)
     elif prior == "uniform":
-        z = torch.rand(shape, generator=rng).mul_(2).sub_(1)
+        z = torch.rand(shape, generator=rng, device=rng.device).mul_(2).sub_(1)
     else:
         raise ValueError(f"unknown latent prior {prior!r}")
     return z.to(device, non_blocking=True)

@@ -142,9 +142,16 @@ def restore(trainer: Trainer, checkpoint: Checkpoint) -> None:
             f"{state['data_size']}: training continues, but not in the original data order"
         )
     rank, world = trainer.acc.process_index, trainer.acc.num_processes
+    reseed = rank + 1 + checkpoint.step * 104729
     if state["world_size"] == world:
         own = strip_prefix(checkpoint.tensors("rng"), f"rank{rank}.")
-        restore_rng(own, trainer.latent_rng, trainer.acc.device)
+        if not restore_rng(own, trainer.latent_rng, trainer.acc.device):
+            warn(
+                f"the checkpoint was written on another kind of device than "
+                f"{trainer.acc.device.type}: the training latents restart from the seed at "
+                f"step {checkpoint.step}"
+            )
+            trainer.latent_rng.manual_seed(trainer.seed * 7919 + reseed)
     else:
         # Per-process streams cannot be mapped onto another number of processes: derive new
         # ones from the seed and step, so the resumed run is still reproducible.
@@ -152,7 +159,7 @@ def restore(trainer: Trainer, checkpoint: Checkpoint) -> None:
             f"the checkpoint was written by {state['world_size']} process(es), this launch has "
             f"{world}: random streams restart from the seed at step {checkpoint.step}"
         )
-        trainer.latent_rng.manual_seed(trainer.seed * 7919 + rank + 1 + checkpoint.step * 104729)
+        trainer.latent_rng.manual_seed(trainer.seed * 7919 + reseed)
         torch.manual_seed(trainer.seed + rank + checkpoint.step * 104729)
     trainer.skipped.fill_(state["skipped_steps"])
     trainer.skipped_in_a_row.fill_(state.get("skipped_in_a_row", 0))  # older checkpoints: none

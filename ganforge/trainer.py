@@ -154,7 +154,9 @@ class Trainer(RunOutputs):
         self.batches = BatchSource(
             self.data, self.sampler, self.acc.device, self.memory_format or torch.contiguous_format
         )
-        self.latent_rng = torch.Generator().manual_seed(self.seed * 7919 + rank + 1)
+        # On the training device: a CPU-drawn batch would be copied from pageable host memory
+        # every step, which can make the host wait for the device.
+        self.latent_rng = torch.Generator(self.acc.device).manual_seed(self.seed * 7919 + rank + 1)
         torch.manual_seed(self.seed + rank)  # dropout and other module randomness
         self.step = 0
         self.skipped = torch.zeros((), device=self.acc.device)

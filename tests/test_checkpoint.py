@@ -132,6 +132,39 @@ def test_a_finished_run_extended_equals_the_longer_run(tiny, uninterrupted):
     assert_same_state(full_state(extended), full_state(uninterrupted))
 
 
+def test_a_latent_stream_from_another_kind_of_device_restarts_from_the_seed(
+    tiny, monkeypatch, capsys
+):
+    # Training latents come from a generator on the training device, whose state is another
+    # kind on a GPU (16 bytes) than on the CPU (5,056 bytes).
+    short = tiny(*EXACT, f"train.steps={N}", "train.checkpoint_every=0")
+    short.fit()
+    resumed = tiny(*EXACT, f"train.steps={N + 1}")
+    expected = resumed.latents(4)
+    saved_elsewhere = {"latent": torch.zeros(16, dtype=torch.uint8)}
+    assert not ganforge.checkpoint.restore_rng(
+        {**rng_of(short), **saved_elsewhere}, resumed.latent_rng, resumed.acc.device
+    )
+
+    real = ganforge.checkpoint.restore_rng
+    monkeypatch.setattr(
+        "ganforge.state.restore_rng",
+        lambda states, rng, device: real({**states, **saved_elsewhere}, rng, device),
+    )
+    again = tiny(*EXACT, f"train.steps={N + 1}")
+    assert "written on another kind of device than cpu" in capsys.readouterr().err
+    assert again.step == N
+    reseeded = again.latents(4)
+    assert not torch.equal(reseeded, expected)  # not the stream the checkpoint held...
+    third = tiny(*EXACT, f"train.steps={N + 1}")
+    assert torch.equal(third.latents(4), reseeded)  # ...but a reproducible one
+    again.fit()
+
+
+def rng_of(trainer) -> dict[str, torch.Tensor]:
+    return ganforge.checkpoint.rng_states(trainer.latent_rng, trainer.acc.device)
+
+
 class RunningMean(torch.nn.Module):
     """A D-phase regularizer with state: a running mean of D(real) in buffers."""
 
