@@ -154,8 +154,8 @@ class Trainer(RunOutputs):
         self.batches = BatchSource(
             self.data, self.sampler, self.acc.device, self.memory_format or torch.contiguous_format
         )
-        # On the training device: a CPU-drawn batch would be copied from pageable host memory
-        # every step, which can make the host wait for the device.
+        # On the training device: drawing on the host costs host time every step (a staged
+        # copy from pageable memory after it), and a CUDA graph can only capture device draws.
         self.latent_rng = torch.Generator(self.acc.device).manual_seed(self.seed * 7919 + rank + 1)
         torch.manual_seed(self.seed + rank)  # dropout and other module randomness
         self.step = 0
