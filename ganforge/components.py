@@ -107,8 +107,8 @@ def latent_shape(generator: nn.Module) -> tuple[int, ...]:
 def sample_latents(
     generator: nn.Module, n: int, rng: torch.Generator, device: torch.device | str = "cpu"
 ) -> torch.Tensor:
-    """Draw ``n`` latents from the generator's declared prior, from ``rng`` only, on the
-    generator's device, then moved to ``device``.
+    """Draw ``n`` latents from the generator's declared prior, from ``rng`` only, on ``rng``'s
+    device, then moved to ``device``.
 
     Sample grids, evaluation and exports draw from CPU generators, so the same seed gives the
     same latents on every device. Training draws from a generator on the training device: no

@@ -160,7 +160,9 @@ class Trainer(RunOutputs):
         torch.manual_seed(self.seed + rank)  # dropout and other module randomness
         self.step = 0
         self.skipped = torch.zeros((), device=self.acc.device)
-        self._one = torch.ones((), device=self.acc.device)  # the non-finite check's unit scale
+        self._one = torch.ones(
+            (), dtype=torch.float32, device=self.acc.device
+        )  # the non-finite check's unit scale
         # Accelerate's no_sync asks its state whether the launch is distributed at every call
         # (~40 µs on a CPU); one process needs no context at all.
         self._no_sync_d = (
@@ -397,23 +399,30 @@ class Trainer(RunOutputs):
         # accumulation; DeepSpeed, FSDP, XLA and Megatron are refused), minus its loss / 1.
         (loss if scaler is None else scaler.scale(loss)).backward()
         if scaler is not None:  # fp16: measure and clip true gradients
-            self.acc.unscale_gradients(optimizer)
+            scaler.unscale_(inner)  # what accelerator.unscale_gradients does under fp16
         params = [p for p in params if p.grad is not None]
         grads = [p.grad for p in params]
-        if measure or self.grad_clip > 0:
-            norm = total_norm(grads)
-            found_inf = (~torch.isfinite(norm + loss.detach())).float()
-        else:  # one fused check instead of the norm's three kernels
-            norm, found_inf = None, non_finite([*grads, loss.detach()], self._one)
+        # One fused check of every gradient element and the loss, whether or not the step
+        # logs: the norm (logged steps, clipping) may overflow where no element does.
+        found_inf = non_finite([*grads, loss.detach()], self._one)
+        norm = total_norm(grads) if measure or self.grad_clip > 0 else None
+        if self.grad_clip > 0:  # clipping by an infinite norm would zero or NaN the update
+            found_inf = torch.maximum(found_inf, (~torch.isfinite(norm)).float())
         if self.acc.num_processes > 1:
             torch.distributed.all_reduce(found_inf, op=torch.distributed.ReduceOp.MAX)
         if self.grad_clip > 0:
             torch.nn.utils.clip_grads_with_norm_(params, self.grad_clip, norm)
-        inner.found_inf = found_inf  # read by the fused step: skip when 1
         if scaler is not None:
+            # GradScaler steps a fused optimizer on its own flag (this rank's gradients only)
+            # and overwrites the optimizer's: fold the core's in (the loss, every rank), so
+            # the optimizer, the EMA and the skip counters skip together.
+            state = scaler._per_optimizer_states[id(inner)]
+            for flag in state["found_inf_per_device"].values():
+                torch.maximum(flag, found_inf.to(flag.device), out=flag)
             scaler.step(inner)
             scaler.update()
         else:
+            inner.found_inf = found_inf  # read by the fused step: skip when 1
             inner.step()
         self.skipped += found_inf
         return norm, found_inf
@@ -493,7 +502,8 @@ class Trainer(RunOutputs):
                 if eval_every and (self.step % eval_every == 0 or self.step == self.steps):
                     self.log_evaluation()
                 checkpoint = self.save_checkpoint() if saving else None
-                if self._stop_requested(stop, logging or saving):
+                # A stop asked for during the last step lets the run finish (export, report).
+                if self.step < self.steps and self._stop_requested(stop, logging or saving):
                     path = checkpoint if saving else self.save_checkpoint()
                     raise interrupted(self.step, path, stop.requested)
         self.sync_buffers()

@@ -39,10 +39,10 @@ def total_norm(grads: list[torch.Tensor]) -> torch.Tensor:
 def non_finite(tensors: list[torch.Tensor], one: torch.Tensor) -> torch.Tensor:
     """1.0 if any element of ``tensors`` is infinite or NaN, else 0.0 (a 0-d device tensor).
 
-    One fused kernel per dtype (the loss scaler's check, unscaling by exactly 1, which changes
-    nothing): on steps that log no gradient norm it replaces the norm as the check.
+    One fused kernel per dtype: the loss scaler's check, unscaling by exactly 1, which changes
+    nothing.
     """
-    found = torch.zeros((), device=one.device)
+    found = torch.zeros((), dtype=torch.float32, device=one.device)  # what fused Adam reads
     dtype = tensors[0].dtype
     if all(t.dtype == dtype for t in tensors):
         torch._amp_foreach_non_finite_check_and_unscale_(tensors, found, one)

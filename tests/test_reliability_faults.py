@@ -186,6 +186,23 @@ def test_ctrl_c_through_the_cli_exits_130_and_a_second_one_stops_at_once(
     assert [m["step"] for m in read_metrics(tmp_path / "run")] == [1, 2, 3, 4, 5]
 
 
+@pytest.mark.usefixtures("terminal_sigint")
+def test_ctrl_c_in_the_last_step_lets_the_run_finish(tmp_path, capsys, monkeypatch):
+    recipe = write_recipe(tmp_path, "train.steps=3", "train.checkpoint_every=0")
+    real_step = Trainer.train_step
+
+    def last_step_then_ctrl_c(self, step, **kwargs):
+        out = real_step(self, step, **kwargs)
+        if step == 2:
+            signal.raise_signal(signal.SIGINT)
+        return out
+
+    monkeypatch.setattr(Trainer, "train_step", last_step_then_ctrl_c)
+    assert main([recipe]) == 0  # training was over: the export and report are written
+    assert (tmp_path / "run" / "generator.safetensors").exists()
+    assert "ganforge: done: steps 0 -> 3" in capsys.readouterr().out
+
+
 def test_sigterm_stops_like_ctrl_c_with_exit_143_and_the_run_resumes(tmp_path):
     # What a scheduler sends before it preempts a job: the step finishes, its checkpoint is
     # written, and the same command continues the run.

@@ -196,8 +196,9 @@ def test_runs_are_deterministic_for_a_seed(tmp_path, tiny):
 
 
 class NaNOnce:
-    """The bce loss, except the D loss of the second call is NaN (``poison="loss"``), or
-    finite with a NaN gradient (``poison="gradient"``: the derivative of sqrt at 0, times 0)."""
+    """The bce loss, except the D loss of the second call is NaN (``poison="loss"``), infinite
+    with finite gradients (``"loss only"``), or finite with a NaN gradient (``"gradient"``: the
+    derivative of sqrt at 0, times 0)."""
 
     needs_real_for_g = False
 
@@ -213,6 +214,8 @@ class NaNOnce:
             return loss
         if self.poison == "loss":
             return loss * float("nan")
+        if self.poison == "loss only":  # an infinite loss whose gradients are all finite
+            return loss + torch.tensor(float("inf"))
         return loss + (real.logits * 0).sum().sqrt()
 
     def g_loss(self, fake, real, y_real, y_fake):
@@ -225,17 +228,28 @@ class NaNPlugin:
         register("nan_once", NaNOnce)
 
 
-@pytest.mark.parametrize("poison", ["loss", "gradient"])
+@pytest.mark.parametrize("poison", ["loss", "loss only", "gradient"])
 @pytest.mark.parametrize("measure", [True, False], ids=["logged step", "unlogged step"])
-def test_a_non_finite_update_is_skipped_and_counted(tiny, poison, measure):
-    # Logged steps check the gradient norm; the others a fused check of every gradient.
+@pytest.mark.parametrize("scaler", [False, True], ids=["", "loss scaler"])
+def test_a_non_finite_update_is_skipped_and_counted(tiny, poison, measure, scaler):
+    # Logged steps also measure the gradient norm; every step checks each gradient and the
+    # loss. Under fp16 the loss scaler steps the optimizer on its own flag, which sees only
+    # gradients: the core's must reach it (a CPU scaler stands in for the GPU's here).
     trainer = tiny(
-        "loss.name=nan_once", f"loss.poison={poison}", "train.steps=3", extra=[("nan", NaNPlugin())]
+        "loss.name=nan_once",
+        f"loss.poison='{poison}'",
+        "train.steps=3",
+        extra=[("nan", NaNPlugin())],
     )
+    if scaler:
+        trainer.acc.scaler = torch.amp.GradScaler("cpu", init_scale=16.0)
     trainer.train_step(0, measure=measure)
     before, opt_before = snapshot(trainer.D), copy.deepcopy(trainer.opt_d.state_dict())
     d, g = trainer.train_step(1, measure=measure)  # the poisoned step
     assert torch.isfinite(d.loss) == (poison == "gradient")
+    assert all(torch.isfinite(p.grad).all() for p in trainer.D.parameters()) == (
+        poison == "loss only"
+    )
     assert (d.grad_norm is not None) == measure
     assert params_equal(snapshot(trainer.D), before, dict(trainer.D.named_parameters()))
     assert str(trainer.opt_d.state_dict()["state"]) == str(opt_before["state"])
