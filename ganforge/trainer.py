@@ -144,6 +144,9 @@ class Trainer(RunOutputs):
             for opt in (self.opt_g, self.opt_d)
         }
         self.optim = optim
+        self._lr_decays = any(
+            optim[m]["lr_decay"] != "none" for m in ("generator", "discriminator")
+        )
         self._check_class_head(loss_spec.name)
         ema = recipe.section("ema")
         self.ema = EMA(self.generator, ema["decay"], ema["warmup_steps"]) if ema["decay"] else None
@@ -311,9 +314,10 @@ class Trainer(RunOutputs):
         clipping needs them: the loop passes it on the steps it does not log.
         """
         conditional = self.num_classes > 0
-        for optimizer, model in ((self.opt_d, "discriminator"), (self.opt_g, "generator")):
-            config = self.optim[model]
-            set_lr(optimizer, config["lr"] * lr_factor(step, config))
+        if self._lr_decays:  # otherwise the rates stay the recipe's (a resume cannot change them)
+            for optimizer, model in ((self.opt_d, "discriminator"), (self.opt_g, "generator")):
+                config = self.optim[model]
+                set_lr(optimizer, config["lr"] * lr_factor(step, config))
         skips = []
         for i in range(self.n_critic):
             real, y_real = self.batches.next(with_labels=conditional)
@@ -330,8 +334,7 @@ class Trainer(RunOutputs):
             fake = generated.detach()
             real_out, fake_out = self.critic(real, y_real), self.critic(fake, y_fake)
             loss = self.loss.d_loss(real_out, fake_out, y_real, y_fake)
-            ctx = RegularizerContext("d", step, self.G, self.critic, real, fake, z, y_real, y_fake)
-            loss, logs = self._regularize(ctx, loss)
+            loss, logs = self._regularize(loss, "d", step, real, fake, z, y_real, y_fake)
             norm, skipped = self._update(self.D, self.opt_d, loss, measure)
             skips.append(skipped)
             if self.augmenter is not None:
@@ -345,8 +348,7 @@ class Trainer(RunOutputs):
             fake_out = self.critic(fake, y_fake)
             real_out = self.critic(real, y_real) if self.loss.needs_real_for_g else None
             loss = self.loss.g_loss(fake_out, real_out, y_real, y_fake)
-            ctx = RegularizerContext("g", step, self.G, self.critic, real, fake, z, y_real, y_fake)
-            loss, logs = self._regularize(ctx, loss)
+            loss, logs = self._regularize(loss, "g", step, real, fake, z, y_real, y_fake)
             norm, skipped = self._update(self.G, self.opt_g, loss, measure)
             skips.append(skipped)
             g = Phase(loss.detach(), norm, skipped, logs)
@@ -366,11 +368,15 @@ class Trainer(RunOutputs):
         for p in self._critic_params:
             p.requires_grad_(enabled)
 
-    def _regularize(self, ctx: RegularizerContext, loss: torch.Tensor):
+    def _regularize(self, loss: torch.Tensor, phase: str, step: int, *tensors):
+        """``loss`` plus the phase's regularizer terms due at ``step``, and their logs."""
         logs: dict[str, torch.Tensor] = {}
+        ctx = None
         for name, every, regularizer in self.regularizers:
-            if regularizer.phase != ctx.phase or ctx.step % every:
+            if regularizer.phase != phase or step % every:
                 continue
+            if ctx is None:  # built only when a term is due (launch-bound steps feel it)
+                ctx = RegularizerContext(phase, step, self.G, self.critic, *tensors)
             term, reg_logs = regularizer(ctx)
             loss = loss + every * term  # lazy regularization keeps the term's average weight
             logs[name] = term.detach()
@@ -400,8 +406,7 @@ class Trainer(RunOutputs):
         (loss if scaler is None else scaler.scale(loss)).backward()
         if scaler is not None:  # fp16: measure and clip true gradients
             scaler.unscale_(inner)  # what accelerator.unscale_gradients does under fp16
-        params = [p for p in params if p.grad is not None]
-        grads = [p.grad for p in params]
+        grads = [p.grad for p in params if p.grad is not None]
         # One fused check of every gradient element and the loss, whether or not the step
         # logs: the norm (logged steps, clipping) may overflow where no element does.
         found_inf = non_finite([*grads, loss.detach()], self._one)
@@ -411,7 +416,9 @@ class Trainer(RunOutputs):
         if self.acc.num_processes > 1:
             torch.distributed.all_reduce(found_inf, op=torch.distributed.ReduceOp.MAX)
         if self.grad_clip > 0:
-            torch.nn.utils.clip_grads_with_norm_(params, self.grad_clip, norm)
+            torch.nn.utils.clip_grads_with_norm_(
+                [p for p in params if p.grad is not None], self.grad_clip, norm
+            )
         if scaler is not None:
             # GradScaler steps a fused optimizer on its own flag (this rank's gradients only)
             # and overwrites the optimizer's: fold the core's in (the loss, every rank), so
