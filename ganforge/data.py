@@ -204,6 +204,11 @@ class ShardedSampler:
         self.epoch, self.offset = int(state["epoch"]), int(state["offset"])
 
 
+def to_model_range(x: torch.Tensor) -> torch.Tensor:
+    """Samples as the models see them: uint8 images as floats in [-1, 1], points as floats."""
+    return x.float().div_(127.5).sub_(1.0) if x.dtype == torch.uint8 else x.float()
+
+
 class BatchSource:
     """Gathers uint8 batches (and labels) from a store; conversion happens on the device."""
 
@@ -250,8 +255,7 @@ class BatchSource:
         x = self._gather(idx)
         if self.memory_format is not torch.contiguous_format:  # on the uint8 copy: 4× less
             x = x.contiguous(memory_format=self.memory_format)
-        if x.dtype == torch.uint8:  # .float() keeps the memory format
-            x = x.float().div_(127.5).sub_(1.0)
+        x = to_model_range(x)  # .float() keeps the memory format
         if not with_labels:
             return x, None
         return x, self.labels.index_select(0, idx).to(self.device, non_blocking=True)

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from ganforge.data import ImageData, cache_root
+from ganforge.data import ImageData, cache_root, to_model_range
 from ganforge.errors import GanforgeError, RecipeError
 from ganforge.registry import Registry
 from ganforge.runfiles import atomic_write
@@ -136,7 +136,7 @@ def real_batches(data: ImageData, indices: np.ndarray, batch: int):
     for start in range(0, len(indices), batch):
         idx = np.sort(indices[start : start + batch])
         x = torch.from_numpy(np.asarray(data.images[idx]))
-        x = x.float().div(127.5).sub(1) if x.dtype == torch.uint8 else x.float()
+        x = to_model_range(x)
         y = torch.from_numpy(np.asarray(data.labels[idx])) if data.labels is not None else None
         yield x, y
 

@@ -29,7 +29,14 @@ from ganforge.components import (
     as_critic_output,
     sample_latents,
 )
-from ganforge.data import BatchSource, DataSource, ImageData, ShardedSampler, open_store
+from ganforge.data import (
+    BatchSource,
+    DataSource,
+    ImageData,
+    ShardedSampler,
+    open_store,
+    to_model_range,
+)
 from ganforge.diagnostics import Watch
 from ganforge.distributed import broadcast_buffers, make_accelerator
 from ganforge.errors import DataError, GanforgeError, PluginError, RecipeError
@@ -244,8 +251,7 @@ class Trainer(RunOutputs):
         """The critic has a class head exactly when the loss trains one, checked on two real
         images before training (eval mode: no statistics or power iterations move)."""
         uses = bool(getattr(self.loss, "uses_class_logits", False))
-        x = torch.from_numpy(np.array(self.data.images[:2])).to(self.acc.device)  # a copy
-        x = x.float().div(127.5).sub(1) if x.dtype == torch.uint8 else x.float()
+        x = to_model_range(torch.from_numpy(np.array(self.data.images[:2]))).to(self.acc.device)
         y = None
         if self.num_classes:
             y = torch.from_numpy(np.array(self.data.labels[:2])).to(self.acc.device)

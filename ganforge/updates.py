@@ -43,10 +43,6 @@ def non_finite(tensors: list[torch.Tensor], one: torch.Tensor) -> torch.Tensor:
     nothing.
     """
     found = torch.zeros((), dtype=torch.float32, device=one.device)  # what fused Adam reads
-    dtype = tensors[0].dtype
-    if all(t.dtype == dtype for t in tensors):
-        torch._amp_foreach_non_finite_check_and_unscale_(tensors, found, one)
-        return found
     groups: dict[torch.dtype, list[torch.Tensor]] = {}
     for t in tensors:
         groups.setdefault(t.dtype, []).append(t)
