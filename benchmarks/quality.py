@@ -84,11 +84,16 @@ def digits_evaluation(num: int, metrics: dict | None = None):
 
 
 def export_features(evaluation, export: Path, num: int):
-    """Features of ``num`` samples of an exported generator (seed 0, every class in turn)."""
+    """Features of ``num`` samples of an exported generator (seed 0; classes drawn uniformly,
+    clusters with their share of the data)."""
     generator, info = load_generator(export)
-    classes = info.num_classes
     batches = generated_batches(
-        lambda z, y: generator(z, y), lambda n, rng: latents_from(info, n, rng), num, classes, 0
+        lambda z, y: generator(z, y),
+        lambda n, rng: latents_from(info, n, rng),
+        num,
+        info.num_classes,
+        0,
+        prior=info.label_prior,
     )
     return evaluation.features_of(batches, keep_samples=False)
 

@@ -9,6 +9,8 @@
   ``<model>.<param index>.<name>``;
 - ``rng.safetensors``: every process's random states (``rank<r>.<stream>``, uint8), gathered
   by the main process;
+- ``data.safetensors``, with ``data.clusters`` only: the cluster of every sample
+  (``cluster_labels``), so that a resume trains on the same clusters;
 - ``state.json``: step, sampler state, skipped steps, the loss scaler, the optimizers'
   non-tensor state, the resolved recipe, what an export needs, and the size and SHA-256 of
   every file above, so a damaged checkpoint is detected before anything is loaded from it.
@@ -85,6 +87,8 @@ class Checkpoint:
 
 #: The files of a checkpoint, and the keys (with their JSON types) of its state.json.
 FILES = ("models.safetensors", "optimizers.safetensors", "rng.safetensors")
+#: Written when the run has them: the clusters of data.clusters.
+OPTIONAL_FILES = ("data.safetensors",)
 REQUIRED = {
     "format_version": int,
     "step": int,
@@ -121,9 +125,11 @@ def open_checkpoint(path: str | Path) -> Checkpoint:
     wrong = [k for k, kind in REQUIRED.items() if not isinstance(state.get(k), kind)]
     if wrong:
         raise CheckpointError(f"{path / STATE_FILE} is damaged: bad or missing {', '.join(wrong)}")
-    if sorted(state["files"]) != sorted(FILES):
+    listed = set(state["files"])
+    if not set(FILES) <= listed or not listed <= set(FILES + OPTIONAL_FILES):
         raise CheckpointError(
             f"{path / STATE_FILE} is damaged: it does not list {', '.join(FILES)}"
+            f" (and nothing but {', '.join(OPTIONAL_FILES)} beside them)"
         )
     for name, expected in state["files"].items():
         file = path / name

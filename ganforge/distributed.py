@@ -75,6 +75,15 @@ def broadcast_buffers(modules: Iterable[nn.Module], accelerator) -> None:
             torch.distributed.broadcast(buffer, src=0)
 
 
+def broadcast_from_main(tensor: torch.Tensor, accelerator) -> torch.Tensor:
+    """The main process's ``tensor`` on every process (on the CPU, as given)."""
+    if accelerator.num_processes == 1:
+        return tensor
+    sent = tensor.to(accelerator.device)
+    torch.distributed.broadcast(sent, src=0)
+    return sent.cpu()
+
+
 def gather_rank_states(
     local: dict[str, torch.Tensor], accelerator
 ) -> dict[str, torch.Tensor] | None:

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from ganforge.clusters import draw_labels
 from ganforge.data import ImageData, cache_root, to_model_range
 from ganforge.errors import GanforgeError, RecipeError
 from ganforge.registry import Registry
@@ -277,15 +278,17 @@ def generated_batches(
     num_classes: int,
     seed: int,
     batch: int = 250,
+    prior: list[float] | None = None,
 ):
     """``num`` generated samples in batches, from their own seeded streams (no training RNG).
 
-    Conditional generators get labels drawn uniformly over the classes.
+    Conditional generators get labels drawn uniformly over the classes, or with ``prior``
+    (a self-conditioned generator's clusters, with their share of the data).
     """
     rng = torch.Generator().manual_seed(seed + 12345)
     for start in range(0, num, batch):
         n = min(batch, num - start)
-        y = torch.randint(0, num_classes, (n,), generator=rng) if num_classes else None
+        y = draw_labels(n, num_classes, prior, rng) if num_classes else None
         z = latents(n, rng)
         x = generate(z, y)
         if x.dim() == 4:  # images are scored as saved: clamped and on the 8-bit grid of the data

@@ -44,6 +44,7 @@ def export_metadata(
     ema: bool,
     recipe_toml: str,
     step: int,
+    label_prior: list[float] | None = None,
 ) -> dict[str, Any]:
     return {
         "format_version": FORMAT_VERSION,
@@ -65,6 +66,9 @@ def export_metadata(
         ),
         "num_classes": num_classes,
         "class_names": class_names,
+        # Clusters (data.clusters): each one's share of the data, what sampling draws them
+        # with. None for classes, which are drawn uniformly unless chosen.
+        "label_prior": label_prior,
         "ema": ema,
         "supports_truncation": bool(getattr(generator, "supports_truncation", False)),
         "step": step,
@@ -123,6 +127,7 @@ class GeneratorInfo:
     resolution: int
     num_classes: int
     class_names: list[str] | None
+    label_prior: list[float] | None  # self-conditioned generators: the clusters' shares
     ema: bool
     step: int
     supports_truncation: bool
@@ -143,11 +148,21 @@ class GeneratorInfo:
             resolution=int(output["resolution"]),
             num_classes=int(meta["num_classes"]),
             class_names=meta.get("class_names"),
+            label_prior=_label_prior(meta.get("label_prior"), int(meta["num_classes"])),
             ema=bool(meta["ema"]),
             step=int(meta["step"]),
             supports_truncation=bool(meta.get("supports_truncation", False)),
             metadata=meta,
         )
+
+
+def _label_prior(prior, num_classes: int) -> list[float] | None:
+    if prior is None:
+        return None
+    values = [float(p) for p in prior]
+    if len(values) != num_classes or min(values) < 0 or abs(sum(values) - 1) > 1e-6:
+        raise ValueError(f"label_prior: {num_classes} shares summing to 1")
+    return values
 
 
 class ExportError(GanforgeError):
@@ -181,8 +196,10 @@ def read_export(path: str | Path) -> tuple[dict[str, torch.Tensor], GeneratorInf
         raise ExportError(f"{path} is damaged: its weights do not match their checksum")
     try:
         info = GeneratorInfo.from_metadata(meta)
-    except (KeyError, TypeError, ValueError) as err:
+    except KeyError as err:
         raise ExportError(f"{path} has incomplete ganforge metadata: missing {err}") from None
+    except (TypeError, ValueError) as err:
+        raise ExportError(f"{path} has damaged ganforge metadata: {err}") from None
     return tensors, info
 
 

@@ -45,8 +45,8 @@ def ganforge_register_generators(register: Register) -> None:
     ``(B, channels, resolution, resolution)``. It declares ``latent_shape: tuple[int, ...]``
     (without the batch dimension) and ``latent_prior: str`` (``"normal"`` or ``"uniform"``),
     and may declare ``supports_truncation = True`` to accept ``truncation=ψ``.
-    ``num_classes`` is 0 for unconditional runs; pass ``conditional=True`` to ``register`` for a
-    generator that uses ``y``.
+    ``num_classes`` is 0 for unconditional runs (the classes, or ``data.clusters``, otherwise);
+    pass ``conditional=True`` to ``register`` for a generator that uses ``y``.
     """
 
 
@@ -76,7 +76,7 @@ def ganforge_register_losses(register: Register) -> None:
     that head, and that a critic with one is trained by a loss that uses it (an untrained head's
     parameters would stop a multi-process run). ``register(..., conditional=True)`` declares a
     loss that needs class labels, which the recipe check then requires
-    (``data.conditional = true``).
+    (``data.conditional = true``, or cluster indices with ``data.clusters``).
     """
 
 

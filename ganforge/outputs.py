@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ganforge import tracking
+from ganforge.clusters import draw_labels
 from ganforge.components import grid_labels, sample_latents
 from ganforge.diagnostics import summary
 from ganforge.export import export_generator, export_metadata
@@ -64,12 +65,18 @@ class RunOutputs:
         self.acc.print(text)
 
     def _sampling_inputs(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The fixed latent batch (and labels, a row per class) every sample grid uses."""
+        """The fixed latent batch (and labels: a row per class, or clusters drawn as the data
+        has them) every sample grid uses."""
         count = self.recipe.get("train.sample_count")
         rng = torch.Generator().manual_seed(self.seed + 2**31 - 1)  # never the training stream
         z = sample_latents(self.generator, count, rng, self.acc.device)
-        y = grid_labels(count, self.num_classes).to(self.acc.device) if self.num_classes else None
-        return z, y
+        if not self.num_classes:
+            return z, None
+        if self.label_prior is not None:
+            y = draw_labels(count, self.num_classes, self.label_prior, rng)
+        else:
+            y = grid_labels(count, self.num_classes)
+        return z, y.to(self.acc.device)
 
     @property
     def sampling_generator(self) -> nn.Module:
@@ -95,7 +102,8 @@ class RunOutputs:
         if not self.data.is_image:
             reference = torch.from_numpy(np.asarray(self.data.images[: 4 * len(z)]))
             return save_scatter(path, samples, reference)
-        nrow = max(len(z) // self.num_classes, 1) if self.num_classes else None
+        rows = self.num_classes and self.label_prior is None  # a row per class
+        nrow = max(len(z) // self.num_classes, 1) if rows else None
         return save_grid(path, samples, nrow)
 
     def evaluate(self) -> dict[str, float] | None:
@@ -119,6 +127,7 @@ class RunOutputs:
             per_process,
             self.num_classes,
             seed=self.seed + 1_000_003 * (acc.process_index + 1),
+            prior=self.label_prior,
         )
         fake = self._evaluation.features_of(batches, keep_samples=not self.data.is_image)
         fake = evaluation.gather(fake, acc, cfg["num"])
@@ -135,14 +144,15 @@ class RunOutputs:
         with acc.main_process_first():
             prepared = evaluation.prepare(
                 self.registry,
-                self.data,
+                self.loaded_data,  # with the data's own labels (or none), not clusters
                 self.data_source.fingerprint,
                 self.data_source.metadata,
                 num=cfg["num"],
                 extractor=cfg["extractor"] or None,
                 extractor_options=cfg["extractor_options"],
                 metrics=cfg["metrics"] or None,
-                conditional=self.num_classes > 0,
+                # Clusters are not classes of the data: scored as an unconditional model.
+                conditional=self.num_classes > 0 and self.label_prior is None,
                 device=acc.device,
                 seed=self.seed,
                 with_real=acc.is_main_process,
@@ -173,6 +183,7 @@ class RunOutputs:
             class_names=list(self.data.class_names)
             if self.num_classes and self.data.class_names
             else None,
+            label_prior=self.label_prior,
             ema=self.ema is not None,
             recipe_toml=self.recipe.to_toml(),
             step=self.step,

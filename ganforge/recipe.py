@@ -235,8 +235,15 @@ def validate(
             )
     if registry is not None:
         conditional = resolved["data"].get("conditional") is True
+        clusters = resolved["data"].get("clusters")
+        clusters = clusters if isinstance(clusters, int) and clusters > 0 else 0
+        conditioning = "data.conditional = true" if conditional else None
+        if clusters and conditional:
+            problems.append(("data.clusters", "labels or clusters: set data.conditional = false"))
+        elif clusters:
+            conditioning = f"data.clusters = {clusters}"
         for section, kind in COMPONENT_SECTIONS.items():
-            _check_component(section, kind, resolved[section], registry, conditional, problems)
+            _check_component(section, kind, resolved[section], registry, conditioning, problems)
     if problems:
         raise RecipeError(problems, source)
     if not resolved["run"]["out_dir"]:
@@ -355,7 +362,8 @@ def _check_eval(table, registry, problems) -> dict[str, Any]:
     return out
 
 
-def _check_component(section, kind, table, registry, conditional, problems) -> None:
+def _check_component(section, kind, table, registry, conditioning, problems) -> None:
+    """``conditioning`` names the recipe key that makes the run conditional, or is None."""
     name = table.get("name")
     if not isinstance(name, str):
         return  # already reported by the schema check
@@ -368,14 +376,11 @@ def _check_component(section, kind, table, registry, conditional, problems) -> N
     if entry is None:
         problems.append((f"{section}.name", registry.unknown_message(kind, name)))
         return
-    if conditional and kind in ("generator", "discriminator") and not entry.conditional:
+    if conditioning and kind in ("generator", "discriminator") and not entry.conditional:
         problems.append(
-            (
-                f"{section}.name",
-                f"{kind} {name!r} cannot condition on labels, but data.conditional = true",
-            )
+            (f"{section}.name", f"{kind} {name!r} cannot condition on labels, but {conditioning}")
         )
-    if kind == "loss" and entry.conditional and not conditional:
+    if kind == "loss" and entry.conditional and not conditioning:
         problems.append(
             (f"{section}.name", f"loss {name!r} needs class labels: set data.conditional = true")
         )

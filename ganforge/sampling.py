@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ganforge.clusters import draw_labels
 from ganforge.components import grid_labels
 from ganforge.errors import GanforgeError
 from ganforge.export import GeneratorInfo, generate, latents_from, load_generator
@@ -76,7 +77,8 @@ def write_samples(
 
     ``out`` takes one ``.png`` (an image grid, or a scatter plot for point data) or ``.npy``
     (the raw samples, float32); ``out_dir`` one PNG per image. Conditional generators sample
-    every class in turn unless ``label`` names some (comma-separated: a run of samples each).
+    every class in turn unless ``label`` names some (comma-separated: a run of samples each);
+    self-conditioned ones (``data.clusters``) draw clusters with their share of the data.
     """
     if num < 1:
         raise GanforgeError(f"--num must be at least 1, not {num}")
@@ -89,6 +91,9 @@ def write_samples(
     chosen = chosen_classes(label, info)
     if chosen is not None:
         labels, classes = chosen[grid_labels(num, len(chosen))], len(chosen)
+    elif info.label_prior is not None:  # clusters: as the data has them (rows are not classes)
+        rng = torch.Generator().manual_seed(seed + 1)
+        labels, classes = draw_labels(num, info.num_classes, info.label_prior, rng), 0
     elif info.num_classes:
         labels = grid_labels(num, info.num_classes)
     samples = generate(generator, info, num, seed, labels=labels, truncation=truncation).cpu()
@@ -167,12 +172,13 @@ def evaluate_model(
     source, images, eval_cfg = _open_data(data, info, plugins)
     if images.is_image != (info.output == "image") or images.channels != info.channels:
         raise GanforgeError(f"{data} does not look like what the generator makes")
-    if info.num_classes and images.num_classes != info.num_classes:
+    # Clusters are not the data's classes: a self-conditioned model is scored as unconditional.
+    conditional = info.num_classes > 0 and info.label_prior is None
+    if conditional and images.num_classes != info.num_classes:
         raise GanforgeError(
             f"the generator is conditioned on {info.num_classes} classes, {data} has "
             f"{images.num_classes}"
         )
-    conditional = info.num_classes > 0
     chosen = None
     if metrics:
         chosen = {m: eval_cfg.get("metrics", {}).get(m, {}) for m in metrics}
@@ -197,8 +203,9 @@ def evaluate_model(
         lambda z, y: generator(z.to(dev), None if y is None else y.to(dev)),
         lambda n, rng: latents_from(info, n, rng),
         num,
-        info.num_classes if conditional else 0,
+        info.num_classes,
         seed,
+        prior=info.label_prior,
     )
     with torch.no_grad():
         fake = evaluation.features_of(batches, keep_samples=points)

@@ -114,6 +114,11 @@ SCHEMA: dict[str, dict[str, Key]] = {
             int, 0, MODEL, lambda v: None if v == 0 or 4 <= v <= 4096 else "must be in 4..4096"
         ),
         "conditional": Key(bool, False, MODEL),
+        # Self-conditioning: condition G and D on k k-means clusters of the samples instead of
+        # labels (ganforge/clusters.py); 0 is off.
+        "clusters": Key(
+            int, 0, MODEL, lambda v: None if v == 0 or 2 <= v <= 10_000 else "must be 0 or 2..10000"
+        ),
     },
     "generator": {"name": Key(str, REQUIRED, MODEL)},
     "discriminator": {"name": Key(str, REQUIRED, MODEL)},

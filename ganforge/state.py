@@ -90,10 +90,13 @@ def save_checkpoint(trainer: Trainer) -> Path | None:
             "export": trainer.export_metadata(),
             "augment": trainer.augmenter.state_dict() if trainer.augmenter else None,
         }
+        groups = {"models": models, "optimizers": optim_tensors, "rng": rng}
+        if trainer.label_prior is not None:  # data.clusters: the clusters trained on
+            groups["data"] = {"cluster_labels": torch.from_numpy(trainer.data.labels)}
         path = write_checkpoint(
             trainer.run_dir,
             trainer.step,
-            {"models": models, "optimizers": optim_tensors, "rng": rng},
+            groups,
             state,
             keep=trainer.recipe.get("train.keep_checkpoints"),
         )
@@ -141,6 +144,8 @@ def restore(trainer: Trainer, checkpoint: Checkpoint) -> None:
             f"the data has {len(trainer.data)} samples, the checkpoint's had "
             f"{state['data_size']}: training continues, but not in the original data order"
         )
+    if trainer.label_prior is not None:
+        _restore_clusters(trainer, checkpoint)
     rank, world = trainer.acc.process_index, trainer.acc.num_processes
     reseed = rank + 1 + checkpoint.step * 104729
     if state["world_size"] == world:
@@ -166,6 +171,19 @@ def restore(trainer: Trainer, checkpoint: Checkpoint) -> None:
     if trainer.augmenter is not None and state.get("augment"):
         trainer.augmenter.load_state_dict(state["augment"])
     trainer.step = checkpoint.step
+
+
+def _restore_clusters(trainer: Trainer, checkpoint: Checkpoint) -> None:
+    """A run on data.clusters continues on the clusters it trained on: k-means run again
+    elsewhere (another CPU, another scikit-learn) may number or draw them differently."""
+    if "data.safetensors" not in checkpoint.state.get("files", {}):
+        warn(f"{checkpoint.path} holds no clusters: training continues on new ones")
+        return
+    labels = checkpoint.tensors("data")["cluster_labels"]
+    if len(labels) != len(trainer.data):
+        warn(f"the data changed size since {checkpoint.path}: training continues on new clusters")
+        return
+    trainer.use_clusters(labels.numpy())
 
 
 def initialise_from(trainer: Trainer, checkpoint: Checkpoint) -> None:

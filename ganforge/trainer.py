@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ from torch import nn
 from ganforge import state, tracking
 from ganforge.augment import Augmentation, Augmenter
 from ganforge.averaging import EMA, lr_factor, set_lr
+from ganforge.clusters import cluster_labels, cluster_names, label_prior
 from ganforge.components import (
     CriticOutput,
     Loss,
@@ -38,7 +39,7 @@ from ganforge.data import (
     to_model_range,
 )
 from ganforge.diagnostics import Watch
-from ganforge.distributed import broadcast_buffers, make_accelerator
+from ganforge.distributed import broadcast_buffers, broadcast_from_main, make_accelerator
 from ganforge.errors import DataError, GanforgeError, PluginError, RecipeError
 from ganforge.outputs import RunOutputs
 from ganforge.plugins import Plugins
@@ -99,9 +100,15 @@ class Trainer(RunOutputs):
         self.run_dir = recipe.run_dir
         self.seed = run["seed"]
 
-        self.data = self._open_data()
+        self.data = self.loaded_data = self._open_data()
         data_cfg = recipe.section("data")
-        self.num_classes = self.data.num_classes if data_cfg["conditional"] else 0
+        # Self-conditioning (data.clusters): k-means clusters of the data take the labels'
+        # place, and sampling draws them with their share of the data (the label prior).
+        self.label_prior: list[float] | None = None
+        if data_cfg["clusters"]:
+            self.use_clusters(self._cluster_labels(data_cfg["clusters"]))
+        conditioned = data_cfg["conditional"] or data_cfg["clusters"] > 0
+        self.num_classes = self.data.num_classes if conditioned else 0
         if data_cfg["conditional"] and self.num_classes < 2:
             raise DataError(f"data.conditional = true, but data {data_cfg['name']!r} has no labels")
         core = {
@@ -208,6 +215,23 @@ class Trainer(RunOutputs):
         )
         self.data_source = source
         return open_store(source, resolution)
+
+    def _cluster_labels(self, k: int) -> np.ndarray:
+        """k-means clusters of the data, the main process's on every process.
+
+        Every process clusters (so each stops on data that cannot be clustered, rather than
+        waiting for the main one), then takes the main process's result: k-means on another
+        machine's CPU may split a tie differently."""
+        labels = torch.from_numpy(cluster_labels(self.data, k, self.seed))
+        return broadcast_from_main(labels, self.acc).numpy()
+
+    def use_clusters(self, labels: np.ndarray) -> None:
+        """Condition on these cluster indices (new, or a checkpoint's on resume)."""
+        k = self.recipe.get("data.clusters")
+        self.data = replace(self.data, labels=labels, class_names=cluster_names(k))
+        self.label_prior = label_prior(labels, k)
+        if getattr(self, "batches", None) is not None:  # a resume: the batches exist
+            self.batches.labels = torch.from_numpy(labels)
 
     def _build_augmenter(self) -> Augmenter | None:
         settings = self.recipe.section("augment")

@@ -121,6 +121,9 @@ def quickstart(out: Path, *overrides: str) -> None:
     def dump(trainer, tag):
         rank = trainer.acc.process_index
         save_file(model_state(trainer), str(out / f"{tag}_rank{rank}.safetensors"))
+        if trainer.label_prior is not None:  # data.clusters: the labels this rank trains on
+            labels = {"labels": trainer.batches.labels.contiguous()}
+            save_file(labels, str(out / f"{tag}_clusters_rank{rank}.safetensors"))
 
     def recording_sync(trainer):
         dump(trainer, f"before_sync_{trainer.step}")

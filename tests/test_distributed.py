@@ -112,6 +112,12 @@ def test_two_process_quickstart_agrees_on_every_rank_exports_and_resumes_exactly
             saved = load_file(str(run / "checkpoints" / f"step_{step:06d}" / "models.safetensors"))
             assert saved.keys() == rank0.keys()
             assert all(torch.equal(saved[k], rank0[k]) for k in saved)
+    # The quickstart conditions on data.clusters: every rank on the main process's clusters,
+    # which the checkpoint holds.
+    clusters = [load_file(str(out / f"end_clusters_rank{r}.safetensors"))["labels"] for r in (0, 1)]
+    saved = load_file(str(run / "checkpoints" / "step_000004" / "data.safetensors"))
+    assert torch.equal(clusters[0], clusters[1])
+    assert torch.equal(clusters[0], saved["cluster_labels"])
     rng = load_file(str(run / "checkpoints" / "step_000004" / "rng.safetensors"))
     assert {k.split(".")[0] for k in rng} == {"rank0", "rank1"}
     assert not torch.equal(rng["rank0.latent"], rng["rank1.latent"])  # each rank's own stream
