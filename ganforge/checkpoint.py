@@ -38,7 +38,7 @@ from safetensors.torch import load_file, save_file
 
 import ganforge
 from ganforge.errors import GanforgeError, RecipeError
-from ganforge.recipe import flatten, role_of
+from ganforge.recipe import core_default, flatten, role_of
 from ganforge.runfiles import cpu_tensors, default_mode, sha256_file
 
 FORMAT_VERSION = 1
@@ -362,7 +362,10 @@ def check_resumable(saved_tables: dict[str, Any], recipe, checkpoint: Path) -> N
     now = recipe.fixed_values()
     problems = []
     for key in sorted(before.keys() | now.keys()):
-        old, new = before.get(key, "(unset)"), now.get(key, "(unset)")
+        # A key the checkpoint's recipe lacks was added to ganforge since: its default is
+        # what that run trained with.
+        old = before[key] if key in before else core_default(key, "(unset)")
+        new = now.get(key, "(unset)")
         if old != new:
             problems.append((key, f"is {new!r}, but the checkpoint was trained with {old!r}"))
     if problems:

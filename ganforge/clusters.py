@@ -28,15 +28,20 @@ FEATURE_SIZE = 16
 FIT_SAMPLES = 20_000
 
 
-def features(data: ImageData) -> np.ndarray:
-    """What the clusters are of: images in [0, 1] averaged down to ≤ 16×16, or the points."""
-    x = torch.from_numpy(np.asarray(data.images))
+def features(data: ImageData, chunk: int = 4096) -> np.ndarray:
+    """What the clusters are of (float32): images in [0, 1] averaged down to ≤ 16×16, or the
+    points. Images are converted a chunk at a time: a float copy of a large data set (or of
+    a memory-mapped store) would not fit in memory."""
     if not data.is_image:
-        return x.double().numpy()
-    x = x.float().div(255)
-    if x.shape[-1] > FEATURE_SIZE:
-        x = F.adaptive_avg_pool2d(x, FEATURE_SIZE)
-    return x.flatten(1).double().numpy()
+        return np.asarray(data.images, dtype=np.float32)
+    parts = []
+    for start in range(0, len(data), chunk):
+        chunk_array = np.asarray(data.images[start : start + chunk], dtype=np.float32)  # a copy
+        x = torch.from_numpy(chunk_array).div_(255)
+        if x.shape[-1] > FEATURE_SIZE:
+            x = F.adaptive_avg_pool2d(x, FEATURE_SIZE)
+        parts.append(x.flatten(1).numpy())
+    return np.concatenate(parts)
 
 
 def cluster_labels(data: ImageData, k: int, seed: int) -> np.ndarray:

@@ -293,7 +293,8 @@ def generated_batches(
         x = generate(z, y)
         if x.dim() == 4:  # images are scored as saved: clamped and on the 8-bit grid of the data
             x = x.float().clamp(-1, 1).add(1).mul(127.5).round().div(127.5).sub(1)
-        yield x, y
+        # Clusters are not the data's classes: label metrics (intra_fd) must not pair them.
+        yield x, (y if prior is None else None)
 
 
 def gather(features: Features, accelerator, num: int) -> Features:

@@ -98,6 +98,16 @@ def role_of(dotted: str) -> str | None:
     return SECTION_ROLES.get(section)
 
 
+def core_default(dotted: str, missing: Any) -> Any:
+    """The default of a core key (``data.clusters``, ``optim.generator.lr_decay``), or
+    ``missing``: what a recipe saved before the key existed means by leaving it out."""
+    section, _, rest = dotted.partition(".")
+    if section == "optim":
+        rest = rest.partition(".")[2]
+    spec = (OPTIMIZER if section == "optim" else SCHEMA.get(section, {})).get(rest)
+    return missing if spec is None or spec.default is REQUIRED else spec.default
+
+
 def flatten(tables: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in tables.items():
@@ -382,7 +392,11 @@ def _check_component(section, kind, table, registry, conditioning, problems) -> 
         )
     if kind == "loss" and entry.conditional and not conditioning:
         problems.append(
-            (f"{section}.name", f"loss {name!r} needs class labels: set data.conditional = true")
+            (
+                f"{section}.name",
+                f"loss {name!r} needs class labels: set data.conditional = true "
+                "(or data.clusters = k)",
+            )
         )
     kwargs = {k: v for k, v in table.items() if k not in SCHEMA[section]}
     _bind_kwargs(section, entry, kwargs, problems)

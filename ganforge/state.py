@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -144,8 +145,6 @@ def restore(trainer: Trainer, checkpoint: Checkpoint) -> None:
             f"the data has {len(trainer.data)} samples, the checkpoint's had "
             f"{state['data_size']}: training continues, but not in the original data order"
         )
-    if trainer.label_prior is not None:
-        _restore_clusters(trainer, checkpoint)
     rank, world = trainer.acc.process_index, trainer.acc.num_processes
     reseed = rank + 1 + checkpoint.step * 104729
     if state["world_size"] == world:
@@ -173,17 +172,29 @@ def restore(trainer: Trainer, checkpoint: Checkpoint) -> None:
     trainer.step = checkpoint.step
 
 
-def _restore_clusters(trainer: Trainer, checkpoint: Checkpoint) -> None:
-    """A run on data.clusters continues on the clusters it trained on: k-means run again
-    elsewhere (another CPU, another scikit-learn) may number or draw them differently."""
-    if "data.safetensors" not in checkpoint.state.get("files", {}):
-        warn(f"{checkpoint.path} holds no clusters: training continues on new ones")
-        return
+def targets(trainer: Trainer) -> tuple[Checkpoint | None, Checkpoint | None]:
+    """The checkpoint ``train.resume`` continues, or else the one ``train.init_from`` starts
+    from (at most one of the two)."""
+    train = trainer.recipe.section("train")
+    resumed = resume_target(train["resume"], trainer.run_dir)
+    if resumed is None and train["init_from"]:
+        return None, find_checkpoint(train["init_from"])
+    return resumed, None
+
+
+def saved_clusters(checkpoint: Checkpoint | None, k: int, size: int) -> np.ndarray | None:
+    """The clusters a run on ``data.clusters = k`` trained on, from its checkpoint, when they
+    fit this data: a resume (or ``init_from``) continues on them, where k-means run again
+    (another CPU, another scikit-learn) could number or split them differently."""
+    if checkpoint is None or "data.safetensors" not in checkpoint.state.get("files", {}):
+        return None
+    if checkpoint.state["recipe"].get("data", {}).get("clusters") != k:
+        return None
     labels = checkpoint.tensors("data")["cluster_labels"]
-    if len(labels) != len(trainer.data):
-        warn(f"the data changed size since {checkpoint.path}: training continues on new clusters")
-        return
-    trainer.use_clusters(labels.numpy())
+    if len(labels) != size:
+        warn(f"the data changed size since {checkpoint.path}: its clusters are computed again")
+        return None
+    return labels.numpy()
 
 
 def initialise_from(trainer: Trainer, checkpoint: Checkpoint) -> None:
@@ -209,7 +220,7 @@ def start(trainer: Trainer) -> str:
             moved = set_aside(trainer.run_dir, "before")
             message = f"new run; the earlier run was moved to {moved}"
         acc.wait_for_everyone()
-    checkpoint = resume_target(train["resume"], trainer.run_dir)
+    checkpoint, source = trainer.targets  # found before anything was built from the data
     if checkpoint is not None:
         check_resumable(checkpoint.state["recipe"], trainer.recipe, checkpoint.path)
         saved_precision = checkpoint.state.get("mixed_precision", acc.mixed_precision)
@@ -231,8 +242,7 @@ def start(trainer: Trainer) -> str:
             for moved in set_aside_newer(checkpoint, trainer.run_dir):
                 warn(f"resuming from step {checkpoint.step}: set aside {moved}")
         return f"resumed from {checkpoint.path} at step {checkpoint.step}"
-    if train["init_from"]:
-        source = find_checkpoint(train["init_from"])
+    if source is not None:
         initialise_from(trainer, source)
         message += f", initialised from the weights of {source.path} (step {source.step})"
     return message

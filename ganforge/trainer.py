@@ -105,8 +105,12 @@ class Trainer(RunOutputs):
         # Self-conditioning (data.clusters): k-means clusters of the data take the labels'
         # place, and sampling draws them with their share of the data (the label prior).
         self.label_prior: list[float] | None = None
-        if data_cfg["clusters"]:
-            self.use_clusters(self._cluster_labels(data_cfg["clusters"]))
+        # What train.resume continues (or train.init_from starts from), found before anything
+        # is built from the data: a clustered run continues on its checkpoint's clusters.
+        self.targets = state.targets(self)
+        if k := data_cfg["clusters"]:
+            saved = state.saved_clusters(self.targets[0] or self.targets[1], k, len(self.data))
+            self.use_clusters(saved if saved is not None else self._cluster_labels(k))
         conditioned = data_cfg["conditional"] or data_cfg["clusters"] > 0
         self.num_classes = self.data.num_classes if conditioned else 0
         if data_cfg["conditional"] and self.num_classes < 2:
@@ -217,21 +221,27 @@ class Trainer(RunOutputs):
         return open_store(source, resolution)
 
     def _cluster_labels(self, k: int) -> np.ndarray:
-        """k-means clusters of the data, the main process's on every process.
-
-        Every process clusters (so each stops on data that cannot be clustered, rather than
-        waiting for the main one), then takes the main process's result: k-means on another
-        machine's CPU may split a tie differently."""
-        labels = torch.from_numpy(cluster_labels(self.data, k, self.seed))
-        return broadcast_from_main(labels, self.acc).numpy()
+        """k-means clusters of the data: the main process clusters, the others receive (k-means
+        on another machine's CPU could split a tie differently). -1 everywhere says it failed."""
+        labels = torch.full((len(self.data),), -1, dtype=torch.int64)
+        problem = None
+        if self.acc.is_main_process:
+            try:
+                labels = torch.from_numpy(cluster_labels(self.data, k, self.seed))
+            except DataError as err:
+                problem = err
+        labels = broadcast_from_main(labels, self.acc)
+        if problem is not None:
+            raise problem
+        if len(labels) and labels[0] < 0:
+            raise DataError("data.clusters: the main process could not cluster the data")
+        return labels.numpy()
 
     def use_clusters(self, labels: np.ndarray) -> None:
-        """Condition on these cluster indices (new, or a checkpoint's on resume)."""
+        """Condition on these cluster indices (new, or a checkpoint's)."""
         k = self.recipe.get("data.clusters")
         self.data = replace(self.data, labels=labels, class_names=cluster_names(k))
         self.label_prior = label_prior(labels, k)
-        if getattr(self, "batches", None) is not None:  # a resume: the batches exist
-            self.batches.labels = torch.from_numpy(labels)
 
     def _build_augmenter(self) -> Augmenter | None:
         settings = self.recipe.section("augment")

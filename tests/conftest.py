@@ -78,6 +78,7 @@ def no_unpickling(monkeypatch):
     import pickle
 
     import numpy as np
+    import sklearn.cluster  # noqa: F401 - joblib subclasses the Unpickler at import (clusters)
     import torch
 
     def refuse(*args, **kwargs):

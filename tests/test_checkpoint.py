@@ -375,6 +375,20 @@ def test_a_resume_refuses_a_recipe_that_changes_models_or_optimisation(tiny):
         tiny("train.steps=4")
 
 
+def test_a_checkpoint_from_before_a_key_existed_resumes_with_its_default(tiny):
+    first = tiny("train.steps=2")
+    first.fit()
+    folder = first.run_dir / "checkpoints" / "step_000002"
+    state = json.loads((folder / "state.json").read_text())
+    del state["recipe"]["data"]["clusters"]  # as written before data.clusters existed
+    del state["recipe"]["optim"]["generator"]["lr_decay"]
+    (folder / "state.json").write_text(json.dumps(state))
+    assert tiny("train.steps=4").step == 2
+    # A value other than the default is still a change of model.
+    with pytest.raises(RecipeError, match="data.clusters: is 3, but the checkpoint was trained"):
+        tiny("train.steps=4", "data.clusters=3")
+
+
 def test_resume_never_moves_the_earlier_run_aside(tmp_path, tiny):
     first = tiny("train.steps=2")
     first.fit()

@@ -16,7 +16,7 @@ import ganforge.trainer
 from ganforge.cli import main
 from ganforge.clusters import cluster_labels, draw_labels, label_prior
 from ganforge.data import ImageData
-from ganforge.errors import DataError, RecipeError
+from ganforge.errors import DataError, GanforgeError, RecipeError
 from ganforge.export import load_generator, write_export
 from ganforge.plugins import Plugins
 from ganforge.sampling import evaluate_model, write_samples
@@ -69,6 +69,11 @@ def test_impossible_clusterings_are_data_errors():
     repeated = ImageData(np.repeat(np.eye(2, dtype=np.float32), 5, axis=0))
     with pytest.raises(DataError, match="fewer distinct samples"):
         cluster_labels(repeated, 3, seed=0)
+
+
+def test_more_clusters_than_samples_stops_the_run_clearly(tiny):
+    with pytest.raises(DataError, match="data.clusters = 100, but the data has only 48 samples"):
+        tiny("data.size=48", "data.clusters=100")
 
 
 def test_labels_are_drawn_with_the_prior_or_else_uniformly():
@@ -144,15 +149,30 @@ def test_a_clustered_run_conditions_on_clusters_and_exports_their_share(tiny):
     )
     assert "fd" in result["metrics"]["generated"]
     assert not any(k.startswith(("intra_fd", "accuracy")) for k in result["metrics"]["generated"])
+    # Asked for, a per-class metric does not pair clusters with the data's classes.
+    with pytest.raises(GanforgeError, match="'intra_fd' is for conditional models on labelled"):
+        evaluate_model(
+            export,
+            str(trainer.run_dir / "recipe.toml"),
+            num=24,
+            metrics=["intra_fd"],
+            extractor="probe",
+            plugins=Plugins(extra=[("probe", ProbePlugin())]),
+        )
 
 
 def test_a_resume_continues_on_the_checkpoints_clusters(tiny, tmp_path, monkeypatch):
     straight = tiny(*CLUSTERED, "train.steps=4", f"run.out_dir={tmp_path / 'straight'}")
     straight.fit()
-    tiny(*CLUSTERED, "train.steps=2").fit()
-    # k-means elsewhere (another CPU, another scikit-learn) may number clusters differently.
-    real = ganforge.trainer.cluster_labels
-    monkeypatch.setattr(ganforge.trainer, "cluster_labels", lambda *a: (real(*a) + 1) % 3)
+    first = tiny(*CLUSTERED, "train.steps=2")
+    first.fit()
+
+    # k-means elsewhere (another CPU, another scikit-learn) may number clusters differently,
+    # and on large data it takes minutes: a resume (or init_from) takes the checkpoint's.
+    def k_means_again(*args):
+        raise AssertionError("clustered again")
+
+    monkeypatch.setattr(ganforge.trainer, "cluster_labels", k_means_again)
     resumed = tiny(*CLUSTERED, "train.steps=4")
     assert resumed.step == 2
     assert np.array_equal(resumed.data.labels, straight.data.labels)
@@ -161,6 +181,12 @@ def test_a_resume_continues_on_the_checkpoints_clusters(tiny, tmp_path, monkeypa
     for model in ("generator", "discriminator"):
         a, b = getattr(resumed, model).state_dict(), getattr(straight, model).state_dict()
         assert all(torch.equal(a[k], b[k]) for k in a), model
+    started = tiny(
+        *CLUSTERED,
+        f"run.out_dir={tmp_path / 'started'}",
+        f"train.init_from={first.run_dir / 'checkpoints' / 'step_000002'}",
+    )
+    assert started.step == 0 and np.array_equal(started.data.labels, first.data.labels)
 
 
 @pytest.fixture
