@@ -111,6 +111,12 @@ class Trainer(RunOutputs):
         if k := data_cfg["clusters"]:
             saved = state.saved_clusters(self.targets[0] or self.targets[1], k, len(self.data))
             self.use_clusters(saved if saved is not None else self._cluster_labels(k))
+            sizes = np.bincount(self.data.labels, minlength=k)
+            origin = ", as the checkpoint has them" if saved is not None else ""
+            self.acc.print(
+                f"ganforge: conditioning on {k} k-means clusters of the data "
+                f"({sizes.min()}-{sizes.max()} samples each{origin})"
+            )
         conditioned = data_cfg["conditional"] or data_cfg["clusters"] > 0
         self.num_classes = self.data.num_classes if conditioned else 0
         if data_cfg["conditional"] and self.num_classes < 2:
