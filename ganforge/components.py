@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -123,6 +125,18 @@ def sample_latents(
     else:
         raise ValueError(f"unknown latent prior {prior!r}")
     return z.to(device, non_blocking=True)
+
+
+@contextmanager
+def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
+    """``module`` in eval mode for the block (batch-norm statistics and spectral-norm vectors
+    are read, not updated), then back in the mode it was in."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield module
+    finally:
+        module.train(was_training)
 
 
 def grid_labels(count: int, num_classes: int) -> torch.Tensor:

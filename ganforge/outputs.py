@@ -18,7 +18,7 @@ from torch import nn
 
 from ganforge import tracking
 from ganforge.clusters import draw_labels
-from ganforge.components import grid_labels, sample_latents
+from ganforge.components import eval_mode, grid_labels, sample_latents
 from ganforge.diagnostics import summary
 from ganforge.export import export_generator, export_metadata
 from ganforge.report import write_report
@@ -86,13 +86,8 @@ class RunOutputs:
     @torch.no_grad()
     def generate(self, z: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         """Samples in eval mode, leaving every training state untouched."""
-        generator = self.sampling_generator
-        was_training = generator.training
-        generator.eval()  # batch-norm running statistics are read, not updated
-        try:
+        with eval_mode(self.sampling_generator) as generator:
             return generator(z, y)
-        finally:
-            generator.train(was_training)
 
     def save_samples(self) -> Path:
         """A grid of the fixed latent batch (a scatter plot over the data for point data)."""

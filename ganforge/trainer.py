@@ -28,6 +28,7 @@ from ganforge.components import (
     Regularizer,
     RegularizerContext,
     as_critic_output,
+    eval_mode,
     sample_latents,
 )
 from ganforge.data import (
@@ -102,21 +103,12 @@ class Trainer(RunOutputs):
 
         self.data = self.loaded_data = self._open_data()
         data_cfg = recipe.section("data")
-        # Self-conditioning (data.clusters): k-means clusters of the data take the labels'
-        # place, and sampling draws them with their share of the data (the label prior).
-        self.label_prior: list[float] | None = None
         # What train.resume continues (or train.init_from starts from), found before anything
         # is built from the data: a clustered run continues on its checkpoint's clusters.
         self.targets = state.targets(self)
-        if k := data_cfg["clusters"]:
-            saved = state.saved_clusters(self.targets[0] or self.targets[1], k, len(self.data))
-            self.use_clusters(saved if saved is not None else self._cluster_labels(k))
-            sizes = np.bincount(self.data.labels, minlength=k)
-            origin = ", as the checkpoint has them" if saved is not None else ""
-            self.acc.print(
-                f"ganforge: conditioning on {k} k-means clusters of the data "
-                f"({sizes.min()}-{sizes.max()} samples each{origin})"
-            )
+        self.label_prior: list[float] | None = None  # set by data.clusters
+        if data_cfg["clusters"]:
+            self._condition_on_clusters(data_cfg["clusters"])
         conditioned = data_cfg["conditional"] or data_cfg["clusters"] > 0
         self.num_classes = self.data.num_classes if conditioned else 0
         if data_cfg["conditional"] and self.num_classes < 2:
@@ -226,6 +218,21 @@ class Trainer(RunOutputs):
         self.data_source = source
         return open_store(source, resolution)
 
+    def _condition_on_clusters(self, k: int) -> None:
+        """Self-conditioning: k-means clusters of the data take the labels' place (the
+        checkpoint's on a resume or init_from), and sampling draws them with their share of the
+        data (the label prior)."""
+        saved = state.saved_clusters(self.targets[0] or self.targets[1], k, len(self.data))
+        labels = saved if saved is not None else self._cluster_labels(k)
+        self.data = replace(self.data, labels=labels, class_names=cluster_names(k))
+        self.label_prior = label_prior(labels, k)
+        sizes = np.bincount(labels, minlength=k)
+        origin = ", as the checkpoint has them" if saved is not None else ""
+        self.acc.print(
+            f"ganforge: conditioning on {k} k-means clusters of the data "
+            f"({sizes.min()}-{sizes.max()} samples each{origin})"
+        )
+
     def _cluster_labels(self, k: int) -> np.ndarray:
         """k-means clusters of the data: the main process clusters, the others receive (k-means
         on another machine's CPU could split a tie differently). -1 everywhere says it failed."""
@@ -242,12 +249,6 @@ class Trainer(RunOutputs):
         if len(labels) and labels[0] < 0:
             raise DataError("data.clusters: the main process could not cluster the data")
         return labels.numpy()
-
-    def use_clusters(self, labels: np.ndarray) -> None:
-        """Condition on these cluster indices (new, or a checkpoint's)."""
-        k = self.recipe.get("data.clusters")
-        self.data = replace(self.data, labels=labels, class_names=cluster_names(k))
-        self.label_prior = label_prior(labels, k)
 
     def _build_augmenter(self) -> Augmenter | None:
         settings = self.recipe.section("augment")
@@ -295,13 +296,8 @@ class Trainer(RunOutputs):
         y = None
         if self.num_classes:
             y = torch.from_numpy(np.array(self.data.labels[:2])).to(self.acc.device)
-        critic = self.discriminator
-        was_training = critic.training
-        critic.eval()
-        try:
+        with eval_mode(self.discriminator) as critic:
             has = as_critic_output(critic(x, y)).class_logits is not None
-        finally:
-            critic.train(was_training)
         d_name = self.d_spec.name
         if uses and not has:
             problem = (
