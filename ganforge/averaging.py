@@ -7,6 +7,8 @@ recomputes them exactly and ``train.steps`` can grow without changing their hori
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
+from itertools import compress
 
 import torch
 from torch import nn
@@ -24,8 +26,9 @@ def lr_factor(step: int, config: dict) -> float:
     return min(1.0, max(0.0, 1.0 - (step - start) / (end - start)))
 
 
-def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    for group in optimizer.param_groups:
+def set_lr(param_groups: list[dict], lr: float) -> None:
+    """Set ``lr`` in every one of an optimizer's ``param_groups``."""
+    for group in param_groups:
         group["lr"] = lr
 
 
@@ -36,36 +39,37 @@ class EMA:
     ``β_t = decay · min(1, t / warmup_steps)``: early on the average follows the model closely,
     so it is not dominated by the random initialisation. Integer buffers (batch-norm counters)
     are copied. The averaged module is what sampling and export use.
+
+    The average is of the whole generator: where a backend shards it (ZeRO-3, FSDP2) the
+    trainer hands :meth:`update` the gathered tensors.
     """
 
     def __init__(self, model: nn.Module, decay: float, warmup_steps: int = 0):
         self.decay, self.warmup_steps = decay, warmup_steps
         self.module = copy.deepcopy(model).eval().requires_grad_(False)
-        pairs = list(
-            zip(
-                self.module.state_dict(keep_vars=True).values(),
-                model.state_dict(keep_vars=True).values(),
-                strict=True,
-            )
-        )
-        self._averaged = [(e, m) for e, m in pairs if e.is_floating_point()]
-        self._copied = [(e, m) for e, m in pairs if not e.is_floating_point()]
+        tensors = list(self.module.state_dict(keep_vars=True).values())
+        self._floating = [t.is_floating_point() for t in tensors]
+        self._averaged = [t for t in tensors if t.is_floating_point()]
+        self._copied = [t for t in tensors if not t.is_floating_point()]
 
     def beta(self, t: int) -> float:
         ramp = min(1.0, t / self.warmup_steps) if self.warmup_steps else 1.0
         return self.decay * ramp
 
     @torch.no_grad()
-    def update(self, t: int, skip: torch.Tensor | None = None) -> None:
+    def update(self, t: int, skip: torch.Tensor | None, current: Sequence[torch.Tensor]) -> None:
         """Average in the model's current weights as update ``t``.
 
+        ``current`` holds the model's parameters and buffers in ``state_dict`` order.
         ``skip`` (a device tensor, 1 = skip) leaves the average unchanged without a host
         synchronisation: it is the same flag that skipped the optimizer step.
         """
         weight = 1.0 - self.beta(t)
         if skip is not None:
             weight = (1.0 - skip) * weight
-        for averaged, current in self._averaged:
-            averaged.lerp_(current.detach().to(averaged.dtype), weight)
-        for copied, current in self._copied:
-            copied.copy_(current)
+        floating = compress(current, self._floating)
+        others = compress(current, (not f for f in self._floating))
+        for averaged, value in zip(self._averaged, floating, strict=True):
+            averaged.lerp_(value.detach().to(averaged.dtype), weight)
+        for copied, value in zip(self._copied, others, strict=True):
+            copied.copy_(value)

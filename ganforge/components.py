@@ -5,18 +5,21 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import NamedTuple, Protocol, runtime_checkable
 
 import torch
 from torch import nn
 
 
-@dataclass
-class CriticOutput:
+class CriticOutput(NamedTuple):
     """What ``critic(x, y)`` returns: logits ``(B,)`` plus optional extras.
 
     ``class_logits`` (B×num_classes) serve auxiliary-classifier losses; ``features`` (the
     penultimate activations) serve feature-matching and consistency terms.
+
+    A named tuple, so that every backend sees the tensors a discriminator returns: DeepSpeed
+    ZeRO-3 and FSDP2 hook a module's backward on its output tensors, found in tuples and
+    dicts but not inside other objects. Change a field with ``out._replace(logits=...)``.
     """
 
     logits: torch.Tensor
@@ -29,7 +32,7 @@ def as_critic_output(out: torch.Tensor | CriticOutput) -> CriticOutput:
     if not isinstance(out, CriticOutput):
         out = CriticOutput(logits=out)
     if out.logits.dim() > 1:
-        out.logits = out.logits.reshape(out.logits.shape[0], -1).squeeze(1)
+        out = out._replace(logits=out.logits.reshape(out.logits.shape[0], -1).squeeze(1))
     return out
 
 

@@ -1,10 +1,14 @@
-"""Launching: the Accelerator a run uses, the launch types it refuses, and the few collective
-operations the core needs beyond DDP's gradient all-reduce."""
+"""Launching: which backend a launch asks for, the Accelerator a run uses, the launch types it
+refuses, and the few collective operations the core needs beyond DDP's gradient all-reduce."""
 
 from __future__ import annotations
 
+import json
+import os
+import socket
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +16,116 @@ import torch
 from torch import nn
 
 from ganforge.errors import GanforgeError
+
+#: What `accelerate launch --use_deepspeed` / `--use_fsdp` set for the launched processes.
+_LAUNCHER_FLAGS = {"ACCELERATE_USE_DEEPSPEED": "deepspeed", "ACCELERATE_USE_FSDP": "fsdp"}
+
+
+@dataclass(frozen=True)
+class Launch:
+    """The backend a run executes with (``ganforge.execution``), resolved from the recipe's
+    ``[distributed]`` table and what the launcher asked for."""
+
+    backend: str  # "ddp", "deepspeed" or "fsdp"
+    zero_stage: int = 0  # 1, 2 or 3 under "deepspeed"
+
+
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    return env.get(name, "").strip().lower() in ("1", "true", "yes")
+
+
+def plan_launch(
+    settings: Mapping[str, Any], grad_clip: float, env: Mapping[str, str] = os.environ
+) -> Launch:
+    """The backend for this run, or one error listing everything the launch asks for that
+    ganforge would not do exactly (never a silent disagreement between launcher and recipe)."""
+    launcher = next((kind for name, kind in _LAUNCHER_FLAGS.items() if _flag(env, name)), None)
+    backend, problems = settings["backend"], []
+    if backend == "auto":
+        backend = launcher or "ddp"
+    elif launcher and launcher != backend:
+        problems.append(
+            f"the launcher asks for {launcher} (--use_{launcher}), the recipe for "
+            f'distributed.backend = "{backend}": drop one of the two, or make them agree'
+        )
+    steps = env.get("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", "1").strip()
+    if steps not in ("1", ""):
+        problems.append(
+            f"gradient accumulation ({steps} steps) is not supported: a GAN step is one "
+            "update of each model; set --gradient_accumulation_steps 1 and train.batch_size"
+        )
+    stage = 0
+    if backend == "deepspeed":
+        stage = _zero_stage(settings["zero_stage"], grad_clip, env, problems)
+    if backend == "fsdp" and _flag(env, "FSDP_OFFLOAD_PARAMS"):
+        problems.append("FSDP parameter offload is not supported yet")
+    if problems:
+        raise GanforgeError(
+            "this launch cannot run as asked (docs/distributed.md):\n"
+            + "\n".join(f"  {p}" for p in problems)
+        )
+    return Launch(backend, stage)
+
+
+def _zero_stage(recipe_stage: int, grad_clip: float, env, problems: list[str]) -> int:
+    """The ZeRO stage: the recipe's, else the launcher's, else 2; and the launcher's DeepSpeed
+    options that ganforge would not honour."""
+    launcher_stage, options = env.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", "").strip(), {}
+    config_file = env.get("ACCELERATE_DEEPSPEED_CONFIG_FILE", "").strip()
+    if config_file and config_file.lower() != "none":
+        try:
+            options = json.loads(Path(config_file).read_text())
+        except (OSError, ValueError) as err:
+            problems.append(f"cannot read the DeepSpeed config {config_file}: {err}")
+        for key in ("optimizer", "scheduler"):
+            if key in options:
+                problems.append(
+                    f"the DeepSpeed config's {key!r} is not used: ganforge builds each model's "
+                    "optimizer and schedule from the recipe's [optim]; remove it"
+                )
+        launcher_stage = str(options.get("zero_optimization", {}).get("stage", launcher_stage))
+        clip = options.get("gradient_clipping", "auto")
+        if clip != "auto":
+            env = {**env, "ACCELERATE_GRADIENT_CLIPPING": str(clip)}
+    for where in ("OPTIMIZER", "PARAM"):
+        device = env.get(f"ACCELERATE_DEEPSPEED_OFFLOAD_{where}_DEVICE", "none").strip().lower()
+        offload = options.get("zero_optimization", {}).get(f"offload_{where.lower()}", {})
+        if device not in ("none", "") or offload.get("device", "none") != "none":
+            problems.append(
+                f"ZeRO {where.lower()} offload is not supported yet (it has not been checked "
+                "with two engines)"
+            )
+    clip = env.get("ACCELERATE_GRADIENT_CLIPPING", "").strip()
+    if clip and clip.lower() not in ("auto", "none") and float(clip) != grad_clip:
+        problems.append(
+            f"the launcher clips gradients at {clip}, the recipe at train.grad_clip = "
+            f"{grad_clip}: ganforge clips as the recipe says; set train.grad_clip = {clip} or "
+            "drop --gradient_clipping"
+        )
+    if launcher_stage and launcher_stage not in ("1", "2", "3"):
+        problems.append(f"ZeRO stage {launcher_stage}: ganforge runs stages 1, 2 and 3")
+        return 0
+    if recipe_stage and launcher_stage and int(launcher_stage) != recipe_stage:
+        problems.append(
+            f"the launcher asks for ZeRO stage {launcher_stage}, the recipe for "
+            f"distributed.zero_stage = {recipe_stage}: make them agree"
+        )
+    return recipe_stage or int(launcher_stage or 2)
+
+
+def ensure_process_group(accelerator) -> None:
+    """A torch.distributed process group, for one process too: DeepSpeed's engines and FSDP2's
+    device mesh need one. Several processes already have it (Accelerate made it)."""
+    if torch.distributed.is_initialized():
+        return
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    backend = "nccl" if accelerator.device.type == "cuda" else "gloo"
+    os.environ.setdefault("LOCAL_RANK", "0")  # read by DeepSpeed's engine
+    torch.distributed.init_process_group(
+        backend, init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1
+    )
 
 
 def make_accelerator(
@@ -42,6 +156,14 @@ def make_accelerator(
     # torch >= 2.13 names the option `forward_sync_buffers` and warns about the old name; the
     # old one is kept so older torch versions (the GPU images run 2.11) behave the same.
     warnings.filterwarnings("ignore", "`broadcast_buffers` is deprecated", FutureWarning)
+    # DeepSpeed and FSDP launches are run by ganforge's own executions (plan_launch): Accelerate
+    # keeps launching, devices, precision and trackers, with no plugin of its own.
+    for name in _LAUNCHER_FLAGS:
+        os.environ.pop(name, None)
+    if not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # Several processes without GPUs (torchrun, `accelerate launch --use_deepspeed`): gloo
+        # on the CPU. Without this, Accelerate makes each process a separate one-process run.
+        kwargs["cpu"] = True
     accelerator = Accelerator(**kwargs)
     refuse_unsupported(accelerator.distributed_type, DistributedType)
     return accelerator

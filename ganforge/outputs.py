@@ -80,8 +80,12 @@ class RunOutputs:
 
     @property
     def sampling_generator(self) -> nn.Module:
-        """What samples and the export come from: the EMA generator when enabled, else G."""
-        return self.ema.module if self.ema is not None else self.generator
+        """What samples and the export come from: the EMA generator when enabled, else G (its
+        whole copy where the backend shards G)."""
+        for average in (self.ema, self.mirror):
+            if average is not None:
+                return average.module
+        return self.generator
 
     @torch.no_grad()
     def generate(self, z: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:

@@ -177,6 +177,17 @@ SCHEMA["augment"] = {
     "interval": Key(int, 4, OPTIM, positive),
     "speed_images": Key(int, 500_000, OPTIM, positive),
 }
+SCHEMA["distributed"] = {
+    # How each model's update runs across processes (docs/distributed.md). "auto": as the
+    # launch says (`accelerate launch --use_deepspeed` -> "deepspeed", `--use_fsdp` -> "fsdp",
+    # anything else -> "ddp"); an explicit value must agree with the launcher. "ddp" is one
+    # process or DistributedDataParallel; "deepspeed" one DeepSpeed ZeRO engine per model;
+    # "fsdp" FSDP2 (fully_shard) on G and on D.
+    "backend": Key(str, "auto", None, one_of("auto", "ddp", "deepspeed", "fsdp")),
+    # ZeRO stage under "deepspeed": 1 shards optimizer state, 2 also gradients, 3 also
+    # parameters; 0: the launcher's `--zero_stage`, else 2.
+    "zero_stage": Key(int, 0, None, lambda v: None if 0 <= v <= 3 else "must be 0..3"),
+}
 EVAL_TABLES = ("extractor_options", "metrics")
 REGULARIZER_KEYS = {"every": Key(int, 1, OPTIM, positive)}
 #: Sections whose extra keys go to a registered factory, and the registry kind of each.
@@ -206,4 +217,5 @@ SECTIONS = (
     "ema",
     "train",
     "eval",
+    "distributed",
 )

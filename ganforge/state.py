@@ -36,6 +36,7 @@ from ganforge.checkpoint import (
     write_checkpoint,
 )
 from ganforge.distributed import gather_rank_states
+from ganforge.execution import ROLES
 from ganforge.runfiles import cpu_tensors
 
 if TYPE_CHECKING:
@@ -56,26 +57,25 @@ def modules(trainer: Trainer) -> dict[str, nn.Module]:
     return found
 
 
-def _optimizers(trainer: Trainer) -> dict[str, torch.optim.Optimizer]:
-    return {"generator": trainer.opt_g, "discriminator": trainer.opt_d}
-
-
 def save_checkpoint(trainer: Trainer) -> Path | None:
     """Write the trainer's state as ``checkpoints/step_NNNNNN``; called on every process.
 
     The main process gathers every process's random states and writes; it returns the
     checkpoint folder there and None elsewhere.
     """
-    acc = trainer.acc
+    acc, execution = trainer.acc, trainer.execution
     rng = gather_rank_states(rng_states(trainer.latent_rng, acc.device), acc)  # collective
+    # Whole tensors, gathered where the backend shards them (collective: every process).
+    whole = {role: execution.model_state(role) for role in ROLES}
+    optimizers = {role: execution.optimizer_state(role) for role in ROLES}
     path = None
     if acc.is_main_process:
         models: dict[str, torch.Tensor] = {}
         for name, module in modules(trainer).items():
-            models.update(cpu_tensors(module.state_dict(), f"{name}."))
+            models.update(cpu_tensors(whole.get(name) or module.state_dict(), f"{name}."))
         optim_tensors, optim_json = {}, {}
-        for name, optimizer in _optimizers(trainer).items():
-            tensors, document = flatten_optimizer(optimizer.state_dict(), f"{name}.")
+        for name, optimizer_state in optimizers.items():
+            tensors, document = flatten_optimizer(optimizer_state, f"{name}.")
             optim_tensors.update(tensors)
             optim_json[name] = document
         state = {
@@ -84,6 +84,7 @@ def save_checkpoint(trainer: Trainer) -> Path | None:
             "sampler": trainer.sampler.state_dict(),
             "data_size": len(trainer.data),
             "world_size": acc.num_processes,
+            "backend": {"name": execution.name, "zero_stage": trainer.launch.zero_stage},
             "mixed_precision": acc.mixed_precision,
             "scaler": acc.scaler.state_dict() if acc.scaler is not None else None,
             "optimizers": optim_json,
@@ -105,38 +106,16 @@ def save_checkpoint(trainer: Trainer) -> Path | None:
     return path
 
 
-def _match_param_layouts(optimizer) -> None:
-    """Give each per-parameter state tensor (Adam's moments) its parameter's memory layout.
-
-    Checkpoints store contiguous tensors; a channels_last parameter must get channels_last
-    moments back, or a fused step that walks both in memory order pairs the wrong elements.
-    """
-    for group in optimizer.param_groups:
-        for param in group["params"]:
-            for key, value in optimizer.state.get(param, {}).items():
-                if (
-                    torch.is_tensor(value)
-                    and value.shape == param.shape
-                    and value.stride() != param.stride()
-                ):
-                    optimizer.state[param][key] = torch.empty_like(param, dtype=value.dtype).copy_(
-                        value
-                    )
-
-
 def restore(trainer: Trainer, checkpoint: Checkpoint) -> None:
-    """Give the trainer every piece of state in ``checkpoint`` (on every process)."""
-    state, where = checkpoint.state, checkpoint.path
-    models = checkpoint.tensors("models")
-    for name, module in modules(trainer).items():
-        load_module(module, strip_prefix(models, f"{name}."), f"the {name} weights in {where}")
+    """Give the trainer every piece of state in ``checkpoint`` but the weights, which
+    :func:`load_weights` gave the plain modules (on every process)."""
+    state, execution = checkpoint.state, trainer.execution
     optim = checkpoint.tensors("optimizers")
-    for name, optimizer in _optimizers(trainer).items():
-        saved = unflatten_optimizer(
-            strip_prefix(optim, f"{name}."), state["optimizers"][name], optimizer.state_dict()
-        )
-        optimizer.load_state_dict(saved)
-        _match_param_layouts(optimizer)
+    for name in ROLES:
+        live = {"param_groups": execution.param_groups(name)}  # JSON types back (betas)
+        document = state["optimizers"][name]
+        saved = unflatten_optimizer(strip_prefix(optim, f"{name}."), document, live)
+        execution.load_optimizer_state(name, saved)
     if trainer.acc.scaler is not None and state["scaler"] is not None:
         trainer.acc.scaler.load_state_dict(state["scaler"])
     trainer.sampler.load_state_dict(state["sampler"])
@@ -197,6 +176,37 @@ def saved_clusters(checkpoint: Checkpoint | None, k: int, size: int) -> np.ndarr
     return labels.numpy()
 
 
+def load_weights(trainer: Trainer) -> None:
+    """Check the checkpoint that ``train.resume`` continues against this launch and give the
+    plain modules its weights (G, D, EMA, regularizers' state), or start from the weights of
+    the one ``train.init_from`` names. Called before a backend wraps or shards the modules."""
+    checkpoint, source = trainer.targets
+    if checkpoint is not None:
+        _check_continuable(trainer, checkpoint)
+        models, where = checkpoint.tensors("models"), checkpoint.path
+        for name, module in modules(trainer).items():
+            load_module(module, strip_prefix(models, f"{name}."), f"the {name} weights in {where}")
+    elif source is not None:
+        initialise_from(trainer, source)
+
+
+def _check_continuable(trainer: Trainer, checkpoint: Checkpoint) -> None:
+    acc = trainer.acc
+    check_resumable(checkpoint.state["recipe"], trainer.recipe, checkpoint.path)
+    saved_precision = checkpoint.state.get("mixed_precision", acc.mixed_precision)
+    if saved_precision != acc.mixed_precision:
+        raise CheckpointError(
+            f"{checkpoint.path} was trained with mixed precision {saved_precision!r}, this "
+            f"launch uses {acc.mixed_precision!r}: set run.mixed_precision = "
+            f'"{saved_precision}" (or launch with --mixed_precision {saved_precision})'
+        )
+    if checkpoint.step > trainer.steps:
+        raise CheckpointError(
+            f"{checkpoint.path} is at step {checkpoint.step}, past train.steps = "
+            f"{trainer.steps}: raise train.steps to continue it, or choose another run.out_dir"
+        )
+
+
 def initialise_from(trainer: Trainer, checkpoint: Checkpoint) -> None:
     """Start from another run's G, D (and EMA) weights, with fresh optimizers and counters."""
     models, where = checkpoint.tensors("models"), checkpoint.path
@@ -222,19 +232,6 @@ def start(trainer: Trainer) -> str:
         acc.wait_for_everyone()
     checkpoint, source = trainer.targets  # found before anything was built from the data
     if checkpoint is not None:
-        check_resumable(checkpoint.state["recipe"], trainer.recipe, checkpoint.path)
-        saved_precision = checkpoint.state.get("mixed_precision", acc.mixed_precision)
-        if saved_precision != acc.mixed_precision:
-            raise CheckpointError(
-                f"{checkpoint.path} was trained with mixed precision {saved_precision!r}, this "
-                f"launch uses {acc.mixed_precision!r}: set run.mixed_precision = "
-                f'"{saved_precision}" (or launch with --mixed_precision {saved_precision})'
-            )
-        if checkpoint.step > trainer.steps:
-            raise CheckpointError(
-                f"{checkpoint.path} is at step {checkpoint.step}, past train.steps = "
-                f"{trainer.steps}: raise train.steps to continue it, or choose another run.out_dir"
-            )
         restore(trainer, checkpoint)
         # Every process has read the folder before the main one renames anything in it.
         acc.wait_for_everyone()
@@ -243,6 +240,5 @@ def start(trainer: Trainer) -> str:
                 warn(f"resuming from step {checkpoint.step}: set aside {moved}")
         return f"resumed from {checkpoint.path} at step {checkpoint.step}"
     if source is not None:
-        initialise_from(trainer, source)
         message += f", initialised from the weights of {source.path} (step {source.step})"
     return message

@@ -8,7 +8,6 @@ registry; this module owns the order of operations, backward, the non-finite che
 
 from __future__ import annotations
 
-import contextlib
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -40,15 +39,21 @@ from ganforge.data import (
     to_model_range,
 )
 from ganforge.diagnostics import Watch
-from ganforge.distributed import broadcast_buffers, broadcast_from_main, make_accelerator
+from ganforge.distributed import (
+    broadcast_buffers,
+    broadcast_from_main,
+    make_accelerator,
+    plan_launch,
+)
 from ganforge.errors import DataError, GanforgeError, PluginError, RecipeError
+from ganforge.execution import make_execution
 from ganforge.outputs import RunOutputs
 from ganforge.plugins import Plugins
 from ganforge.recipe import Recipe
 from ganforge.runfiles import append_jsonl, cut_jsonl, write_text
 from ganforge.runfiles import read_metrics as read_metrics  # re-exported: its old home
 from ganforge.stopping import StopSignals, interrupted, too_many_skipped
-from ganforge.updates import build_optimizer, non_finite, total_norm
+from ganforge.updates import build_optimizer
 
 
 @dataclass(frozen=True)
@@ -84,9 +89,15 @@ class Trainer(RunOutputs):
     def __init__(self, recipe: Recipe, plugins: Plugins, accelerator=None):
         self.recipe, self.plugins, self.registry = recipe, plugins, plugins.registry
         run, train = recipe.section("run"), recipe.section("train")
+        self.launch = plan_launch(recipe.section("distributed"), train["grad_clip"])
         self.acc = accelerator or make_accelerator(
             run["mixed_precision"], run["log_with"], recipe.run_dir
         )
+        if self.launch.backend != "ddp" and self.acc.mixed_precision == "fp16":
+            raise GanforgeError(
+                f"fp16 under {self.launch.backend} has not been checked on a GPU yet: use bf16 "
+                "(--mixed_precision bf16) or no mixed precision (docs/distributed.md)"
+            )
         if self.acc.device.type == "cuda":  # process-wide, as PyTorch keeps them
             if train["tf32"] != "auto":
                 torch.backends.cuda.matmul.allow_tf32 = train["tf32"] == "on"
@@ -101,6 +112,8 @@ class Trainer(RunOutputs):
         self.run_dir = recipe.run_dir
         self.seed = run["seed"]
 
+        # What a run trains: data, models, loss, regularizers, augmentation and the EMA, built
+        # from the recipe (plain modules on the device, whole on every process).
         self.data = self.loaded_data = self._open_data()
         data_cfg = recipe.section("data")
         # What train.resume continues (or train.init_from starts from), found before anything
@@ -113,59 +126,34 @@ class Trainer(RunOutputs):
         self.num_classes = self.data.num_classes if conditioned else 0
         if data_cfg["conditional"] and self.num_classes < 2:
             raise DataError(f"data.conditional = true, but data {data_cfg['name']!r} has no labels")
-        core = {
-            "resolution": self.data.resolution,
-            "channels": self.data.channels,
-            "num_classes": self.num_classes,
-        }
-
-        # Every rank builds identical initial weights from the recipe seed.
-        torch.manual_seed(self.seed)
-        self.g_spec, self.d_spec = recipe.component("generator"), recipe.component("discriminator")
-        generator = self._build("generator", self.g_spec.name, core, self.g_spec.kwargs, nn.Module)
-        discriminator = self._build(
-            "discriminator", self.d_spec.name, core, self.d_spec.kwargs, nn.Module
-        )
-        loss_spec = recipe.component("loss")
-        self.loss: Loss = self._build("loss", loss_spec.name, {}, loss_spec.kwargs, Loss)
-        self.regularizers = [
-            (name, every, self._build("regularizer", name, {}, kwargs, Regularizer))
-            for name, every, kwargs in recipe.regularizers()
-        ]
-        for _, _, regularizer in self.regularizers:
-            if isinstance(regularizer, nn.Module):  # its state (buffers) lives beside the models
-                regularizer.to(self.acc.device)
-        self.augmenter = self._build_augmenter()
-        self.memory_format = torch.channels_last if train["channels_last"] else None
-        if self.memory_format is not None and self.acc.device.type == "cpu":
-            self.acc.print(
-                "ganforge: warning: train.channels_last = true on a CPU: the DCGAN quickstart "
-                "ran about 5x slower that way here (docs/performance.md); it pays on GPUs"
+        self._build_components()
+        if self.launch.zero_stage == 3 and self.regularizers:
+            raise GanforgeError(
+                "DeepSpeed ZeRO-3 runs no regularizers yet: penalties on input gradients "
+                "(gradient penalty, R1, R2, path length) backward a second time through "
+                "parameters ZeRO-3 has already released. Use ZeRO-1/2 (--zero_stage 2) or FSDP2 "
+                "(docs/distributed.md), or remove [regularizers]"
             )
-        if self.memory_format is not None and self.data.is_image:
-            generator.to(memory_format=self.memory_format)
-            discriminator.to(memory_format=self.memory_format)
-        optim = recipe.section("optim")
-        opt_g = build_optimizer(generator.parameters(), optim["generator"])
-        opt_d = build_optimizer(discriminator.parameters(), optim["discriminator"])
-        self.G, self.D, self.opt_g, self.opt_d = self.acc.prepare(
-            generator, discriminator, opt_g, opt_d
+        # Weights from the checkpoint that train.resume continues (or train.init_from starts
+        # from) go into the plain modules, before any backend shards them.
+        state.load_weights(self)
+
+        # How it is executed: one process or DDP, DeepSpeed ZeRO, or FSDP2.
+        self.execution = make_execution(
+            self.launch.backend,
+            self.acc,
+            self.grad_clip,
+            zero_stage=self.launch.zero_stage,
+            batch_size=self.batch_size,
         )
-        # The models outside any distributed wrapper: for sampling, checkpoints and export.
-        self.generator = self.acc.unwrap_model(self.G)
-        self.discriminator = self.acc.unwrap_model(self.D)
+        self.G, self.D = self.execution.prepare(
+            self.generator, self.discriminator, self._make_optimizer
+        )
+        # The models as the backend holds them (DDP's unwrapped; sharded under ZeRO-3/FSDP2):
+        # checkpoints and the EMA read them through the execution.
+        self.generator = self.execution.modules["generator"]
+        self.discriminator = self.execution.modules["discriminator"]
         self._critic_params = list(self.discriminator.parameters())
-        self._optimized = {  # each optimizer's parameters, listed once
-            id(opt.optimizer): [p for group in opt.optimizer.param_groups for p in group["params"]]
-            for opt in (self.opt_g, self.opt_d)
-        }
-        self.optim = optim
-        self._lr_decays = any(
-            optim[m]["lr_decay"] != "none" for m in ("generator", "discriminator")
-        )
-        self._check_class_head(loss_spec.name)
-        ema = recipe.section("ema")
-        self.ema = EMA(self.generator, ema["decay"], ema["warmup_steps"]) if ema["decay"] else None
 
         # Per-rank streams: data order and latents differ across ranks, repeat across runs.
         rank = self.acc.process_index
@@ -179,20 +167,12 @@ class Trainer(RunOutputs):
         torch.manual_seed(self.seed + rank)  # dropout and other module randomness
         self.step = 0
         self.skipped = torch.zeros((), device=self.acc.device)
-        self._one = torch.ones(
-            (), dtype=torch.float32, device=self.acc.device
-        )  # the non-finite check's unit scale
-        # Accelerate's no_sync asks its state whether the launch is distributed at every call
-        # (~40 µs on a CPU); one process needs no context at all.
-        self._no_sync_d = (
-            (lambda: self.acc.no_sync(self.D)) if world > 1 else contextlib.nullcontext
-        )
         # Steps in a row with a skipped update (train.max_skipped_in_a_row), on the device.
         self.skipped_in_a_row = torch.zeros((), device=self.acc.device)
         # The newest log and eval records, for the end-of-run summary (main process).
         self.last_log: dict[str, Any] | None = None
         self.last_eval: dict[str, Any] | None = None
-        # Resume (train.resume) or start from another run's weights (train.init_from).
+        # Resume (train.resume): optimizers, counters, sampler and random streams.
         self.start_message = state.start(self)
         self._evaluation = self._prepare_evaluation() if recipe.get("eval.every") else None
         self.info = RunInfo(
@@ -207,7 +187,76 @@ class Trainer(RunOutputs):
             num_classes=self.num_classes,
         )
 
+    @property
+    def backend_name(self) -> str:
+        """How the run is executed, as the start of a run prints it."""
+        if self.launch.backend == "deepspeed":
+            return f"DeepSpeed ZeRO-{self.launch.zero_stage}"
+        if self.launch.backend == "fsdp":
+            return "FSDP2"
+        return "DDP" if self.acc.num_processes > 1 else "one process"
+
+    @property
+    def opt_g(self) -> torch.optim.Optimizer:
+        return self.execution.optimizers["generator"]
+
+    @property
+    def opt_d(self) -> torch.optim.Optimizer:
+        return self.execution.optimizers["discriminator"]
+
     # ------------------------------------------------------------------ building
+
+    def _build_components(self) -> None:
+        """Models (identical initial weights on every rank, from the recipe seed), loss,
+        regularizers, augmentation and the EMA, on the device."""
+        recipe, device = self.recipe, self.acc.device
+        core = {
+            "resolution": self.data.resolution,
+            "channels": self.data.channels,
+            "num_classes": self.num_classes,
+        }
+        torch.manual_seed(self.seed)
+        self.g_spec, self.d_spec = recipe.component("generator"), recipe.component("discriminator")
+        generator = self._build("generator", self.g_spec.name, core, self.g_spec.kwargs, nn.Module)
+        discriminator = self._build(
+            "discriminator", self.d_spec.name, core, self.d_spec.kwargs, nn.Module
+        )
+        loss_spec = recipe.component("loss")
+        self.loss: Loss = self._build("loss", loss_spec.name, {}, loss_spec.kwargs, Loss)
+        self.regularizers = [
+            (name, every, self._build("regularizer", name, {}, kwargs, Regularizer))
+            for name, every, kwargs in recipe.regularizers()
+        ]
+        for _, _, regularizer in self.regularizers:
+            if isinstance(regularizer, nn.Module):  # its state (buffers) lives beside the models
+                regularizer.to(device)
+        self.augmenter = self._build_augmenter()
+        train = recipe.section("train")
+        self.memory_format = torch.channels_last if train["channels_last"] else None
+        if self.memory_format is not None and device.type == "cpu":
+            self.acc.print(
+                "ganforge: warning: train.channels_last = true on a CPU: the DCGAN quickstart "
+                "ran about 5x slower that way here (docs/performance.md); it pays on GPUs"
+            )
+        self.generator, self.discriminator = generator.to(device), discriminator.to(device)
+        if self.memory_format is not None and self.data.is_image:
+            generator.to(memory_format=self.memory_format)
+            discriminator.to(memory_format=self.memory_format)
+        self.optim = recipe.section("optim")
+        self._lr_decays = any(
+            self.optim[m]["lr_decay"] != "none" for m in ("generator", "discriminator")
+        )
+        self._check_class_head(loss_spec.name)
+        ema = recipe.section("ema")
+        self.ema = EMA(generator, ema["decay"], ema["warmup_steps"]) if ema["decay"] else None
+        # Samples and the export need the whole generator on one process; where a backend
+        # splits it (ZeRO-3, FSDP2) and no EMA is kept, a copy follows it (decay 0).
+        self.mirror = None
+        if self.ema is None and self.launch.backend != "ddp":
+            self.mirror = EMA(generator, 0.0)
+
+    def _make_optimizer(self, role: str, parameters) -> torch.optim.Optimizer:
+        return build_optimizer(parameters, self.optim[role])
 
     def _open_data(self) -> ImageData:
         data_cfg = self.recipe.component("data")
@@ -357,9 +406,9 @@ class Trainer(RunOutputs):
         """
         conditional = self.num_classes > 0
         if self._lr_decays:  # otherwise the rates stay the recipe's (a resume cannot change them)
-            for optimizer, model in ((self.opt_d, "discriminator"), (self.opt_g, "generator")):
-                config = self.optim[model]
-                set_lr(optimizer, config["lr"] * lr_factor(step, config))
+            for role in ("discriminator", "generator"):
+                config = self.optim[role]
+                set_lr(self.execution.param_groups(role), config["lr"] * lr_factor(step, config))
         skips = []
         for i in range(self.n_critic):
             real, y_real = self.batches.next(with_labels=conditional)
@@ -377,7 +426,7 @@ class Trainer(RunOutputs):
             real_out, fake_out = self.critic(real, y_real), self.critic(fake, y_fake)
             loss = self.loss.d_loss(real_out, fake_out, y_real, y_fake)
             loss, logs = self._regularize(loss, "d", step, real, fake, z, y_real, y_fake)
-            norm, skipped = self._update(self.D, self.opt_d, loss, measure)
+            norm, skipped = self._update(self.D, loss, measure)
             skips.append(skipped)
             if self.augmenter is not None:
                 self.augmenter.observe(real_out.logits)
@@ -385,13 +434,13 @@ class Trainer(RunOutputs):
 
         # G phase: D is frozen and its gradients are not all-reduced; G's are.
         self._critic_grad(False)
-        with self._no_sync_d():
+        with self.execution.no_sync("discriminator"):
             fake = generated
             fake_out = self.critic(fake, y_fake)
             real_out = self.critic(real, y_real) if self.loss.needs_real_for_g else None
             loss = self.loss.g_loss(fake_out, real_out, y_real, y_fake)
             loss, logs = self._regularize(loss, "g", step, real, fake, z, y_real, y_fake)
-            norm, skipped = self._update(self.G, self.opt_g, loss, measure)
+            norm, skipped = self._update(self.G, loss, measure)
             skips.append(skipped)
             g = Phase(loss.detach(), norm, skipped, logs)
         self._critic_grad(True)
@@ -399,8 +448,10 @@ class Trainer(RunOutputs):
         # device: the loop reads it at log and checkpoint steps only).
         any_skipped = torch.maximum(*skips) if len(skips) == 2 else torch.stack(skips).amax()
         torch.addcmul(any_skipped, self.skipped_in_a_row, any_skipped, out=self.skipped_in_a_row)
-        if self.ema is not None:  # skipped together with the G step it follows
-            self.ema.update(step + 1, skipped)
+        for average in (self.ema, self.mirror):  # skipped together with the G step
+            if average is not None:
+                with self.execution.full_tensors("generator") as current:
+                    average.update(step + 1, skipped, current)
         if self.augmenter is not None:
             self.augmenter.adjust(step)
         return d, g
@@ -426,53 +477,15 @@ class Trainer(RunOutputs):
         return loss, logs
 
     def _update(
-        self, model: nn.Module, optimizer, loss: torch.Tensor, measure: bool = True
+        self, model, loss: torch.Tensor, measure: bool = True
     ) -> tuple[torch.Tensor | None, torch.Tensor]:
-        """Backward, the non-finite check, optional clipping and the optimizer step.
-
-        Returns the gradient norm (None when neither ``measure`` nor clipping asks for it) and
-        the skip flag (device tensors). A non-finite loss or gradient on any rank skips this
-        optimizer step on every rank, decided on the device.
+        """``model``'s (``self.G``'s or ``self.D``'s) update through the execution: backward,
+        the non-finite check (a non-finite loss or gradient on any rank skips the update on
+        every rank), optional clipping and the optimizer step. Returns the gradient norm (None
+        when neither ``measure`` nor clipping asks for it) and the skip flag (device tensors).
         """
-        # The optimizer inside Accelerate's wrapper, used as the wrapper would (stepped through
-        # the loss scaler under fp16). The wrapper's zero_grad inspects a signature and its step
-        # looks for optional packages on the file system at every call: with 2 updates a step
-        # that was ~30% of a tiny model's step on a CPU (benchmarks/engine_overhead.py).
-        inner = optimizer.optimizer
-        params = self._optimized[id(inner)]
-        for p in params:  # zero_grad(set_to_none=True) without its per-call bookkeeping
-            p.grad = None
-        scaler = self.acc.scaler
-        # What accelerator.backward does for the launches ganforge accepts (no gradient
-        # accumulation; DeepSpeed, FSDP, XLA and Megatron are refused), minus its loss / 1.
-        (loss if scaler is None else scaler.scale(loss)).backward()
-        if scaler is not None:  # fp16: measure and clip true gradients
-            scaler.unscale_(inner)  # what accelerator.unscale_gradients does under fp16
-        grads = [p.grad for p in params if p.grad is not None]
-        # One fused check of every gradient element and the loss, whether or not the step
-        # logs: the norm (logged steps, clipping) may overflow where no element does.
-        found_inf = non_finite([*grads, loss.detach()], self._one)
-        norm = total_norm(grads) if measure or self.grad_clip > 0 else None
-        if self.grad_clip > 0:  # clipping by an infinite norm would zero or NaN the update
-            found_inf = torch.maximum(found_inf, (~torch.isfinite(norm)).float())
-        if self.acc.num_processes > 1:
-            torch.distributed.all_reduce(found_inf, op=torch.distributed.ReduceOp.MAX)
-        if self.grad_clip > 0:
-            torch.nn.utils.clip_grads_with_norm_(
-                [p for p in params if p.grad is not None], self.grad_clip, norm
-            )
-        if scaler is not None:
-            # GradScaler steps a fused optimizer on its own flag (this rank's gradients only)
-            # and overwrites the optimizer's: fold the core's in (the loss, every rank), so
-            # the optimizer, the EMA and the skip counters skip together.
-            state = scaler._per_optimizer_states[id(inner)]
-            for flag in state["found_inf_per_device"].values():
-                torch.maximum(flag, found_inf.to(flag.device), out=flag)
-            scaler.step(inner)
-            scaler.update()
-        else:
-            inner.found_inf = found_inf  # read by the fused step: skip when 1
-            inner.step()
+        role = "discriminator" if model is self.D else "generator"
+        norm, found_inf = self.execution.update(role, loss, measure)
         self.skipped += found_inf
         return norm, found_inf
 
@@ -490,7 +503,8 @@ class Trainer(RunOutputs):
         if main:
             self._prepare_run_dir()
         acc.print(
-            f"ganforge: {acc.num_processes} process(es) on {acc.device}, global batch "
+            f"ganforge: {acc.num_processes} process(es) on {acc.device} ({self.backend_name}), "
+            "global batch "
             f"{self.batch_size} = {self.info.per_process_batch} per process, mixed "
             f"precision {acc.mixed_precision}, run dir {self.run_dir}\n"
             f"ganforge: {self.start_message}; training to step {self.steps}"
@@ -626,8 +640,8 @@ class Trainer(RunOutputs):
         return {
             "step": self.step,
             **values,
-            "lr_g": self.opt_g.param_groups[0]["lr"],
-            "lr_d": self.opt_d.param_groups[0]["lr"],
+            "lr_g": self.execution.param_groups("generator")[0]["lr"],
+            "lr_d": self.execution.param_groups("discriminator")[0]["lr"],
             "skipped_steps": int(self.skipped.item()),
             "images_per_s": images_per_s,
             "kimg": self.step * self.n_critic * self.batch_size / 1000,
@@ -641,7 +655,8 @@ class Trainer(RunOutputs):
         running statistics follow its own shard. Before each checkpoint and the export they are
         made identical, the same way in every run, so what is saved is every rank's state.
         """
-        broadcast_buffers(state.modules(self).values(), self.acc)
+        copies = [self.mirror.module] if self.mirror is not None else []
+        broadcast_buffers([*state.modules(self).values(), *copies], self.acc)
 
     def save_checkpoint(self) -> Path | None:
         """Write the whole training state (every process calls it; the main one writes)."""

@@ -11,7 +11,8 @@ import torch
 def build_optimizer(params, config: dict[str, Any]) -> torch.optim.Optimizer:
     kind = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[config["name"]]
     # Fused Adam accepts a device-side `found_inf` flag, so a non-finite step is skipped
-    # without the host reading anything back (no synchronisation inside the step).
+    # without the host reading anything back (no synchronisation inside the step). It steps
+    # FSDP2's sharded parameters (DTensors) and ZeRO's flat partitions too.
     return kind(
         params,
         lr=config["lr"],

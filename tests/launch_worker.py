@@ -45,21 +45,142 @@ def model_state(trainer) -> dict[str, torch.Tensor]:
     }
 
 
+def use_global_latents(trainer) -> None:
+    """Latents drawn for the global batch, of which each process takes its shard as it does
+    for the real images, and keyed by step: the same whatever the number of processes, and
+    the same after a resume."""
+    rank, world = trainer.acc.process_index, trainer.acc.num_processes
+    calls = {"step": -1, "k": 0}
+
+    def same_global_latents(n: int) -> torch.Tensor:
+        if calls["step"] != trainer.step:
+            calls.update(step=trainer.step, k=0)
+        calls["k"] += 1
+        rng = torch.Generator().manual_seed(1000 + 16 * trainer.step + calls["k"])
+        return torch.randn(n * world, *trainer.generator.latent_shape, generator=rng)[rank::world]
+
+    trainer.latents = same_global_latents
+
+
+class _GlobalRand:
+    """``torch`` for the gradient penalty's module, whose ``rand`` (the interpolation points)
+    draws for the global batch and keeps this process's rows, keyed by step and call."""
+
+    def __init__(self, trainer):
+        self.trainer, self.calls = trainer, {"step": -1, "k": 0}
+
+    def rand(self, shape, device=None):
+        trainer, calls = self.trainer, self.calls
+        rank, world = trainer.acc.process_index, trainer.acc.num_processes
+        if calls["step"] != trainer.step:
+            calls.update(step=trainer.step, k=0)
+        calls["k"] += 1
+        rng = torch.Generator().manual_seed(5000 + 16 * trainer.step + calls["k"])
+        whole = torch.rand((shape[0] * world, *shape[1:]), generator=rng)
+        return whole[rank::world].to(device)
+
+    def __getattr__(self, name):
+        return getattr(torch, name)
+
+
+def use_global_randomness(trainer) -> None:
+    """The latents and the gradient penalty's points of the global batch (see above)."""
+    import ganforge_plugins.regularizers as regularizers
+
+    use_global_latents(trainer)
+    regularizers.torch = _GlobalRand(trainer)
+
+
 def equivalence(out: Path) -> None:
     """3 steps on the same global reals and latents, whatever the number of processes."""
     trainer = make_trainer(out, *EQUIVALENCE)
     rank, world = trainer.acc.process_index, trainer.acc.num_processes
-    draws = iter(range(1_000_000))
-
-    def same_global_latents(n: int) -> torch.Tensor:
-        # The latents of the global batch, of which this process takes its shard, as it does
-        # for the real images.
-        rng = torch.Generator().manual_seed(1000 + next(draws))
-        return torch.randn(n * world, *trainer.generator.latent_shape, generator=rng)[rank::world]
-
-    trainer.latents = same_global_latents
+    use_global_latents(trainer)
     trainer.fit()
     save_file(model_state(trainer), str(out / f"equivalence_{world}_rank{rank}.safetensors"))
+
+
+#: The backend checks' recipe: EQUIVALENCE with a gradient penalty beside R1 (n_critic 2, EMA),
+#: a checkpoint every 2 steps and no evaluation.
+BACKEND = (
+    *EQUIVALENCE,
+    "regularizers.gradient_penalty.weight=1.0",
+    "train.checkpoint_every=2",
+    "eval.every=0",
+)
+
+
+def full_state(trainer) -> dict[str, torch.Tensor]:
+    """Models and both optimizers' tensors, whole (collective under a sharding backend)."""
+    from ganforge.checkpoint import flatten_optimizer
+
+    state = {}
+    if trainer.ema is not None:
+        state.update(
+            {f"ema.{k}": v.cpu().clone() for k, v in trainer.ema.module.state_dict().items()}
+        )
+    for role in ("generator", "discriminator"):
+        whole = trainer.execution.model_state(role)  # G and D gathered where sharded
+        state.update({f"{role}.{k}": v.cpu().clone().contiguous() for k, v in whole.items()})
+        tensors, _ = flatten_optimizer(trainer.execution.optimizer_state(role), f"opt.{role}.")
+        state.update(tensors)
+    return state
+
+
+def backend_recipe(overrides) -> tuple[str, ...]:
+    """BACKEND, without its penalties when the overrides say ``penalties=none`` (ZeRO-3)."""
+    if "penalties=none" not in overrides:
+        return (*BACKEND, *overrides)
+    kept = [o for o in BACKEND if not o.startswith("regularizers.")]
+    return (*kept, *(o for o in overrides if o != "penalties=none"))
+
+
+def train_for(out: Path, steps: int, *overrides: str, poison_at: int | None = None):
+    """A BACKEND run to ``steps`` (resuming what ``out`` holds); ``poison_at``: the last rank's
+    real batch of that critic update (0-based, all steps counted) is NaN."""
+    trainer = make_trainer(out, *backend_recipe(overrides), f"train.steps={steps}")
+    use_global_randomness(trainer)
+    if poison_at is not None and trainer.acc.process_index == trainer.acc.num_processes - 1:
+        draw, calls = trainer.batches.next, iter(range(1_000_000))
+
+        def poisoned(with_labels=False):
+            real, y = draw(with_labels=with_labels)
+            return (torch.full_like(real, float("nan")) if next(calls) == poison_at else real), y
+
+        trainer.batches.next = poisoned
+    try:
+        trainer.fit()
+    finally:
+        import ganforge_plugins.regularizers as regularizers
+
+        regularizers.torch = torch
+    return trainer
+
+
+def backend(out: Path, reference: str, *overrides: str) -> None:
+    """Under the launch's backend: 4 straight steps; 2 steps, then resumed to 4; 3 steps with a
+    poisoned batch on the last rank; and the reference checkpoint (another backend, one
+    process) loaded here. Each rank records what the test compares."""
+    from accelerate import Accelerator
+
+    # Several runs in one process share its process group (and DeepSpeed's view of it): the
+    # group ends once, after the last run, not at the end of each.
+    end_training, Accelerator.end_training = Accelerator.end_training, lambda self: None
+    straight = train_for(out / "straight", 4, *overrides)
+    rank, world = straight.acc.process_index, straight.acc.num_processes
+    tag = f"{world}_rank{rank}"
+    save_file(full_state(straight), str(out / f"straight_{tag}.safetensors"))
+    train_for(out / "resumed", 2, *overrides)
+    resumed = train_for(out / "resumed", 4, *overrides)
+    save_file(full_state(resumed), str(out / f"resumed_{tag}.safetensors"))
+    poisoned = train_for(out / "poison", 3, *overrides, poison_at=2)
+    save_file(full_state(poisoned), str(out / f"poison_{tag}.safetensors"))
+    resume = ("train.steps=2", f"train.resume={reference}")
+    loaded = make_trainer(out / "loaded", *backend_recipe(overrides), *resume)
+    save_file(full_state(loaded), str(out / f"loaded_{tag}.safetensors"))
+    info = {"backend": straight.backend_name, "skipped": int(poisoned.skipped.item())}
+    (out / f"info_{tag}.json").write_text(json.dumps(info))
+    end_training(loaded.acc)
 
 
 LOSSES = ("bce", "minimax", "lsgan", "wgan", "hinge", "rsgan", "rahinge")
@@ -148,9 +269,36 @@ def quickstart(out: Path, *overrides: str) -> None:
     sys.exit(main([str(root / "recipes" / "quickstart.toml"), *overrides]))
 
 
+def refuse_unpickling() -> None:
+    """As the ``no_unpickling`` fixture does in the test process: any unpickling in this
+    process fails it (pickle's loaders and Unpickler, torch.load, and an audit hook on
+    ``pickle.find_class`` for unpicklers made before this call)."""
+    import pickle
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("something tried to unpickle")
+
+    class RefusingUnpickler(pickle.Unpickler):
+        def __init__(self, *args, **kwargs):
+            refuse()
+
+    pickle.load = pickle.loads = refuse
+    pickle.Unpickler = pickle._Unpickler = RefusingUnpickler
+    torch.load = torch.serialization.load = refuse
+    sys.addaudithook(lambda event, args: refuse() if event == "pickle.find_class" else None)
+
+
 if __name__ == "__main__":
     mode, out, *rest = sys.argv[1:]
+    if mode == "backend":  # DeepSpeed and FSDP2 paths run with unpickling refused
+        refuse_unpickling()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    {"equivalence": equivalence, "quickstart": quickstart, "precision": precision}[mode](out, *rest)
+    modes = {
+        "equivalence": equivalence,
+        "quickstart": quickstart,
+        "precision": precision,
+        "backend": backend,
+    }
+    modes[mode](out, *rest)
     (out / f"{mode}.done").write_text(json.dumps(rest))

@@ -28,7 +28,7 @@ def test_ema_after_k_updates_equals_its_closed_form():
         with torch.no_grad():
             model.weight.add_(torch.full_like(model.weight, float(t)))
         history.append(model.weight.detach().clone())
-        ema.update(t)
+        ema.update(t, None, list(model.state_dict(keep_vars=True).values()))
     beta, k = 0.9, len(history)
     expected = beta**k * start + sum(
         (1 - beta) * beta ** (k - i) * p for i, p in enumerate(history, start=1)
@@ -51,11 +51,12 @@ def test_a_skipped_step_leaves_the_average_unchanged():
     with torch.no_grad():
         model[0].weight.add_(1.0)
     model(torch.randn(4, 2))  # moves the batch-norm statistics
-    ema.update(1, skip=torch.tensor(1.0))
+    current = list(model.state_dict(keep_vars=True).values())
+    ema.update(1, torch.tensor(1.0), current)
     for k, v in ema.module.state_dict().items():
         if v.is_floating_point():
             assert torch.equal(v, before[k]), k
-    ema.update(2, skip=torch.tensor(0.0))
+    ema.update(2, torch.tensor(0.0), current)
     assert torch.allclose(ema.module[0].weight, (before["0.weight"] + model[0].weight) / 2)
     running = (before["1.running_mean"] + model[1].running_mean) / 2
     assert torch.allclose(ema.module[1].running_mean, running)  # buffers are averaged too

@@ -152,11 +152,10 @@ class CriticConditioning(nn.Module):
         """Add the label terms to ``out`` from ``features``, ``(B, C)`` or ``(B, C, H, W)``."""
         pooled = features.sum(dim=(2, 3)) if features.dim() == 4 else features
         if self.condition == "auxiliary":
-            out.class_logits = self.classify(pooled)
-            return out
+            return out._replace(class_logits=self.classify(pooled))
         require_labels(self, self.num_classes, y)
-        out.logits = out.logits + (self.embed(y) * pooled).sum(dim=1, keepdim=True)
-        return out
+        projection = (self.embed(y) * pooled).sum(dim=1, keepdim=True)
+        return out._replace(logits=out.logits + projection)
 
 
 def critic_output(
