@@ -24,7 +24,11 @@ if [[ "${1:-}" == "prepare" ]]; then
     # What the image may lack (installed there only when missing), for its Python 3.12.
     python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
         --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
-        -d "$WHEELS" scikit-learn scipy joblib threadpoolctl pillow
+        -d "$WHEELS" scikit-learn scipy joblib threadpoolctl pillow \
+        hjson py-cpuinfo msgpack einops ninja pydantic pydantic-core annotated-types \
+        typing-inspection
+    # DeepSpeed (the DeepSpeed rows): pure Python, built here from its sdist.
+    python -m pip wheel -q --no-deps deepspeed==0.19.8 -w "$WHEELS"
     # The plain loop the speed rows compare against (../shared does not travel to the GPU).
     cp /work/shared/baselines/gan_step_bench.py "$WHEELS/"
     source_hash > "$WHEELS/SOURCE_HASH"
@@ -40,7 +44,10 @@ fi
 SITE=$ROOT/build/gpu_site
 rm -rf "$OUT" "$SITE" && mkdir -p "$OUT" "$SITE"
 "$PY" -m pip install -q --no-index --no-deps --target "$SITE" "$WHEELS"/ganforge-*.whl
-for spec in sklearn:scikit_learn scipy:scipy joblib:joblib threadpoolctl:threadpoolctl PIL:pillow; do
+for spec in sklearn:scikit_learn scipy:scipy joblib:joblib threadpoolctl:threadpoolctl PIL:pillow \
+        hjson:hjson cpuinfo:py_cpuinfo msgpack:msgpack einops:einops ninja:ninja \
+        annotated_types:annotated_types typing_inspection:typing_inspection \
+        pydantic_core:pydantic_core pydantic:pydantic deepspeed:deepspeed; do
     module=${spec%%:*} wheel=${spec##*:}
     if ! "$PY" -c "import $module" 2>/dev/null; then
         "$PY" -m pip install -q --no-index --no-deps --target "$SITE" "$WHEELS"/"$wheel"-*.whl
@@ -75,9 +82,14 @@ run() {  # run NAME TIMEOUT COMMAND...: record its exit status and wall time
     [[ $rc == 0 ]] || { echo "--- $name failed (exit $rc):"; tail -20 "$OUT/$name.log"; }
 }
 
-train() {  # train NAME PRECISION RECIPE OVERRIDES...
-    local name=$1 precision=$2 recipe=$3; shift 3
-    run "$name" 150 "$PY" -m accelerate.commands.launch --config_file "$CONFIG" --mixed_precision "$precision" \
+train() {  # train NAME PRECISION RECIPE OVERRIDES... (one process, configs/accelerate/one_gpu.yaml)
+    train_with "$1" "--config_file $CONFIG" "${@:2}"
+}
+
+train_with() {  # train_with NAME "LAUNCHER ARGS" PRECISION RECIPE OVERRIDES...
+    local name=$1 launcher=$2 precision=$3 recipe=$4; shift 4
+    # shellcheck disable=SC2086  # the launcher's arguments are words
+    run "$name" 150 "$PY" -m accelerate.commands.launch $launcher --mixed_precision "$precision" \
         -m ganforge "$ROOT/recipes/$recipe" "run.out_dir=$OUT/$name" train.log_every=50 \
         train.checkpoint_every=0 "$@" "${EXTRA[@]}"
 }
@@ -112,6 +124,17 @@ for batch in $SPEED_BATCHES; do
         train "dcgan64_b${batch}_bf16_$layout" bf16 dcgan.toml data.name=synthetic data.size=8192 \
             "train.batch_size=$batch" "train.channels_last=$flag" "train.steps=$SPEED_STEPS" \
             train.log_every=100 train.sample_every=100000
+    done
+done
+# The same DCGAN-64 step under DeepSpeed ZeRO-2 and FSDP2 (bf16 autocast, one process: the
+# backends' own overhead beside DDP's rows above; several GPUs need a bigger machine).
+for batch in $SPEED_BATCHES; do
+    for backend in zero2 fsdp2; do
+        if [[ $backend == zero2 ]]; then launcher="--use_deepspeed --zero_stage 2 --num_processes 1"
+        else launcher="--config_file $ROOT/configs/accelerate/fsdp.yaml --num_processes 1"; fi
+        train_with "dcgan64_b${batch}_bf16_$backend" "$launcher" bf16 dcgan.toml \
+            data.name=synthetic data.size=8192 "train.batch_size=$batch" \
+            "train.steps=$SPEED_STEPS" train.log_every=100 train.sample_every=100000
     done
 done
 run input_pipeline 120 "$PY" "$ROOT/benchmarks/input_pipeline.py" --seconds 1

@@ -171,20 +171,20 @@ def make_accelerator(
 
 def refuse_unsupported(distributed_type, kinds) -> None:
     """Stop before training a launch configuration the GAN step would train wrongly."""
-    if distributed_type == kinds.DEEPSPEED:
-        # Accelerate prepares one model per DeepSpeed engine and its `backward` steps that
-        # engine: with G and D it would update the wrong model. DeepSpeed also owns loss
-        # scaling, clipping and the overflow skip, which this step does itself.
+    if distributed_type in (kinds.DEEPSPEED, kinds.FSDP):
+        # make_accelerator hides the launcher's DeepSpeed/FSDP flags from Accelerate; reaching
+        # here means an Accelerator built with Accelerate's own plugin, which prepares one
+        # engine per launch (with G and D its backward would update the wrong model).
         raise GanforgeError(
-            "DeepSpeed launches are not supported yet: a GAN trains two models with their own "
-            "optimizers, and Accelerate's DeepSpeed integration drives one engine whose "
-            "backward would update the wrong model. Launch with DDP instead "
-            "(configs/accelerate/multi_gpu.yaml); see docs/distributed.md"
+            f"{distributed_type.value} through Accelerate's own plugin is not supported: "
+            "ganforge drives DeepSpeed and FSDP2 itself, one engine or sharded module per "
+            'model; launch with --use_deepspeed / --use_fsdp or set distributed.backend '
+            "(docs/distributed.md)"
         )
-    if distributed_type in (kinds.FSDP, kinds.XLA, kinds.MEGATRON_LM):
+    if distributed_type in (kinds.XLA, kinds.MEGATRON_LM):
         raise GanforgeError(
             f"{distributed_type.value} launches are not supported: ganforge runs one process, "
-            "or several with DDP (configs/accelerate/); see docs/distributed.md"
+            "DDP, DeepSpeed ZeRO or FSDP2 (configs/accelerate/); see docs/distributed.md"
         )
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
+from torch import nn
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -213,7 +214,10 @@ def precision(out: Path, mixed_precision: str) -> None:
             logits = output.logits if hasattr(output, "logits") else output
             passes.append([str(args[0].dtype), str(logits.dtype)])
 
-        trainer.discriminator.register_forward_hook(record)
+        # The critic's first layer: what autocast runs it in (Accelerate hands the critic's
+        # outputs back in float32, whatever ran inside).
+        first = next(m for m in trainer.discriminator.modules() if isinstance(m, nn.Conv2d))
+        first.register_forward_hook(record)
         before = {k: v.clone() for k, v in trainer.generator.state_dict().items()}
         trainer.fit()
         last = json.loads((trainer.run_dir / "metrics.jsonl").read_text().splitlines()[-1])
@@ -269,6 +273,13 @@ def quickstart(out: Path, *overrides: str) -> None:
     sys.exit(main([str(root / "recipes" / "quickstart.toml"), *overrides]))
 
 
+def bf16(out: Path, *overrides: str) -> None:
+    """4 BACKEND steps under bf16 autocast; each rank records its whole state."""
+    trainer = train_for(out / "bf16", 4, "run.mixed_precision=bf16", *overrides)
+    tag = f"{trainer.acc.num_processes}_rank{trainer.acc.process_index}"
+    save_file(full_state(trainer), str(out / f"bf16_{tag}.safetensors"))
+
+
 def refuse_unpickling() -> None:
     """As the ``no_unpickling`` fixture does in the test process: any unpickling in this
     process fails it (pickle's loaders and Unpickler, torch.load, and an audit hook on
@@ -290,7 +301,7 @@ def refuse_unpickling() -> None:
 
 if __name__ == "__main__":
     mode, out, *rest = sys.argv[1:]
-    if mode == "backend":  # DeepSpeed and FSDP2 paths run with unpickling refused
+    if mode in ("backend", "bf16"):  # DeepSpeed and FSDP2 paths run with unpickling refused
         refuse_unpickling()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -299,6 +310,7 @@ if __name__ == "__main__":
         "quickstart": quickstart,
         "precision": precision,
         "backend": backend,
+        "bf16": bf16,
     }
     modes[mode](out, *rest)
     (out / f"{mode}.done").write_text(json.dumps(rest))

@@ -76,8 +76,12 @@ def test_unconditional_models_are_unchanged(name):
     build, input_shape, (layout, weights, output) = UNCONDITIONAL[name]
     got_layout, got_weights, got_output = fingerprint(build, input_shape)
     assert got_layout == layout
-    assert got_weights == pytest.approx(weights, rel=1e-9)
-    assert got_output == pytest.approx(output, rel=1e-6)
+    # Float32 tolerances: the random draws are the same everywhere, but spectral norm's power
+    # iteration and the forward pass round differently across CPUs, BLAS kernels and thread
+    # counts (seen: 9e-8 relative). Any change to a layer, its init or its order moves these
+    # sums by far more.
+    assert got_weights == pytest.approx(weights, rel=1e-6)
+    assert got_output == pytest.approx(output, rel=1e-5)
 
 
 def test_conditional_batch_norm_scales_and_shifts_per_class():

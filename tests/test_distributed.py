@@ -4,6 +4,7 @@ launch types the GAN step cannot run are refused."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -12,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -147,7 +149,7 @@ def test_two_process_quickstart_agrees_on_every_rank_exports_and_resumes_exactly
         assert all(torch.equal(resumed[k], expected[k]) for k in expected), rank
 
 
-def test_deepspeed_and_other_unsupported_launches_are_refused_clearly():
+def test_accelerates_own_deepspeed_and_other_unsupported_launches_are_refused_clearly():
     from accelerate.utils import DistributedType
 
     from ganforge.distributed import refuse_unsupported
@@ -155,20 +157,59 @@ def test_deepspeed_and_other_unsupported_launches_are_refused_clearly():
 
     refuse_unsupported(DistributedType.MULTI_GPU, DistributedType)  # DDP: fine
     refuse_unsupported(DistributedType.NO, DistributedType)
-    with pytest.raises(GanforgeError, match="DeepSpeed launches are not supported"):
+    with pytest.raises(GanforgeError, match="DEEPSPEED through Accelerate's own plugin"):
         refuse_unsupported(DistributedType.DEEPSPEED, DistributedType)
-    with pytest.raises(GanforgeError, match="FSDP launches are not supported"):
+    with pytest.raises(GanforgeError, match="FSDP through Accelerate's own plugin"):
         refuse_unsupported(DistributedType.FSDP, DistributedType)
+    with pytest.raises(GanforgeError, match="XLA launches are not supported"):
+        refuse_unsupported(DistributedType.XLA, DistributedType)
 
 
-@pytest.mark.parametrize("checkpoint_every", [0, 5], ids=["a new checkpoint", "a periodic one"])
-def test_ctrl_c_stops_every_process_at_one_step_with_a_checkpoint(tmp_path, checkpoint_every):
+def deepspeed_launch_command(*args: str) -> list[str]:
+    """Two CPU ranks under DeepSpeed ZeRO-2, from the launcher's flags alone."""
+    launcher = shutil.which("accelerate", path=str(Path(sys.executable).parent))
+    return [
+        launcher,
+        "launch",
+        "--use_deepspeed",
+        "--zero_stage",
+        "2",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--main_process_port",
+        str(free_port()),
+        *args,
+    ]
+
+
+@pytest.mark.parametrize(
+    "launcher, checkpoint_every",
+    [
+        ("ddp", 0),
+        ("ddp", 5),
+        pytest.param(
+            "deepspeed",
+            5,
+            marks=pytest.mark.skipif(
+                not importlib.util.find_spec("deepspeed"), reason="needs ganforge[deepspeed]"
+            ),
+        ),
+    ],
+    ids=["a new checkpoint", "a periodic one", "deepspeed"],
+)
+def test_ctrl_c_stops_every_process_at_one_step_with_a_checkpoint(
+    tmp_path, launcher, checkpoint_every
+):
     # As in a terminal: Ctrl-C reaches the launcher and both processes (one process group),
     # and the launcher forwards it again. They agree on the next logged step and write one
-    # checkpoint there, which a later run resumes.
+    # checkpoint there, which a later run resumes (a DeepSpeed one, on DDP).
     run = tmp_path / "run"
-    command = launch_command(
-        "no",
+    make = deepspeed_launch_command if launcher == "deepspeed" else partial(launch_command, "no")
+    command = make(
         "-m",
         "ganforge",
         str(ROOT / "recipes" / "quickstart.toml"),

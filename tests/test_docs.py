@@ -18,7 +18,7 @@ def test_readme_starts_with_the_two_fresh_machine_commands():
     quickstart, tests = blocks[0], blocks[1]
     assert "pip install torch==2.13.0 -e ." in quickstart
     assert quickstart.endswith("python -m ganforge recipes/quickstart.toml")
-    assert 'pip install torch==2.13.0 -e ".[test]"' in tests and tests.endswith("pytest")
+    assert 'pip install torch==2.13.0 -e ".[test,deepspeed]"' in tests and tests.endswith("pytest")
     assert README.index(tests) < 800  # within the README's first lines
 
 

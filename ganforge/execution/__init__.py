@@ -132,11 +132,13 @@ def _local(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def autocast_forward(module: nn.Module, accelerator) -> None:
-    """Run ``module``'s forward under the launch's autocast (bf16), as Accelerate's
-    ``prepare`` does for DDP: the original stays in ``_original_forward``, which the core's
-    float32 critic pass (penalties) calls instead."""
+    """Run ``module``'s forward under the launch's autocast (bf16) with its outputs handed back
+    in float32, exactly as Accelerate's ``prepare`` does for DDP: the original stays in
+    ``_original_forward``, which the core's float32 critic pass (penalties) calls instead."""
     if accelerator.mixed_precision == "no":
         return
+    from accelerate.utils import convert_outputs_to_fp32
+
     original = module.forward
 
     def forward(*args, **kwargs):
@@ -144,7 +146,7 @@ def autocast_forward(module: nn.Module, accelerator) -> None:
             return original(*args, **kwargs)
 
     module._original_forward = original
-    module.forward = forward
+    module.forward = convert_outputs_to_fp32(forward)
 
 
 def make_execution(

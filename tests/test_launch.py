@@ -1,0 +1,95 @@
+"""Which backend a launch runs: the recipe's [distributed] table and the launcher's flags must
+agree, and what ganforge would not do exactly is refused with one message."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ganforge.distributed import Launch, plan_launch
+from ganforge.errors import GanforgeError, RecipeError
+from ganforge.recipe import validate
+
+AUTO = {"backend": "auto", "zero_stage": 0}
+DEEPSPEED = {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "3"}
+
+
+def plan(env=None, grad_clip=0.0, **settings):
+    return plan_launch({**AUTO, **settings}, grad_clip, env or {})
+
+
+def test_the_launcher_decides_when_the_recipe_says_auto():
+    assert plan() == Launch("ddp")
+    assert plan(DEEPSPEED) == Launch("deepspeed", 3)
+    assert plan({"ACCELERATE_USE_DEEPSPEED": "true"}) == Launch("deepspeed", 2)  # no stage: 2
+    assert plan({"ACCELERATE_USE_FSDP": "true"}) == Launch("fsdp")
+    # torchrun (no launcher flags): the recipe switch alone.
+    assert plan(backend="deepspeed", zero_stage=1) == Launch("deepspeed", 1)
+    assert plan(backend="fsdp") == Launch("fsdp")
+    # An explicit value that agrees is fine.
+    assert plan(DEEPSPEED, backend="deepspeed", zero_stage=3) == Launch("deepspeed", 3)
+
+
+@pytest.mark.parametrize(
+    "env, settings, grad_clip, message",
+    [
+        (DEEPSPEED, {"backend": "ddp"}, 0.0, 'the launcher asks for deepspeed.*"ddp"'),
+        ({"ACCELERATE_USE_FSDP": "true"}, {"backend": "deepspeed"}, 0.0, "asks for fsdp"),
+        (DEEPSPEED, {"zero_stage": 2}, 0.0, "ZeRO stage 3, the recipe for .*zero_stage = 2"),
+        ({**DEEPSPEED, "ACCELERATE_GRADIENT_CLIPPING": "1.0"}, {}, 0.0, "clips gradients at"),
+        ({**DEEPSPEED, "ACCELERATE_GRADIENT_ACCUMULATION_STEPS": "4"}, {}, 0.0, "accumulation"),
+        ({**DEEPSPEED, "ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE": "cpu"}, {}, 0.0, "offload"),
+        ({"ACCELERATE_USE_FSDP": "true", "FSDP_OFFLOAD_PARAMS": "true"}, {}, 0.0, "offload"),
+        (
+            {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "0"},
+            {},
+            0.0,
+            "ZeRO stage 0",
+        ),
+    ],
+)
+def test_a_launch_ganforge_would_not_run_exactly_is_one_message(env, settings, grad_clip, message):
+    with pytest.raises(GanforgeError, match=message):
+        plan(env, grad_clip, **settings)
+
+
+def test_the_launchers_clipping_is_accepted_when_it_is_the_recipes():
+    env = {**DEEPSPEED, "ACCELERATE_GRADIENT_CLIPPING": "1.0"}
+    assert plan(env, grad_clip=1.0) == Launch("deepspeed", 3)
+
+
+def test_a_deepspeed_config_file_may_not_bring_its_own_optimizer(tmp_path):
+    config = tmp_path / "ds.json"
+    config.write_text(
+        json.dumps(
+            {
+                "zero_optimization": {"stage": 1},
+                "optimizer": {"type": "Adam", "params": {"lr": 1e-3}},
+                "scheduler": {"type": "WarmupLR"},
+            }
+        )
+    )
+    env = {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_CONFIG_FILE": str(config)}
+    with pytest.raises(GanforgeError) as caught:
+        plan(env)
+    assert "'optimizer' is not used" in str(caught.value)
+    assert "'scheduler' is not used" in str(caught.value)
+    config.write_text(json.dumps({"zero_optimization": {"stage": 1}}))
+    assert plan(env) == Launch("deepspeed", 1)
+
+
+def test_the_distributed_table_is_validated(tmp_path):
+    from conftest import tiny_tables
+
+    for overrides, key in (
+        (["distributed.backend=horovod"], "distributed.backend"),
+        (["distributed.zero_stage=4"], "distributed.zero_stage"),
+    ):
+        with pytest.raises(RecipeError, match=key.replace(".", r"\.")):
+            validate(tiny_tables(tmp_path, *overrides), None)
+
+
+def test_fp16_under_a_sharding_backend_is_refused_before_anything_runs(tiny):
+    with pytest.raises(GanforgeError, match="fp16 under fsdp has not been checked"):
+        tiny("distributed.backend=fsdp", "run.mixed_precision=fp16")
