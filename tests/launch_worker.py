@@ -162,11 +162,6 @@ def backend(out: Path, reference: str, *overrides: str) -> None:
     """Under the launch's backend: 4 straight steps; 2 steps, then resumed to 4; 3 steps with a
     poisoned batch on the last rank; and the reference checkpoint (another backend, one
     process) loaded here. Each rank records what the test compares."""
-    from accelerate import Accelerator
-
-    # Several runs in one process share its process group (and DeepSpeed's view of it): the
-    # group ends once, after the last run, not at the end of each.
-    end_training, Accelerator.end_training = Accelerator.end_training, lambda self: None
     straight = train_for(out / "straight", 4, *overrides)
     rank, world = straight.acc.process_index, straight.acc.num_processes
     tag = f"{world}_rank{rank}"
@@ -181,7 +176,6 @@ def backend(out: Path, reference: str, *overrides: str) -> None:
     save_file(full_state(loaded), str(out / f"loaded_{tag}.safetensors"))
     info = {"backend": straight.backend_name, "skipped": int(poisoned.skipped.item())}
     (out / f"info_{tag}.json").write_text(json.dumps(info))
-    end_training(loaded.acc)
 
 
 LOSSES = ("bce", "minimax", "lsgan", "wgan", "hinge", "rsgan", "rahinge")
@@ -301,8 +295,14 @@ def refuse_unpickling() -> None:
 
 if __name__ == "__main__":
     mode, out, *rest = sys.argv[1:]
+    shared_group = False
     if mode in ("backend", "bf16"):  # DeepSpeed and FSDP2 paths run with unpickling refused
         refuse_unpickling()
+        from accelerate import Accelerator
+
+        # Several runs in one process share its process group (and DeepSpeed's view of it),
+        # and results are gathered after a run: the group ends once, after everything.
+        Accelerator.end_training, shared_group = (lambda self: None), True
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     modes = {
@@ -313,4 +313,6 @@ if __name__ == "__main__":
         "bf16": bf16,
     }
     modes[mode](out, *rest)
+    if shared_group and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
     (out / f"{mode}.done").write_text(json.dumps(rest))
