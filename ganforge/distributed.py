@@ -178,7 +178,7 @@ def refuse_unsupported(distributed_type, kinds) -> None:
         raise GanforgeError(
             f"{distributed_type.value} through Accelerate's own plugin is not supported: "
             "ganforge drives DeepSpeed and FSDP2 itself, one engine or sharded module per "
-            'model; launch with --use_deepspeed / --use_fsdp or set distributed.backend '
+            "model; launch with --use_deepspeed / --use_fsdp or set distributed.backend "
             "(docs/distributed.md)"
         )
     if distributed_type in (kinds.XLA, kinds.MEGATRON_LM):

@@ -146,6 +146,11 @@ class Trainer(RunOutputs):
             zero_stage=self.launch.zero_stage,
             batch_size=self.batch_size,
         )
+        # Samples and the export need the whole generator on one process; where the backend
+        # splits it (ZeRO-3, FSDP2) and no EMA is kept, a copy follows it (decay 0).
+        self.mirror = None
+        if self.ema is None and self.execution.sharded:
+            self.mirror = EMA(self.generator, 0.0)
         self.G, self.D = self.execution.prepare(
             self.generator, self.discriminator, self._make_optimizer
         )
@@ -249,11 +254,6 @@ class Trainer(RunOutputs):
         self._check_class_head(loss_spec.name)
         ema = recipe.section("ema")
         self.ema = EMA(generator, ema["decay"], ema["warmup_steps"]) if ema["decay"] else None
-        # Samples and the export need the whole generator on one process; where a backend
-        # splits it (ZeRO-3, FSDP2) and no EMA is kept, a copy follows it (decay 0).
-        self.mirror = None
-        if self.ema is None and self.launch.backend != "ddp":
-            self.mirror = EMA(generator, 0.0)
 
     def _make_optimizer(self, role: str, parameters) -> torch.optim.Optimizer:
         return build_optimizer(parameters, self.optim[role])

@@ -171,6 +171,13 @@ def backend(out: Path, reference: str, *overrides: str) -> None:
     save_file(full_state(resumed), str(out / f"resumed_{tag}.safetensors"))
     poisoned = train_for(out / "poison", 3, *overrides, poison_at=2)
     save_file(full_state(poisoned), str(out / f"poison_{tag}.safetensors"))
+    # Without an EMA, the export (written by the main process alone) is G as it ended.
+    no_ema = train_for(out / "no_ema", 2, *overrides, "ema.decay=0")
+    whole_g = no_ema.execution.model_state("generator")
+    if no_ema.acc.is_main_process:
+        save_file(
+            {k: v.cpu().contiguous() for k, v in whole_g.items()}, str(out / "no_ema_g.safetensors")
+        )
     resume = ("train.steps=2", f"train.resume={reference}")
     loaded = make_trainer(out / "loaded", *backend_recipe(overrides), *resume)
     save_file(full_state(loaded), str(out / f"loaded_{tag}.safetensors"))

@@ -124,6 +124,8 @@ def test_backend_trains_resumes_and_skips_like_the_plain_step(tmp_path, referenc
         # The plain run's checkpoint, loaded under this backend, is that checkpoint exactly.
         loaded = load_file(str(out / f"loaded_{tag}.safetensors"))
         close(loaded, checkpoint_tensors(plain_checkpoints / "step_000002"), 0.0, "loaded")
+    exported = load_file(str(out / "no_ema" / "run" / "generator.safetensors"))
+    close(exported, load_file(str(out / "no_ema_g.safetensors")), 0.0, "export without EMA")
     # Nothing a run writes is a pickle: checkpoints are safetensors and JSON.
     kinds = {p.suffix for p in out.glob("*/run/**/*") if p.is_file()}
     assert kinds <= {".safetensors", ".json", ".jsonl", ".toml", ".png", ".html"}, kinds

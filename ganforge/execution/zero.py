@@ -112,7 +112,10 @@ class ZeroExecution(Execution):
             # (on every rank) when it is not finite: the gradient half of the check.
             engine.step()
             found_inf.fill_(float(engine.optimizer.overflow))
-            norm = torch.tensor(float(engine.get_global_grad_norm() or 0.0))
+            measured = engine.get_global_grad_norm()  # None where ZeRO did not take it
+            norm = torch.tensor(
+                float("nan") if measured is None else float(measured), device=self.acc.device
+            )
         return (norm if measure or self.grad_clip > 0 else None), found_inf
 
     # ------------------------------------------------------------------ full state
