@@ -2,7 +2,7 @@
 step (one process, no backend) with the same initial weights, data order and latents: what
 they train, how they resume, skip a poisoned batch, and move checkpoints between backends and
 numbers of processes. Launched as users launch them (`accelerate launch --use_deepspeed`,
-`torchrun`, plain `python`)."""
+`accelerate launch --config_file configs/accelerate/fsdp.yaml`, `torchrun`, plain `python`)."""
 
 from __future__ import annotations
 
@@ -66,14 +66,15 @@ def launch(case: str, world: int, tmp_path: Path, reference_checkpoint: Path):
             ]
         )
         command = [python, WORKER, *args, *backend]
-    elif case == "fsdp":  # Accelerate cannot run FSDP on a CPU: torchrun and the recipe switch
-        torchrun = shutil.which("torchrun", path=str(Path(python).parent))
-        command = [torchrun, "--standalone", "--nproc_per_node", "2", WORKER, *args]
-        command.append("distributed.backend=fsdp")
-    else:  # the launcher's DeepSpeed flags, the recipe unchanged ("auto")
+    else:  # the launcher decides, the recipe unchanged ("auto")
         accelerate = shutil.which("accelerate", path=str(Path(python).parent))
-        command = [accelerate, "launch", "--use_deepspeed", "--zero_stage", str(STAGES[case])]
-        command += ["--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no"]
+        if case == "fsdp":  # the shipped config (torchrun: the bf16 test)
+            config = str(ROOT / "configs" / "accelerate" / "fsdp.yaml")
+            command = [accelerate, "launch", "--config_file", config]
+        else:
+            command = [accelerate, "launch", "--use_deepspeed", "--zero_stage"]
+            command += [str(STAGES[case]), "--num_machines", "1"]
+        command += ["--num_processes", "2", "--mixed_precision", "no"]
         command += ["--main_process_port", str(free_port()), WORKER, *args]
     # Where a JIT-compiled op would be built (and a killed build would leave its lock): no
     # backend builds any.
