@@ -102,10 +102,12 @@ def equivalence(out: Path) -> None:
 
 
 #: The backend checks' recipe: EQUIVALENCE with a gradient penalty beside R1 (n_critic 2, EMA),
-#: a checkpoint every 2 steps and no evaluation.
+#: gradients clipped (train.grad_clip: ganforge's clipping, whichever backend), a checkpoint
+#: every 2 steps and no evaluation.
 BACKEND = (
     *EQUIVALENCE,
     "regularizers.gradient_penalty.weight=1.0",
+    "train.grad_clip=0.5",
     "train.checkpoint_every=2",
     "eval.every=0",
 )
