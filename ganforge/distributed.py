@@ -35,7 +35,10 @@ def _flag(env: Mapping[str, str], name: str) -> bool:
 
 
 def plan_launch(
-    settings: Mapping[str, Any], grad_clip: float, env: Mapping[str, str] = os.environ
+    settings: Mapping[str, Any],
+    grad_clip: float,
+    mixed_precision: str = "auto",
+    env: Mapping[str, str] = os.environ,
 ) -> Launch:
     """The backend for this run, or one error listing everything the launch asks for that
     ganforge would not do exactly (never a silent disagreement between launcher and recipe)."""
@@ -59,6 +62,13 @@ def plan_launch(
         stage = _zero_stage(settings["zero_stage"], grad_clip, env, problems)
     if backend == "fsdp" and _flag(env, "FSDP_OFFLOAD_PARAMS"):
         problems.append("FSDP parameter offload is not supported yet")
+    if mixed_precision == "auto":  # the launcher's --mixed_precision
+        mixed_precision = env.get("ACCELERATE_MIXED_PRECISION", "no").strip().lower()
+    if backend != "ddp" and mixed_precision == "fp16":
+        problems.append(
+            f"fp16 under {backend} has not been checked on a GPU yet: use bf16 "
+            "(--mixed_precision bf16) or no mixed precision"
+        )
     if problems:
         raise GanforgeError(
             "this launch cannot run as asked (docs/distributed.md):\n"
@@ -156,15 +166,18 @@ def make_accelerator(
     # torch >= 2.13 names the option `forward_sync_buffers` and warns about the old name; the
     # old one is kept so older torch versions (the GPU images run 2.11) behave the same.
     warnings.filterwarnings("ignore", "`broadcast_buffers` is deprecated", FutureWarning)
-    # DeepSpeed and FSDP launches are run by ganforge's own executions (plan_launch): Accelerate
-    # keeps launching, devices, precision and trackers, with no plugin of its own.
-    for name in _LAUNCHER_FLAGS:
-        os.environ.pop(name, None)
     if not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         # Several processes without GPUs (torchrun, `accelerate launch --use_deepspeed`): gloo
         # on the CPU. Without this, Accelerate makes each process a separate one-process run.
         kwargs["cpu"] = True
-    accelerator = Accelerator(**kwargs)
+    # DeepSpeed and FSDP launches are run by ganforge's own executions (plan_launch): Accelerate
+    # keeps launching, devices, precision and trackers, and is built without seeing the
+    # launcher's DeepSpeed/FSDP flags (its plugins drive one engine per launch).
+    hidden = {name: os.environ.pop(name) for name in _LAUNCHER_FLAGS if name in os.environ}
+    try:
+        accelerator = Accelerator(**kwargs)
+    finally:
+        os.environ.update(hidden)
     refuse_unsupported(accelerator.distributed_type, DistributedType)
     return accelerator
 

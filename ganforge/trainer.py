@@ -89,14 +89,18 @@ class Trainer(RunOutputs):
     def __init__(self, recipe: Recipe, plugins: Plugins, accelerator=None):
         self.recipe, self.plugins, self.registry = recipe, plugins, plugins.registry
         run, train = recipe.section("run"), recipe.section("train")
-        self.launch = plan_launch(recipe.section("distributed"), train["grad_clip"])
+        self.launch = plan_launch(
+            recipe.section("distributed"), train["grad_clip"], run["mixed_precision"]
+        )
         self.acc = accelerator or make_accelerator(
             run["mixed_precision"], run["log_with"], recipe.run_dir
         )
-        if self.launch.backend != "ddp" and self.acc.mixed_precision == "fp16":
+        if self.launch.zero_stage == 3 and recipe.regularizers():
             raise GanforgeError(
-                f"fp16 under {self.launch.backend} has not been checked on a GPU yet: use bf16 "
-                "(--mixed_precision bf16) or no mixed precision (docs/distributed.md)"
+                "DeepSpeed ZeRO-3 runs no regularizers yet: penalties on input gradients "
+                "(gradient penalty, R1, R2, path length) backward a second time through "
+                "parameters ZeRO-3 has already released. Use ZeRO-1/2 (--zero_stage 2) or FSDP2 "
+                "(docs/distributed.md), or remove [regularizers]"
             )
         if self.acc.device.type == "cuda":  # process-wide, as PyTorch keeps them
             if train["tf32"] != "auto":
@@ -127,13 +131,6 @@ class Trainer(RunOutputs):
         if data_cfg["conditional"] and self.num_classes < 2:
             raise DataError(f"data.conditional = true, but data {data_cfg['name']!r} has no labels")
         self._build_components()
-        if self.launch.zero_stage == 3 and self.regularizers:
-            raise GanforgeError(
-                "DeepSpeed ZeRO-3 runs no regularizers yet: penalties on input gradients "
-                "(gradient penalty, R1, R2, path length) backward a second time through "
-                "parameters ZeRO-3 has already released. Use ZeRO-1/2 (--zero_stage 2) or FSDP2 "
-                "(docs/distributed.md), or remove [regularizers]"
-            )
         # Weights from the checkpoint that train.resume continues (or train.init_from starts
         # from) go into the plain modules, before any backend shards them.
         state.load_weights(self)

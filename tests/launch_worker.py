@@ -183,7 +183,9 @@ def backend(out: Path, reference: str, *overrides: str) -> None:
     resume = ("train.steps=2", f"train.resume={reference}")
     loaded = make_trainer(out / "loaded", *backend_recipe(overrides), *resume)
     save_file(full_state(loaded), str(out / f"loaded_{tag}.safetensors"))
-    info = {"backend": straight.backend_name, "skipped": int(poisoned.skipped.item())}
+    runs = (straight, resumed, poisoned, no_ema, loaded)
+    info = {"backends": sorted({r.backend_name for r in runs})}
+    info["skipped"] = int(poisoned.skipped.item())
     (out / f"info_{tag}.json").write_text(json.dumps(info))
 
 

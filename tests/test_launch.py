@@ -15,8 +15,8 @@ AUTO = {"backend": "auto", "zero_stage": 0}
 DEEPSPEED = {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "3"}
 
 
-def plan(env=None, grad_clip=0.0, **settings):
-    return plan_launch({**AUTO, **settings}, grad_clip, env or {})
+def plan(env=None, grad_clip=0.0, precision="auto", **settings):
+    return plan_launch({**AUTO, **settings}, grad_clip, precision, env or {})
 
 
 def test_the_launcher_decides_when_the_recipe_says_auto():
@@ -90,6 +90,15 @@ def test_the_distributed_table_is_validated(tmp_path):
             validate(tiny_tables(tmp_path, *overrides), None)
 
 
-def test_fp16_under_a_sharding_backend_is_refused_before_anything_runs(tiny):
+def test_fp16_under_deepspeed_or_fsdp_is_refused_from_the_recipe_or_the_launcher():
+    with pytest.raises(GanforgeError, match="fp16 under fsdp has not been checked"):
+        plan(backend="fsdp", precision="fp16")
+    with pytest.raises(GanforgeError, match="fp16 under deepspeed has not been checked"):
+        plan({**DEEPSPEED, "ACCELERATE_MIXED_PRECISION": "fp16"})
+    assert plan({**DEEPSPEED, "ACCELERATE_MIXED_PRECISION": "bf16"}) == Launch("deepspeed", 3)
+    assert plan(precision="fp16") == Launch("ddp")  # DDP's fp16 has its loss scaler
+
+
+def test_a_refused_launch_stops_before_anything_is_built(tiny):
     with pytest.raises(GanforgeError, match="fp16 under fsdp has not been checked"):
         tiny("distributed.backend=fsdp", "run.mixed_precision=fp16")

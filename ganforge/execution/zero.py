@@ -181,7 +181,11 @@ class ZeroExecution(Execution):
             zero._lazy_init_hp_params_optimizer_state()
         for index, param in enumerate(self._params(role)):
             for key in moments:
-                safe_set_full_optimizer_state(param, state["state"][index][key].float(), key)
+                value = state["state"][index][key].float()
+                if self.stage == 3:
+                    _set_zero3_partition(zero, param, value, key)
+                else:
+                    safe_set_full_optimizer_state(param, value, key)
 
     def local_bytes(self, role):
         params = self._params(role)
@@ -194,6 +198,23 @@ class ZeroExecution(Execution):
                 v for s in optimizer.state.values() for v in s.values() if torch.is_tensor(v)
             ),
         }
+
+
+def _set_zero3_partition(zero, param, value: torch.Tensor, key: str) -> None:
+    """This rank's piece of a whole optimizer-state tensor, into ZeRO-3's partition of it.
+
+    What ``safe_set_full_optimizer_state`` does at ZeRO-3, also for a parameter whose last
+    partition is padding (DeepSpeed 0.19.8 narrows past the end there, e.g. a one-element bias
+    on two ranks): the padding is set to 0.
+    """
+    partition, _ = zero._get_fp32_opt_state_partition(
+        param, release_swap_buffers=False, optim_state_key=key
+    )
+    size, rank = partition.numel(), zero._get_param_partition_rank(param)
+    flat = value.flatten().to(partition.device)
+    piece = flat[size * rank : size * (rank + 1)]
+    partition.data.zero_()
+    partition.data[: piece.numel()].copy_(piece)
 
 
 def _group_without_params(group: dict[str, Any], count: int) -> dict[str, Any]:
