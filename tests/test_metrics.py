@@ -82,6 +82,28 @@ def test_inception_score_extremes():
         InceptionScore()(None, Features(one_class), CTX)
 
 
+@pytest.mark.parametrize("count", [15, 898, 1000])
+def test_inception_score_splits_as_the_reference_code_cuts_them(count):
+    """Split i is samples [i*N//10, (i+1)*N//10) (OpenAI's code, torch-fidelity), also when 10
+    does not divide N: 15 samples make 10 splits of 1 or 2, not 8 of 2 and one of 1."""
+    logits = torch.randn(count, 10, generator=torch.Generator().manual_seed(count)).double() * 3
+    p = logits.softmax(1).numpy()
+    scores = []
+    for i in range(10):
+        part = p[i * count // 10 : (i + 1) * count // 10]
+        kl = part * (np.log(part) - np.log(part.mean(0, keepdims=True)))
+        scores.append(np.exp(kl.sum(1).mean()))
+    got = InceptionScore()(None, Features(logits, logits), CTX)
+    assert got[""] == pytest.approx(np.mean(scores), rel=1e-12)
+    assert got["std"] == pytest.approx(np.std(scores), rel=1e-9)
+
+
+def test_inception_score_needs_a_sample_per_split():
+    logits = torch.randn(9, 10).double()
+    with pytest.raises(EvalError, match="at least 10 samples"):
+        InceptionScore()(None, Features(logits, logits), CTX)
+
+
 def test_precision_and_recall_separate_quality_from_coverage():
     gen = torch.Generator().manual_seed(0)
     real = torch.randn(2000, 4, generator=gen, dtype=torch.float64)

@@ -90,9 +90,16 @@ class KernelDistance:
 
 
 def inception_score(logits: torch.Tensor, splits: int = 10) -> tuple[float, float]:
+    """Mean and standard deviation over ``splits`` of exp E[KL(p(y|x) ‖ p(y))]. Split ``i`` is
+    samples ``[i·N//splits, (i+1)·N//splits)``, as in the original code and torch-fidelity
+    (``chunk`` would make fewer, larger pieces when N does not divide)."""
+    count = len(logits)
+    if count < splits:
+        raise EvalError(f"metric 'is' needs at least {splits} samples (its splits), got {count}")
     log_p = logits.double().log_softmax(1)
     scores = []
-    for part in log_p.chunk(splits):
+    bounds = [i * count // splits for i in range(splits + 1)]
+    for part in (log_p[a:b] for a, b in zip(bounds, bounds[1:], strict=False)):
         log_marginal = part.exp().mean(0).log()
         kl = (part.exp() * (part - log_marginal)).sum(1).mean()
         scores.append(kl.exp())
