@@ -9,6 +9,7 @@ keys here; their other keys are the registered factory's keyword arguments
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -33,11 +34,11 @@ class Key:
 
 
 def positive(value) -> str | None:
-    return None if value > 0 else "must be > 0"
+    return None if value > 0 and math.isfinite(value) else "must be a finite number > 0"
 
 
 def non_negative(value) -> str | None:
-    return None if value >= 0 else "must be >= 0"
+    return None if value >= 0 and math.isfinite(value) else "must be a finite number >= 0"
 
 
 def one_of(*choices: str) -> Callable[[Any], str | None]:

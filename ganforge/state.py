@@ -38,6 +38,7 @@ from ganforge.checkpoint import (
 from ganforge.distributed import gather_rank_states
 from ganforge.execution import ROLES
 from ganforge.runfiles import cpu_tensors
+from ganforge.stopping import non_finite_weights
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -68,11 +69,13 @@ def save_checkpoint(trainer: Trainer) -> Path | None:
     # Whole tensors, gathered where the backend shards them (collective: every process).
     whole = {role: execution.model_state(role) for role in ROLES}
     optimizers = {role: execution.optimizer_state(role) for role in ROLES}
+    states = {name: whole.get(name) or m.state_dict() for name, m in modules(trainer).items()}
+    _refuse_non_finite(trainer, states)
     path = None
     if acc.is_main_process:
         models: dict[str, torch.Tensor] = {}
-        for name, module in modules(trainer).items():
-            models.update(cpu_tensors(whole.get(name) or module.state_dict(), f"{name}."))
+        for name, module_state in states.items():
+            models.update(cpu_tensors(module_state, f"{name}."))
         optim_tensors, optim_json = {}, {}
         for name, optimizer_state in optimizers.items():
             tensors, document = flatten_optimizer(optimizer_state, f"{name}.")
@@ -104,6 +107,24 @@ def save_checkpoint(trainer: Trainer) -> Path | None:
         )
     acc.wait_for_everyone()
     return path
+
+
+def _refuse_non_finite(trainer: Trainer, states: dict[str, dict[str, torch.Tensor]]) -> None:
+    """Never checkpoint weights that are not finite: the newest checkpoint must stay the last
+    good state. Decided together (every process holds the whole state here)."""
+    named = [
+        (f"{name}.{key}", value)
+        for name, state in states.items()
+        for key, value in state.items()
+        if value.is_floating_point()
+    ]
+    finite = torch.stack([torch.isfinite(v).all().to(v.device) for _, v in named]).tolist()
+    bad = [name for (name, _), ok in zip(named, finite, strict=True) if not ok]
+    flag = torch.tensor(float(bool(bad)), device=trainer.acc.device)
+    if trainer.acc.num_processes > 1:
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+    if flag.item():
+        raise non_finite_weights(trainer.step, bad or ["on another process"], trainer.run_dir)
 
 
 def restore(trainer: Trainer, checkpoint: Checkpoint) -> None:

@@ -111,3 +111,21 @@ def too_many_skipped(step: int, in_a_row: int, limit: int, run_dir: Path) -> Tra
         "train.max_skipped_in_a_row = 0 never stops",
         NON_FINITE,
     )
+
+
+def non_finite_weights(step: int, names: list[str], run_dir: Path) -> TrainingStopped:
+    """The stop when the state a checkpoint would hold is not finite (an update with finite
+    gradients can still overflow a weight): that checkpoint is not written."""
+    saved = list_checkpoints(run_dir)
+    kept = (
+        f"the newest checkpoint, {saved[-1]}, holds the last finite weights"
+        if saved
+        else "no checkpoint was written yet"
+    )
+    shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+    return TrainingStopped(
+        f"at step {step} the weights are not finite ({shown}), so no checkpoint was written "
+        f"for it; {kept}. Lower the learning rate or clip gradients (train.grad_clip), then "
+        "run again",
+        NON_FINITE,
+    )

@@ -353,3 +353,38 @@ def test_sigkill_at_random_moments_then_resume_ends_with_the_same_weights(
     report["kills"] += len(kills)
     report["kills during a checkpoint write"] += sum(k["torn_checkpoint_write"] for k in kills)
     report["runs resumed to identical weights"] += 1
+
+
+def test_non_finite_or_non_positive_learning_rates_are_recipe_errors(tmp_path):
+    from ganforge.errors import RecipeError
+    from ganforge.recipe import validate
+
+    for override in (
+        "optim.discriminator.lr=inf",
+        "optim.generator.lr=nan",
+        "optim.generator.lr=0.0",
+        "train.grad_clip=inf",
+    ):
+        with pytest.raises(RecipeError, match="must be a finite number"):
+            validate(tiny_tables(tmp_path, override), None)
+
+
+def test_weights_that_are_not_finite_are_never_checkpointed(tiny, reliability_report):
+    """A finite loss and finite gradients can still leave a weight non-finite (an update that
+    overflows it): the checkpoint of that step is not written, and the stop names the newest
+    one, which holds the last finite weights."""
+    trainer = tiny("train.steps=2", "train.checkpoint_every=2")
+    trainer.fit()
+    with torch.no_grad():
+        next(trainer.discriminator.parameters()).view(-1)[0] = float("inf")
+    trainer.step = 3
+    with pytest.raises(TrainingStopped) as stop:
+        trainer.save_checkpoint()
+    assert stop.value.exit_status == NON_FINITE
+    message = str(stop.value)
+    assert "at step 3 the weights are not finite (discriminator." in message
+    assert "step_000002, holds the last finite weights" in message
+    assert [p.name for p in list_checkpoints(trainer.run_dir)] == ["step_000002"]
+    kept = latest_checkpoint(trainer.run_dir).tensors("models")
+    assert all(torch.isfinite(t).all() for t in kept.values() if t.is_floating_point())
+    reliability_report["non-finite steps"]["non-finite weights refused a checkpoint"] += 1
