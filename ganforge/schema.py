@@ -34,11 +34,15 @@ class Key:
 
 
 def positive(value) -> str | None:
-    return None if value > 0 and math.isfinite(value) else "must be a finite number > 0"
+    if not math.isfinite(value):
+        return "must be a finite number"
+    return None if value > 0 else "must be > 0"
 
 
 def non_negative(value) -> str | None:
-    return None if value >= 0 and math.isfinite(value) else "must be a finite number >= 0"
+    if not math.isfinite(value):
+        return "must be a finite number"
+    return None if value >= 0 else "must be >= 0"
 
 
 def one_of(*choices: str) -> Callable[[Any], str | None]:

@@ -241,25 +241,31 @@ def initialise_from(trainer: Trainer, checkpoint: Checkpoint) -> None:
 
 
 def start(trainer: Trainer) -> str:
-    """Apply ``train.resume`` / ``train.init_from`` to a new trainer; say what happened."""
-    train, acc = trainer.recipe.section("train"), trainer.acc
-    message = "new run"
-    if train["resume"] == "never":
-        # Every process is past its own look at the folder before the main one moves it.
-        acc.wait_for_everyone()
-        if acc.is_main_process and list_checkpoints(trainer.run_dir):
-            moved = set_aside(trainer.run_dir, "before")
-            message = f"new run; the earlier run was moved to {moved}"
-        acc.wait_for_everyone()
+    """Apply ``train.resume`` / ``train.init_from`` to a new trainer; say what happened.
+    Nothing in the run directory changes here: :func:`take_run_dir` does that, in ``fit``."""
     checkpoint, source = trainer.targets  # found before anything was built from the data
     if checkpoint is not None:
         restore(trainer, checkpoint)
-        # Every process has read the folder before the main one renames anything in it.
-        acc.wait_for_everyone()
-        if acc.is_main_process:
-            for moved in set_aside_newer(checkpoint, trainer.run_dir):
-                warn(f"resuming from step {checkpoint.step}: set aside {moved}")
         return f"resumed from {checkpoint.path} at step {checkpoint.step}"
     if source is not None:
-        message += f", initialised from the weights of {source.path} (step {source.step})"
-    return message
+        return f"new run, initialised from the weights of {source.path} (step {source.step})"
+    return "new run"
+
+
+def take_run_dir(trainer: Trainer) -> str:
+    """What a run changes in its directory before training, once it holds its lock: with
+    ``train.resume = "never"`` an earlier run is moved aside; a resumed run sets aside the
+    checkpoints past the one it continues. Returns what to add to the start message."""
+    acc, checkpoint = trainer.acc, trainer.targets[0]
+    note = ""
+    # Every process is past its own look at the folder before the main one renames anything.
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        never = trainer.recipe.get("train.resume") == "never"
+        if never and list_checkpoints(trainer.run_dir):
+            note = f"; the earlier run was moved to {set_aside(trainer.run_dir, 'before')}"
+        if checkpoint is not None:
+            for moved in set_aside_newer(checkpoint, trainer.run_dir):
+                warn(f"resuming from step {checkpoint.step}: set aside {moved}")
+    acc.wait_for_everyone()
+    return note

@@ -52,6 +52,7 @@ from ganforge.plugins import Plugins
 from ganforge.recipe import Recipe
 from ganforge.runfiles import append_jsonl, cut_jsonl, write_text
 from ganforge.runfiles import read_metrics as read_metrics  # re-exported: its old home
+from ganforge.runlock import RunLock
 from ganforge.stopping import StopSignals, interrupted, too_many_skipped
 from ganforge.updates import build_optimizer
 
@@ -115,6 +116,7 @@ class Trainer(RunOutputs):
             raise RecipeError([("train.batch_size", problem)], recipe.source)
         self.run_dir = recipe.run_dir
         self.seed = run["seed"]
+        self.lock = RunLock(self.run_dir)  # taken by fit(): building a run changes no file
 
         # What a run trains: data, models, loss, regularizers, augmentation and the EMA, built
         # from the recipe (plain modules on the device, whole on every process).
@@ -207,6 +209,23 @@ class Trainer(RunOutputs):
         return self.execution.optimizers["discriminator"]
 
     # ------------------------------------------------------------------ building
+
+    def _own_run_dir(self) -> None:
+        """Lock the run directory before anything in it changes (the main process holds the
+        lock for the whole launch; the others stop with it)."""
+        problem = None
+        if self.acc.is_main_process:
+            try:
+                self.lock.acquire()
+            except GanforgeError as err:
+                problem = err
+        if self.acc.num_processes > 1:
+            flag = torch.tensor(float(problem is not None), device=self.acc.device)
+            torch.distributed.broadcast(flag, src=0)
+            if flag.item() and problem is None:
+                problem = GanforgeError(f"the main process could not lock {self.run_dir}")
+        if problem is not None:
+            raise problem
 
     def _build_components(self) -> None:
         """Models (identical initial weights on every rank, from the recipe seed), loss,
@@ -497,8 +516,14 @@ class Trainer(RunOutputs):
         """
         acc = self.acc
         main = acc.is_main_process
-        if main:
-            self._prepare_run_dir()
+        self._own_run_dir()
+        try:
+            self.start_message += state.take_run_dir(self)
+            if main:
+                self._prepare_run_dir()
+        except BaseException:
+            self.lock.release()
+            raise
         acc.print(
             f"ganforge: {acc.num_processes} process(es) on {acc.device} ({self.backend_name}), "
             "global batch "
@@ -513,6 +538,7 @@ class Trainer(RunOutputs):
             return self._loop()
         finally:
             tracking.finish(acc)  # flushed and closed on Ctrl-C and errors too
+            self.lock.release()  # the run directory is free again, however the run ended
 
     def _loop(self) -> Path | None:
         from tqdm.auto import tqdm

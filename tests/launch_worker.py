@@ -7,6 +7,7 @@ per rank, so that the test can check every rank's results (not only the main pro
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -275,7 +276,9 @@ def quickstart(out: Path, *overrides: str) -> None:
         recording_fit,
     )
     root = Path(__file__).resolve().parents[1]
-    sys.exit(main([str(root / "recipes" / "quickstart.toml"), *overrides]))
+    status = main([str(root / "recipes" / "quickstart.toml"), *overrides])
+    if status:
+        sys.exit(status)
 
 
 def bf16(out: Path, *overrides: str) -> None:
@@ -327,3 +330,7 @@ if __name__ == "__main__":
     if shared_group and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
     (out / f"{mode}.done").write_text(json.dumps(rest))
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from ganforge.cli import exit_launched
+
+        exit_launched(0)

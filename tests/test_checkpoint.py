@@ -308,6 +308,9 @@ def test_resuming_an_older_checkpoint_sets_the_newer_ones_aside(tiny):
     run = tiny("train.steps=3").run_dir
     older = tiny("train.steps=3", f"train.resume={run / 'checkpoints' / 'step_000001'}")
     assert older.step == 1
+    assert len(list_checkpoints(run)) == 3  # building a run changes no file...
+    older.steps = 1  # ...its fit does: the newer line is set aside before training
+    older.fit()
     assert [p.name for p in list_checkpoints(run)] == ["step_000001"]
     assert tiny("train.steps=3").step == 1  # "auto" now follows the resumed line
 
@@ -393,10 +396,12 @@ def test_resume_never_moves_the_earlier_run_aside(tmp_path, tiny):
     first = tiny("train.steps=2")
     first.fit()
     fresh = tiny("train.steps=2", "train.resume=never")
-    assert fresh.step == 0 and "moved to" in fresh.start_message
+    assert fresh.step == 0 and list_checkpoints(tmp_path / "run")  # building moves nothing
+    fresh.fit()
+    assert "moved to" in fresh.start_message
     moved = [p for p in tmp_path.iterdir() if p.name.startswith("run.before-")]
     assert len(moved) == 1 and list_checkpoints(moved[0])  # nothing the user made is lost
-    assert not (tmp_path / "run").exists()
+    assert [p.name for p in list_checkpoints(tmp_path / "run")] == ["step_000002"]  # fresh's
 
 
 def test_init_from_takes_weights_but_not_optimizer_state_or_counters(tmp_path, tiny):

@@ -359,13 +359,13 @@ def test_non_finite_or_non_positive_learning_rates_are_recipe_errors(tmp_path):
     from ganforge.errors import RecipeError
     from ganforge.recipe import validate
 
-    for override in (
-        "optim.discriminator.lr=inf",
-        "optim.generator.lr=nan",
-        "optim.generator.lr=0.0",
-        "train.grad_clip=inf",
+    for override, problem in (
+        ("optim.discriminator.lr=inf", "must be a finite number"),
+        ("optim.generator.lr=nan", "must be a finite number"),
+        ("optim.generator.lr=0.0", "must be > 0"),
+        ("train.grad_clip=inf", "must be a finite number"),
     ):
-        with pytest.raises(RecipeError, match="must be a finite number"):
+        with pytest.raises(RecipeError, match=problem):
             validate(tiny_tables(tmp_path, override), None)
 
 
@@ -388,3 +388,53 @@ def test_weights_that_are_not_finite_are_never_checkpointed(tiny, reliability_re
     kept = latest_checkpoint(trainer.run_dir).tensors("models")
     assert all(torch.isfinite(t).all() for t in kept.values() if t.is_floating_point())
     reliability_report["non-finite steps"]["non-finite weights refused a checkpoint"] += 1
+
+
+# --------------------------------------------------------------------------- one run per folder
+
+
+def test_a_second_run_on_a_busy_run_directory_stops_touching_nothing(
+    tmp_path, capsys, reliability_report
+):
+    """Started twice by mistake (or a job submitted again): the second run gets one message
+    and exit 2 and leaves the first's files alone; a killed first run frees the folder."""
+    recipe = write_recipe(tmp_path, "train.steps=100000", "train.log_every=1")
+    env = {**os.environ, "GANFORGE_CACHE_DIR": str(tmp_path / "cache")}
+    first = subprocess.Popen(
+        [sys.executable, "-m", "ganforge", recipe],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    run_dir = tmp_path / "run"
+    metrics = run_dir / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while not (metrics.exists() and metrics.read_text().count("\n") >= 2):
+        assert first.poll() is None and time.monotonic() < deadline, first.communicate()
+        time.sleep(0.1)
+    first.send_signal(signal.SIGSTOP)  # frozen: nothing it owns changes while we look
+    try:
+        before = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*")}
+        for argv in ([recipe], [recipe, "train.resume=never"], [recipe, "run.seed=7"]):
+            assert main(argv) == 2, argv
+            err = capsys.readouterr().err
+            assert f"another run is using {run_dir}" in err and "Traceback" not in err, err
+        assert {p: p.stat().st_mtime_ns for p in run_dir.rglob("*")} == before
+        assert "seed = 0" in (run_dir / "recipe.toml").read_text()
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.communicate(timeout=60)
+    # SIGKILL left no lock behind: the next run takes the folder.
+    assert main([recipe, "train.steps=1", "train.resume=never"]) == 0
+    assert (run_dir / "generator.safetensors").exists()
+    reliability_report["one run per folder"]["second runs refused"] += 3
+
+
+def test_runs_one_after_another_on_one_folder_each_take_it(tiny):
+    first = tiny("train.steps=2")
+    first.fit()  # a finished run frees its folder
+    second = tiny("train.steps=3")
+    second.fit()
+    assert second.start_message.startswith("resumed from")
