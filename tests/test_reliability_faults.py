@@ -203,10 +203,8 @@ def test_ctrl_c_in_the_last_step_lets_the_run_finish(tmp_path, capsys, monkeypat
     assert "ganforge: done: steps 0 -> 3" in capsys.readouterr().out
 
 
-def test_sigterm_stops_like_ctrl_c_with_exit_143_and_the_run_resumes(tmp_path):
-    # What a scheduler sends before it preempts a job: the step finishes, its checkpoint is
-    # written, and the same command continues the run.
-    recipe = write_recipe(tmp_path, "train.steps=100000", "train.log_every=1")
+def start_logging_run(tmp_path, recipe: str) -> subprocess.Popen:
+    """``python -m ganforge RECIPE`` in its own process, returned once it has logged 2 steps."""
     env = {**os.environ, "GANFORGE_CACHE_DIR": str(tmp_path / "cache")}
     run = subprocess.Popen(
         [sys.executable, "-m", "ganforge", recipe],
@@ -221,6 +219,14 @@ def test_sigterm_stops_like_ctrl_c_with_exit_143_and_the_run_resumes(tmp_path):
     while not (metrics.exists() and metrics.read_text().count("\n") >= 2):
         assert run.poll() is None and time.monotonic() < deadline, run.communicate()
         time.sleep(0.1)
+    return run
+
+
+def test_sigterm_stops_like_ctrl_c_with_exit_143_and_the_run_resumes(tmp_path):
+    # What a scheduler sends before it preempts a job: the step finishes, its checkpoint is
+    # written, and the same command continues the run.
+    recipe = write_recipe(tmp_path, "train.steps=100000", "train.log_every=1")
+    run = start_logging_run(tmp_path, recipe)
     run.send_signal(signal.SIGTERM)
     out, err = run.communicate(timeout=60)
     assert run.returncode == TERMINATED, err[-2000:]
@@ -399,21 +405,8 @@ def test_a_second_run_on_a_busy_run_directory_stops_touching_nothing(
     """Started twice by mistake (or a job submitted again): the second run gets one message
     and exit 2 and leaves the first's files alone; a killed first run frees the folder."""
     recipe = write_recipe(tmp_path, "train.steps=100000", "train.log_every=1")
-    env = {**os.environ, "GANFORGE_CACHE_DIR": str(tmp_path / "cache")}
-    first = subprocess.Popen(
-        [sys.executable, "-m", "ganforge", recipe],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    first = start_logging_run(tmp_path, recipe)
     run_dir = tmp_path / "run"
-    metrics = run_dir / "metrics.jsonl"
-    deadline = time.monotonic() + 120
-    while not (metrics.exists() and metrics.read_text().count("\n") >= 2):
-        assert first.poll() is None and time.monotonic() < deadline, first.communicate()
-        time.sleep(0.1)
     first.send_signal(signal.SIGSTOP)  # frozen: nothing it owns changes while we look
     try:
         before = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*")}
