@@ -57,9 +57,7 @@ def worker(name: str, warmup: int, steps: int, out: str) -> None:
     trainer.skipped.item()  # the last update done
     torch.distributed.barrier()
     elapsed = time.perf_counter() - start
-    mine = {
-        role: trainer.execution.local_bytes(role) for role in ("generator", "discriminator")
-    }
+    mine = {role: trainer.execution.local_bytes(role) for role in ("generator", "discriminator")}
     everyone = [None] * torch.distributed.get_world_size()
     torch.distributed.all_gather_object(everyone, mine)
     if trainer.acc.is_main_process:
@@ -108,19 +106,24 @@ def main() -> None:
         f"\n{args.processes} processes, {args.steps} timed steps; MiB per rank "
         "(G + D): parameters / ZeRO master / optimizer state"
     )
-    print("| backend | steps/s | images/s | " + " | ".join(
-        f"rank {r} params / master / optimizer" for r in range(args.processes)
-    ) + " |")
+    print(
+        "| backend | steps/s | images/s | "
+        + " | ".join(f"rank {r} params / master / optimizer" for r in range(args.processes))
+        + " |"
+    )
     print("|---|---:|---:|" + "---|" * args.processes)
     for row in rows:
         cells = []
         for rank in row["ranks"]:
-            total = {k: sum(role.get(k, 0) for role in rank.values()) for k in
-                     ("parameters", "master", "optimizer")}
+            total = {
+                k: sum(role.get(k, 0) for role in rank.values())
+                for k in ("parameters", "master", "optimizer")
+            }
             cells.append(" / ".join(mib(total[k]) for k in ("parameters", "master", "optimizer")))
         print(
             f"| {row['backend']} | {row['steps_per_s']:.2f} | {row['images_per_s']:.0f} | "
-            + " | ".join(cells) + " |"
+            + " | ".join(cells)
+            + " |"
         )
 
 

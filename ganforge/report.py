@@ -191,7 +191,9 @@ def write_report(run_dir: Path) -> Path:
     records = _read_run(run_dir)
     curves = plot_curves(run_dir)
     recipe = run_dir / "recipe.toml"
-    recipe_text = recipe.read_text(encoding="utf-8") if recipe.is_file() else "(no recipe.toml)"
+    recipe_text = "(no recipe.toml)"
+    if recipe.is_file():
+        recipe_text = recipe.read_bytes().decode("utf-8", errors="replace")
     logs = [r for r in records if not any(k.startswith("eval/") for k in r)]
     evals = [r for r in records if any(k.startswith("eval/") for k in r)]
     figures = "".join(

@@ -6,6 +6,7 @@ import hashlib
 import json
 import math
 import os
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -56,28 +57,63 @@ def cpu_tensors(state: dict[str, torch.Tensor], prefix: str = "") -> dict[str, t
     return {f"{prefix}{k}": v.detach().to("cpu", copy=True).contiguous() for k, v in state.items()}
 
 
-def cut_jsonl(path: Path, step: int) -> None:
-    """Keep the records of a JSON-lines log up to ``step``, dropping any torn last line.
+def read_log(path: Path) -> list[dict]:
+    """The records of a run's JSON-lines log (``metrics.jsonl``), each a dict with an integer
+    ``step``.
 
-    A resumed run continues the log from its checkpoint, so no step appears twice.
+    A torn last line (a write cut short by a kill) is skipped with a warning. Any other damage
+    (bytes that are not UTF-8, a line that is not a JSON object, a step that is not a whole
+    number) is one :class:`~ganforge.errors.GanforgeError` naming the line: nothing is guessed.
+    """
+    from ganforge.errors import GanforgeError
+
+    try:
+        data = Path(path).read_bytes()
+    except OSError as err:
+        raise GanforgeError(f"cannot read {path}: {err.strerror or err}") from None
+    lines = data.split(b"\n")
+    while lines and not lines[-1].strip():
+        lines.pop()
+    records = []
+    for number, raw in enumerate(lines, start=1):
+        if not raw.strip():
+            continue
+        try:
+            record = json.loads(raw.decode("utf-8"))
+            good = isinstance(record, dict) and type(record.get("step")) is int
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            record, good = None, False
+        if good:
+            records.append(record)
+        elif number == len(lines) and record is None:  # torn: not even JSON
+            print(
+                f"ganforge: warning: {path}: the last line is cut short (a run stopped while "
+                "writing it); it is skipped",
+                file=sys.stderr,
+            )
+        else:
+            raise GanforgeError(
+                f"{path} is damaged at line {number}: expected a JSON object with an integer "
+                '"step"; repair or remove that line'
+            )
+    return records
+
+
+def cut_jsonl(path: Path, step: int) -> None:
+    """Keep the records of a JSON-lines log up to ``step``, dropping a torn last line.
+
+    A resumed run continues the log from its checkpoint, so no step appears twice. A log
+    damaged elsewhere stops the run (:func:`read_log`) before anything is cut.
     """
     if not path.exists():
         return
-    kept = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:  # a write cut short by a crash
-            continue
-        if isinstance(record, dict) and record.get("step", 0) <= step:
-            kept.append(line + "\n")
+    kept = [json.dumps(r) + "\n" for r in read_log(path) if r["step"] <= step]
     write_text(path, "".join(kept))
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
     """The records of ``RUN_DIR/metrics.jsonl``."""
-    path = Path(run_dir) / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return read_log(Path(run_dir) / "metrics.jsonl")
 
 
 def write_text(path: Path, text: str) -> Path:

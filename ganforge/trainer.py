@@ -626,9 +626,10 @@ class Trainer(RunOutputs):
                 f"cannot create the run directory {self.run_dir} (run.out_dir): "
                 f"{err.strerror or err}"
             ) from None
-        write_text(self.run_dir / "recipe.toml", self.recipe.to_toml())
-        # The log continues from the starting step: no step is logged twice.
+        # The log continues from the starting step: no step is logged twice. Read first: a
+        # damaged log stops the run before anything is written.
         cut_jsonl(self.run_dir / "metrics.jsonl", self.step)
+        write_text(self.run_dir / "recipe.toml", self.recipe.to_toml())
 
     def _check_skipped_in_a_row(self, limit: int) -> None:
         """Stop when the last ``limit`` steps were all skipped (0: never stop). The counter is

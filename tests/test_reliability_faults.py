@@ -431,3 +431,45 @@ def test_runs_one_after_another_on_one_folder_each_take_it(tiny):
     second = tiny("train.steps=3")
     second.fit()
     assert second.start_message.startswith("resumed from")
+
+
+# --------------------------------------------------------------------------- damaged run files
+
+
+def test_a_torn_last_log_line_is_skipped_and_other_damage_is_one_message(
+    tmp_path, tiny, capsys, reliability_report
+):
+    trainer = tiny("train.steps=2", "train.log_every=1", "train.checkpoint_every=1")
+    trainer.fit()
+    log = trainer.run_dir / "metrics.jsonl"
+    good = log.read_bytes()
+    # A kill while writing a line: resume and `ganforge report` skip it, with a warning.
+    log.write_bytes(good + b'{"step": 3, "d_lo')
+    assert main(["report", str(trainer.run_dir)]) == 0
+    assert "the last line is cut short" in capsys.readouterr().err
+    resumed = tiny("train.steps=3", "train.log_every=1")
+    resumed.fit()
+    assert [r["step"] for r in read_metrics(trainer.run_dir)] == [1, 2, 3]
+    # Damage before the last line: one message, exit 2, and the log is left as it was.
+    for damage in (b'{"step": "two"}\n', b"\xff\xfe not text\n", b"[1, 2]\n"):
+        broken = damage + log.read_bytes()
+        log.write_bytes(broken)
+        assert main(["report", str(trainer.run_dir)]) == 2
+        err = capsys.readouterr().err
+        assert "metrics.jsonl is damaged at line 1" in err and "Traceback" not in err, err
+        recipe = write_recipe(tmp_path, "train.steps=4")
+        before = (trainer.run_dir / "recipe.toml").read_bytes()
+        assert main([recipe]) == 2
+        assert "damaged at line 1" in capsys.readouterr().err
+        assert log.read_bytes() == broken  # nothing cut, nothing rewritten
+        assert (trainer.run_dir / "recipe.toml").read_bytes() == before
+        log.write_bytes(broken[len(damage) :])
+    reliability_report["damaged run files"]["damaged metrics logs"] += 4
+
+
+def test_a_run_folder_recipe_that_is_not_utf8_does_not_stop_the_report(tiny, capsys):
+    trainer = tiny("train.steps=1")
+    trainer.fit()
+    (trainer.run_dir / "recipe.toml").write_bytes(b'[run]\nname = "\xff"\n')
+    assert main(["report", str(trainer.run_dir)]) == 0
+    assert "Traceback" not in capsys.readouterr().err
