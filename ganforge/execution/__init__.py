@@ -115,11 +115,15 @@ class Execution:
         """Bytes this process holds of ``role``'s parameters and of its optimizer state."""
         optimizer = self.optimizers[role]
         return {
-            "parameters": _nbytes(self.modules[role].parameters()),
+            "parameters": _nbytes(self.local_parameters(role)),
             "optimizer": _nbytes(
                 v for s in optimizer.state.values() for v in s.values() if torch.is_tensor(v)
             ),
         }
+
+    def local_parameters(self, role: str) -> list[torch.Tensor]:
+        """``role``'s parameters as this process stores them (shards where sharded)."""
+        return list(self.modules[role].parameters())
 
 
 def _nbytes(tensors) -> int:

@@ -187,17 +187,12 @@ class ZeroExecution(Execution):
                 else:
                     safe_set_full_optimizer_state(param, value, key)
 
+    def local_parameters(self, role):
+        return [p.ds_tensor if hasattr(p, "ds_tensor") else p for p in self._params(role)]
+
     def local_bytes(self, role):
-        params = self._params(role)
-        local = [p.ds_tensor if hasattr(p, "ds_tensor") else p for p in params]
-        optimizer = self.optimizers[role]
-        return {
-            "parameters": _nbytes(local),
-            "master": _nbytes(self._flat_partitions(role)),  # ZeRO's float32 copy
-            "optimizer": _nbytes(
-                v for s in optimizer.state.values() for v in s.values() if torch.is_tensor(v)
-            ),
-        }
+        master = _nbytes(self._flat_partitions(role))  # ZeRO's float32 copy of its partition
+        return {**super().local_bytes(role), "master": master}
 
 
 def _set_zero3_partition(zero, param, value: torch.Tensor, key: str) -> None:
