@@ -190,16 +190,38 @@ class Plugins:
 
     # Lifecycle hooks: typed wrappers, so core code never scatters ``pm.hook`` calls.
     def run_start(self, run: Any) -> None:
-        self.pm.hook.ganforge_run_start(run=run)
+        self._call_lifecycle("ganforge_run_start", run=run)
 
     def log(self, run: Any, step: int, values: dict[str, Any]) -> None:
-        self.pm.hook.ganforge_log(run=run, step=step, values=values)
+        self._call_lifecycle("ganforge_log", run=run, step=step, values=values)
 
     def checkpoint(self, run: Any, step: int, path: str) -> None:
-        self.pm.hook.ganforge_checkpoint(run=run, step=step, path=path)
+        self._call_lifecycle("ganforge_checkpoint", run=run, step=step, path=path)
 
     def run_end(self, run: Any, step: int, export_path: str | None) -> None:
-        self.pm.hook.ganforge_run_end(run=run, step=step, export_path=export_path)
+        self._call_lifecycle("ganforge_run_end", run=run, step=step, export_path=export_path)
+
+    def _call_lifecycle(self, hook: str, **kwargs: Any) -> None:
+        """Call each plugin's ``hook`` in pluggy's order; one that raises is a PluginError
+        naming the plugin and its distribution (never a traceback from inside a run)."""
+        impls = getattr(self.pm.hook, hook).get_hookimpls()
+        if any(impl.hookwrapper or impl.wrapper for impl in impls):  # pluggy composes those
+            impls = []
+            try:
+                getattr(self.pm.hook, hook)(**kwargs)
+            except Exception as err:
+                raise PluginError(
+                    f"a plugin failed in {hook}: {type(err).__name__}: {err}"
+                ) from err
+        for impl in reversed(impls):
+            try:
+                impl.function(**{arg: kwargs[arg] for arg in impl.argnames})
+            except Exception as err:  # a plugin's bug, reported as the plugin's
+                raise PluginError(
+                    f"{self.origin(impl.plugin_name)} failed in {hook}: "
+                    f"{type(err).__name__}: {err}. Fix or uninstall it, or set "
+                    f"{DISABLE_ENV}={impl.plugin_name}"
+                ) from err
 
     def describe(self) -> list[dict[str, Any]]:
         """Each plugin with its origin and what it registers (``ganforge plugins``)."""

@@ -56,6 +56,9 @@ from ganforge.runlock import RunLock
 from ganforge.stopping import StopSignals, interrupted, too_many_skipped
 from ganforge.updates import build_optimizer
 
+#: ``Trainer._stop_reason`` for a lifecycle hook that raised (above Ctrl-C's 1).
+PLUGIN_FAILED = 2.0
+
 
 @dataclass(frozen=True)
 class RunInfo:
@@ -176,6 +179,8 @@ class Trainer(RunOutputs):
         # The newest log and eval records, for the end-of-run summary (main process).
         self.last_log: dict[str, Any] | None = None
         self.last_eval: dict[str, Any] | None = None
+        # A lifecycle hook's failure during training, which stops the run at that step.
+        self._plugin_failure: PluginError | None = None
         # Resume (train.resume): optimizers, counters, sampler and random streams.
         self.start_message = state.start(self)
         self._evaluation = self._prepare_evaluation() if recipe.get("eval.every") else None
@@ -531,10 +536,10 @@ class Trainer(RunOutputs):
             f"precision {acc.mixed_precision}, run dir {self.run_dir}\n"
             f"ganforge: {self.start_message}; training to step {self.steps}"
         )
-        if main:
-            self.plugins.run_start(self.info)
-        tracking.start(acc, self.recipe, self.step)
         try:
+            if main:
+                self.plugins.run_start(self.info)
+            tracking.start(acc, self.recipe, self.step)
             return self._loop()
         finally:
             tracking.finish(acc)  # flushed and closed on Ctrl-C and errors too
@@ -579,7 +584,7 @@ class Trainer(RunOutputs):
                         for warning in watch.check(values):
                             bar.write(warning)
                         self.last_log = values
-                        self.plugins.log(self.info, self.step, values)
+                        self._call_plugins(self.plugins.log, self.info, self.step, values)
                         tracking.log(acc, values)
                 if logging or saving:  # host reads happen at these steps anyway
                     self._check_skipped_in_a_row(train["max_skipped_in_a_row"])
@@ -588,9 +593,13 @@ class Trainer(RunOutputs):
                 if eval_every and (self.step % eval_every == 0 or self.step == self.steps):
                     self.log_evaluation()
                 checkpoint = self.save_checkpoint() if saving else None
-                # A stop asked for during the last step lets the run finish (export, report).
-                if self.step < self.steps and self._stop_requested(stop, logging or saving):
+                # A stop asked for during the last step lets the run finish (export, report);
+                # a failed plugin stops it there too, its checkpoint written first.
+                reason = self._stop_reason(stop, logging or saving)
+                if reason == PLUGIN_FAILED or (reason and self.step < self.steps):
                     path = checkpoint if saving else self.save_checkpoint()
+                    if reason == PLUGIN_FAILED:
+                        raise self._plugin_stop(path)
                     raise interrupted(self.step, path, stop.requested)
         self.sync_buffers()
         export_path = self.export() if main else None
@@ -606,17 +615,38 @@ class Trainer(RunOutputs):
         acc.end_training()
         return export_path
 
-    def _stop_requested(self, stop: StopSignals, reading: bool) -> bool:
-        """Whether to stop after this step for Ctrl-C or SIGTERM. Several processes decide
-        together, on steps where the loop reads values anyway (``reading``), so that every
-        process writes the same checkpoint: any process that got the signal stops them all."""
+    def _stop_reason(self, stop: StopSignals, reading: bool) -> float:
+        """Whether to stop after this step: 0 no, 1 for Ctrl-C or SIGTERM, PLUGIN_FAILED for a
+        lifecycle hook that raised. Several processes decide together, on steps where the
+        loop reads values anyway (``reading``), so that every process writes the same
+        checkpoint: any process that got the signal (or a plugin's failure: the main process
+        calls them) stops them all."""
+        local = float(stop.requested is not None)
+        if self._plugin_failure is not None:
+            local = PLUGIN_FAILED
         if self.acc.num_processes == 1:
-            return stop.requested is not None
+            return local
         if not reading:
-            return False
-        flag = torch.tensor(float(stop.requested is not None), device=self.acc.device)
+            return 0.0
+        flag = torch.tensor(local, device=self.acc.device)
         torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-        return bool(flag.item())
+        return flag.item()
+
+    def _call_plugins(self, hook, *args) -> None:
+        """A lifecycle hook during training: a plugin that fails stops the run at this step,
+        after its checkpoint (see ``_stop_reason``), instead of losing the steps since."""
+        if self._plugin_failure is None:
+            try:
+                hook(*args)
+            except PluginError as err:
+                self._plugin_failure = err
+
+    def _plugin_stop(self, path: Path | None) -> PluginError:
+        failure = self._plugin_failure or "a plugin failed on the main process"
+        return PluginError(
+            f"{failure}\nThe run stopped at step {self.step}; its checkpoint was written "
+            f"first ({path or 'by the main process'}), and the same command continues it."
+        )
 
     def _prepare_run_dir(self) -> None:
         try:
@@ -687,5 +717,5 @@ class Trainer(RunOutputs):
         self.sync_buffers()
         path = state.save_checkpoint(self)
         if path is not None:
-            self.plugins.checkpoint(self.info, self.step, str(path))
+            self._call_plugins(self.plugins.checkpoint, self.info, self.step, str(path))
         return path

@@ -473,3 +473,71 @@ def test_a_run_folder_recipe_that_is_not_utf8_does_not_stop_the_report(tiny, cap
     (trainer.run_dir / "recipe.toml").write_bytes(b'[run]\nname = "\xff"\n')
     assert main(["report", str(trainer.run_dir)]) == 0
     assert "Traceback" not in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- plugin faults
+
+
+class FailingHook:
+    """A plugin whose lifecycle hook ``hook`` raises at ``step`` (or at once)."""
+
+    def __init__(self, hook: str, step: int = 0):
+        self.hook, self.step = hook, step
+
+    def _maybe_fail(self, hook: str, step: int = 0) -> None:
+        if hook == self.hook and step >= self.step:
+            raise RuntimeError(f"{hook} broke")
+
+    @ganforge.hookimpl
+    def ganforge_run_start(self, run):
+        self._maybe_fail("run_start")
+
+    @ganforge.hookimpl
+    def ganforge_log(self, run, step, values):
+        self._maybe_fail("log", step)
+
+    @ganforge.hookimpl
+    def ganforge_checkpoint(self, run, step, path):
+        self._maybe_fail("checkpoint", step)
+
+    @ganforge.hookimpl
+    def ganforge_run_end(self, run, step, export_path):
+        self._maybe_fail("run_end")
+
+
+@pytest.mark.parametrize("hook", ["log", "checkpoint"])
+def test_a_failing_hook_during_training_stops_after_writing_the_checkpoint(
+    tiny, hook, reliability_report
+):
+    """A raising `log` hook once killed the run before its checkpoint (10 steps lost): now the
+    run stops at that step with its checkpoint written, and one message names the plugin."""
+    settings = ("train.steps=20", "train.log_every=2", "train.checkpoint_every=3")
+    trainer = tiny(*settings, extra=[("broken", FailingHook(hook, step=4))])
+    with pytest.raises(ganforge.errors.PluginError) as failed:
+        trainer.fit()
+    message = str(failed.value)
+    assert "plugin 'broken'" in message and f"failed in ganforge_{hook}" in message
+    assert f"{hook} broke" in message and "GANFORGE_DISABLE_PLUGINS=broken" in message
+    stopped = 4 if hook == "log" else 6  # the log hook fails at step 4; checkpoints: 3, 6
+    assert trainer.step == stopped and f"stopped at step {stopped}" in message
+    assert list_checkpoints(trainer.run_dir)[-1].name == f"step_{stopped:06d}"
+    assert tiny(*settings).step == stopped  # the same command continues it
+    reliability_report["plugin faults"][f"raising {hook} hooks"] += 1
+
+
+@pytest.mark.parametrize("hook", ["run_start", "run_end"])
+def test_a_failing_hook_around_training_is_one_message_exit_2(tmp_path, capsys, hook, monkeypatch):
+    recipe = write_recipe(tmp_path, "train.steps=2")
+    real = ganforge.plugins.Plugins.__init__
+
+    def with_broken(self, *args, extra=(), **kwargs):
+        real(self, *args, extra=[*extra, ("broken", FailingHook(hook))], **kwargs)
+
+    monkeypatch.setattr(ganforge.plugins.Plugins, "__init__", with_broken)
+    assert main([recipe]) == 2
+    err = capsys.readouterr().err
+    assert "plugin 'broken'" in err and f"{hook} broke" in err and "Traceback" not in err
+    exported = (tmp_path / "run" / "generator.safetensors").exists()
+    assert exported == (hook == "run_end")  # run_end comes after the export
+    assert main([recipe]) == 2  # the folder was released: the same failure, not a busy folder
+    assert f"{hook} broke" in capsys.readouterr().err
