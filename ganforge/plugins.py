@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import traceback
 from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib.metadata import entry_points
@@ -202,26 +203,23 @@ class Plugins:
         self._call_lifecycle("ganforge_run_end", run=run, step=step, export_path=export_path)
 
     def _call_lifecycle(self, hook: str, **kwargs: Any) -> None:
-        """Call each plugin's ``hook`` in pluggy's order; one that raises is a PluginError
-        naming the plugin and its distribution (never a traceback from inside a run)."""
-        impls = getattr(self.pm.hook, hook).get_hookimpls()
-        if any(impl.hookwrapper or impl.wrapper for impl in impls):  # pluggy composes those
-            impls = []
-            try:
-                getattr(self.pm.hook, hook)(**kwargs)
-            except Exception as err:
-                raise PluginError(
-                    f"a plugin failed in {hook}: {type(err).__name__}: {err}"
-                ) from err
-        for impl in reversed(impls):
-            try:
-                impl.function(**{arg: kwargs[arg] for arg in impl.argnames})
-            except Exception as err:  # a plugin's bug, reported as the plugin's
-                raise PluginError(
-                    f"{self.origin(impl.plugin_name)} failed in {hook}: "
-                    f"{type(err).__name__}: {err}. Fix or uninstall it, or set "
-                    f"{DISABLE_ENV}={impl.plugin_name}"
-                ) from err
+        """Call ``hook`` through pluggy (its order, wrappers and tracing); an implementation
+        that raises is a PluginError naming the plugin and its distribution, found from the
+        traceback (never a traceback from inside a run)."""
+        caller = getattr(self.pm.hook, hook)
+        try:
+            caller(**kwargs)
+        except Exception as err:  # a plugin's bug, reported as the plugin's
+            codes = {
+                getattr(impl.function, "__code__", None): impl.plugin_name
+                for impl in caller.get_hookimpls()
+            }
+            frames = [frame.f_code for frame, _ in traceback.walk_tb(err.__traceback__)]
+            name = next((codes[code] for code in frames if code in codes), None)
+            who = self.origin(name) if name else "a plugin"
+            hint = f" Fix or uninstall it, or set {DISABLE_ENV}={name}" if name else ""
+            problem = f"{who} failed in {hook}: {type(err).__name__}: {err}.{hint}"
+            raise PluginError(problem) from err
 
     def describe(self) -> list[dict[str, Any]]:
         """Each plugin with its origin and what it registers (``ganforge plugins``)."""
