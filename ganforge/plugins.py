@@ -90,18 +90,28 @@ class Plugins:
         self._registry: Registry | None = None
 
     def _load_entry_points(self, skip: set[str]) -> None:
-        seen = set(skip)
+        seen: dict[str, tuple[str | None, str]] = {}
         for ep in entry_points(group=ENTRY_POINT_GROUP):
-            # The same distribution can be visible twice on sys.path (e.g. editable + build dir).
-            if ep.name in seen or self.pm.is_blocked(ep.name):
+            if ep.name in skip or self.pm.is_blocked(ep.name):
                 continue
-            seen.add(ep.name)
             dist = getattr(ep, "dist", None)
             dist_name = dist.metadata["Name"] if dist is not None else None
             version = dist.version if dist is not None else None
+            if ep.name in seen:
+                # The same distribution can be visible twice on sys.path (e.g. editable + build
+                # dir); another one using the name would silently replace a plugin.
+                if seen[ep.name] != (dist_name, ep.value):
+                    first_dist, first_value = seen[ep.name]
+                    raise PluginError(
+                        f"two plugins are named {ep.name!r}: distribution "
+                        f"{first_dist or 'unknown'} ({first_value}) and distribution "
+                        f"{dist_name or 'unknown'} ({ep.value}); uninstall one of them"
+                    )
+                continue
+            seen[ep.name] = (dist_name, ep.value)
             try:
                 plugin = ep.load()
-            except Exception as err:  # any import failure is the plugin's, reported as such
+            except (Exception, SystemExit) as err:  # an import failure is the plugin's
                 raise PluginError(
                     f"plugin {ep.name!r} (distribution {dist_name or 'unknown'}, {ep.value}) "
                     f"failed to import: {type(err).__name__}: {err}. "
@@ -181,7 +191,7 @@ class Plugins:
             impl.function(**{arg: register for arg in impl.argnames})
         except PluginError:
             raise
-        except Exception as err:  # a plugin's bug, reported as the plugin's
+        except (Exception, SystemExit) as err:  # a plugin's bug (or exit), reported as its
             raise PluginError(
                 f"{origin} failed in {hook}: {type(err).__name__}: {err}. "
                 f"Fix or uninstall it, or set {DISABLE_ENV}={impl.plugin_name}"
@@ -209,7 +219,7 @@ class Plugins:
         caller = getattr(self.pm.hook, hook)
         try:
             caller(**kwargs)
-        except Exception as err:  # a plugin's bug, reported as the plugin's
+        except (Exception, SystemExit) as err:  # a plugin's bug (or exit), reported as its
             codes = {
                 getattr(impl.function, "__code__", None): impl.plugin_name
                 for impl in caller.get_hookimpls()

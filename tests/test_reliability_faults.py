@@ -541,3 +541,68 @@ def test_a_failing_hook_around_training_is_one_message_exit_2(tmp_path, capsys, 
     assert exported == (hook == "run_end")  # run_end comes after the export
     assert main([recipe]) == 2  # the folder was released: the same failure, not a busy folder
     assert f"{hook} broke" in capsys.readouterr().err
+
+
+class BrokenComponents:
+    """A generator factory that fails with a RuntimeError, and one without latent_shape."""
+
+    @ganforge.hookimpl
+    def ganforge_register_generators(self, register):
+        def crashing(*, resolution, channels, num_classes=0):
+            raise RuntimeError("CUDA out of memory (simulated)")
+
+        def shapeless(*, resolution, channels, num_classes=0):
+            return torch.nn.Linear(2, 2)
+
+        register("crashing", crashing)
+        register("shapeless", shapeless)
+
+
+class ExitingRegistration:
+    @ganforge.hookimpl
+    def ganforge_register_losses(self, register):
+        raise SystemExit(0)
+
+
+def test_plugin_faults_outside_registration_name_the_plugin(tmp_path, capsys):
+    from ganforge.errors import PluginError
+    from ganforge.plugins import Plugins
+
+    extra = [("broken", BrokenComponents())]
+    for name, problem in (
+        ("crashing", "failed to build: RuntimeError: CUDA out of memory"),
+        ("shapeless", "has no valid latent_shape"),
+    ):
+        with pytest.raises(PluginError, match=problem) as failed:
+            from conftest import make_trainer
+
+            make_trainer(tmp_path, f"generator.name={name}", extra=extra)
+        assert "plugin 'broken'" in str(failed.value)
+    # SystemExit(0) in a registration hook once made `validate` exit 0 with no output.
+    with pytest.raises(PluginError, match="plugin 'quitter'.*SystemExit"):
+        Plugins(extra=[("quitter", ExitingRegistration())]).registry  # noqa: B018
+
+
+class FakeEntryPoint:
+    def __init__(self, name: str, value: str, dist: str):
+        self.name, self.value = name, value
+        self.dist = type("Dist", (), {"metadata": {"Name": dist}, "version": "1.0"})()
+
+    def load(self):
+        raise AssertionError("a colliding plugin must not be loaded")
+
+
+def test_a_second_distribution_using_a_builtin_plugin_name_is_an_error(monkeypatch):
+    from importlib.metadata import entry_points
+
+    import ganforge.plugins
+    from ganforge.errors import PluginError
+
+    real = list(entry_points(group="ganforge"))
+    impostor = FakeEntryPoint("dcgan", "evil.dcgan", "ganforge-evil")
+    monkeypatch.setattr(ganforge.plugins, "entry_points", lambda group: [*real, impostor])
+    with pytest.raises(PluginError) as failed:
+        ganforge.plugins.Plugins()
+    message = str(failed.value)
+    assert "two plugins are named 'dcgan'" in message
+    assert "ganforge_plugins.dcgan" in message and "ganforge-evil (evil.dcgan)" in message
