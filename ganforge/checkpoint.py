@@ -39,7 +39,7 @@ from safetensors.torch import load_file, save_file
 import ganforge
 from ganforge.errors import GanforgeError, RecipeError
 from ganforge.recipe import core_default, flatten, role_of
-from ganforge.runfiles import cpu_tensors, default_mode, sha256_file
+from ganforge.runfiles import as_os_error, cpu_tensors, default_mode, sha256_file
 
 FORMAT_VERSION = 1
 STATE_FILE = "state.json"
@@ -221,8 +221,9 @@ def write_checkpoint(
         os.replace(tmp, final)
     except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(err, OSError):  # a full disk, a quota, a vanished folder
-            raise _write_failed(final, err) from None
+        failed = as_os_error(err) if isinstance(err, Exception) else None
+        if failed is not None:  # a full disk, a quota, a vanished folder
+            raise _write_failed(final, failed) from None
         raise
     _prune(root, step, keep)
     return final

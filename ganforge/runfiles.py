@@ -6,6 +6,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import sys
 import tempfile
 from collections.abc import Callable
@@ -24,6 +25,18 @@ def default_mode(folder: bool = False) -> int:
     return (0o777 if folder else 0o666) & ~umask
 
 
+def as_os_error(err: Exception) -> OSError | None:
+    """``err`` as the OSError it stands for: safetensors reports a full disk as its own
+    ``SafetensorError`` ("... I/O error: No space left on device (os error 28)"). None for
+    anything that is not an I/O failure."""
+    if isinstance(err, OSError):
+        return err
+    found = re.search(r"I/O error: (.*) \(os error (\d+)\)", str(err))
+    if type(err).__name__ != "SafetensorError" or found is None:
+        return None
+    return OSError(int(found.group(2)), found.group(1))
+
+
 def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
     """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it into place.
 
@@ -37,8 +50,11 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
         write(Path(tmp))
         os.chmod(tmp, default_mode())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        failed = as_os_error(err) if isinstance(err, Exception) else None
+        if failed is not None and failed is not err:
+            raise OSError(failed.errno, f"{failed.strerror}: {path}") from None
         raise
     return path
 

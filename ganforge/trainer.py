@@ -20,6 +20,7 @@ from torch import nn
 from ganforge import state, tracking
 from ganforge.augment import Augmentation, Augmenter
 from ganforge.averaging import EMA, lr_factor, set_lr
+from ganforge.checkpoint import list_checkpoints
 from ganforge.clusters import cluster_labels, cluster_names, label_prior
 from ganforge.components import (
     CriticOutput,
@@ -557,6 +558,8 @@ class Trainer(RunOutputs):
                 self.plugins.run_start(self.info)
             tracking.start(acc, self.recipe, self.step)
             return self._loop()
+        except OSError as err:  # a write in the run directory: a full disk, a quota
+            raise GanforgeError(self._write_failure(err)) from None
         finally:
             tracking.finish(acc)  # flushed and closed on Ctrl-C and errors too
             self.lock.release()  # the run directory is free again, however the run ended
@@ -630,6 +633,15 @@ class Trainer(RunOutputs):
         tracking.finish(acc)
         acc.end_training()
         return export_path
+
+    def _write_failure(self, err: OSError) -> str:
+        """What a failed write during training says: where, why, and what is intact."""
+        saved = list_checkpoints(self.run_dir)
+        kept = f"the newest checkpoint, {saved[-1]}, is intact" if saved else "no checkpoint yet"
+        return (
+            f"could not write in the run directory {self.run_dir}: {err}; {kept}. Free space "
+            "(or fix the folder) and run the same command again to continue"
+        )
 
     def _stop_reason(self, stop: StopSignals, reading: bool) -> float:
         """Whether to stop after this step: 0 no, 1 for Ctrl-C or SIGTERM, PLUGIN_FAILED for a

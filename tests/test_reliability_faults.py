@@ -606,3 +606,45 @@ def test_a_second_distribution_using_a_builtin_plugin_name_is_an_error(monkeypat
     message = str(failed.value)
     assert "two plugins are named 'dcgan'" in message
     assert "ganforge_plugins.dcgan" in message and "ganforge-evil (evil.dcgan)" in message
+
+
+DISK_FULL = "Error while serializing: I/O error: No space left on device (os error 28)"
+
+
+def test_a_full_disk_as_safetensors_reports_it_is_one_message_for_every_write(
+    tmp_path, capsys, monkeypatch, reliability_report
+):
+    """safetensors raises its own SafetensorError for a full disk (seen on a 1 MB tmpfs), not
+    an OSError: checkpoints, the export, sample grids and the metrics log all end in exit 2
+    and one message naming the folder and the newest intact checkpoint."""
+    from safetensors import SafetensorError
+
+    import ganforge.export
+    import ganforge.trainer
+
+    recipe = write_recipe(tmp_path, "train.steps=4", "train.checkpoint_every=2")
+
+    def full(*args, **kwargs):
+        raise SafetensorError(DISK_FULL)
+
+    def full_os(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    cases = [
+        (ganforge.checkpoint, "save_file", full, "could not write checkpoint"),
+        (ganforge.export, "save_file", full, "could not write in the run directory"),
+        (ganforge.trainer, "append_jsonl", full_os, "could not write in the run directory"),
+    ]
+    for module, name, failing, message in cases:
+        real = getattr(module, name)
+        monkeypatch.setattr(module, name, failing)
+        assert main([recipe, "train.resume=never"]) == 2, name
+        err = capsys.readouterr().err
+        assert message in err and "No space left on device" in err, (name, err)
+        assert "Traceback" not in err and str(tmp_path / "run") in err, err
+        monkeypatch.setattr(module, name, real)
+    # A checkpoint exists by the export: the message says it is intact.
+    monkeypatch.setattr(ganforge.export, "save_file", full)
+    assert main([recipe]) == 2
+    assert "step_000004, is intact" in capsys.readouterr().err
+    reliability_report["disk full"]["write paths failing as safetensors does"] += 4
