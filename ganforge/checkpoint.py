@@ -21,6 +21,7 @@ A checkpoint is written into a temporary folder beside its final name and rename
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -103,6 +104,38 @@ REQUIRED = {
 }
 
 
+#: state.json's own SHA-256 (of its other keys, canonically serialised): a flipped bit in the
+#: step, a learning rate or the sampler position is damage like a flipped tensor bit.
+STATE_DIGEST = "state_sha256"
+
+
+def state_digest(document: dict[str, Any]) -> str:
+    body = {k: v for k, v in document.items() if k != STATE_DIGEST}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _check_fields(path: Path, state: dict[str, Any]) -> None:
+    """The state's values make sense together (beyond their checksum, which older checkpoints
+    lack): a step that is the folder's, counters and a sampler position in range."""
+    problems = []
+    named = _NAME.match(path.name)
+    if state["step"] < 0 or (named and int(named.group(1)) != state["step"]):
+        problems.append(f"step {state['step']} is not this folder's")
+    for key in ("skipped_steps", "skipped_in_a_row"):
+        value = state.get(key, 0)
+        if type(value) is not int or not 0 <= value <= max(state["step"], 0) * 64 + 64:
+            problems.append(f"{key} {value!r} is out of range")
+    sampler, size = state["sampler"], state["data_size"]
+    epoch, offset = sampler.get("epoch"), sampler.get("offset")
+    if type(epoch) is not int or type(offset) is not int or epoch < 0 or not 0 <= offset <= size:
+        problems.append(f"sampler {sampler!r} does not fit {size} samples")
+    if size < 1 or state["world_size"] < 1:
+        problems.append("data_size and world_size must be >= 1")
+    if problems:
+        raise CheckpointError(f"{path / STATE_FILE} is damaged: {'; '.join(problems)}")
+
+
 def open_checkpoint(path: str | Path) -> Checkpoint:
     """Verify a checkpoint folder (state.json complete, every file's size and checksum)."""
     path = Path(path)
@@ -123,8 +156,12 @@ def open_checkpoint(path: str | Path) -> Checkpoint:
             f"version reads {FORMAT_VERSION}); upgrade ganforge"
         )
     wrong = [k for k, kind in REQUIRED.items() if not isinstance(state.get(k), kind)]
+    wrong += [k for k, kind in REQUIRED.items() if kind is int and type(state.get(k)) is bool]
     if wrong:
         raise CheckpointError(f"{path / STATE_FILE} is damaged: bad or missing {', '.join(wrong)}")
+    if STATE_DIGEST in state and state[STATE_DIGEST] != state_digest(state):
+        raise CheckpointError(f"{path / STATE_FILE} is damaged: it does not match its checksum")
+    _check_fields(path, state)
     listed = set(state["files"])
     if not set(FILES) <= listed or not listed <= set(FILES + OPTIONAL_FILES):
         raise CheckpointError(
@@ -213,6 +250,7 @@ def write_checkpoint(
             **state,
             "files": files,
         }
+        document[STATE_DIGEST] = state_digest(document)
         (tmp / STATE_FILE).write_text(json.dumps(document, indent=1), encoding="utf-8")
         _fsync_folder(tmp)
         tmp.chmod(default_mode(folder=True))

@@ -257,6 +257,9 @@ def edit_state(**changes):
         for key, value in changes.items():
             if value is None:
                 del state[key]
+        # Re-sealed: a state.json as a run would write it with these values (its checksum
+        # alone would catch the edit otherwise; see test_reliability_faults).
+        state[ganforge.checkpoint.STATE_DIGEST] = ganforge.checkpoint.state_digest(state)
         (folder / "state.json").write_text(json.dumps(state))
 
     return edit
@@ -385,6 +388,7 @@ def test_a_checkpoint_from_before_a_key_existed_resumes_with_its_default(tiny):
     state = json.loads((folder / "state.json").read_text())
     del state["recipe"]["data"]["clusters"]  # as written before data.clusters existed
     del state["recipe"]["optim"]["generator"]["lr_decay"]
+    del state["state_sha256"]  # ...and before state.json had its own checksum
     (folder / "state.json").write_text(json.dumps(state))
     assert tiny("train.steps=4").step == 2
     # A value other than the default is still a change of model.

@@ -648,3 +648,53 @@ def test_a_full_disk_as_safetensors_reports_it_is_one_message_for_every_write(
     assert main([recipe]) == 2
     assert "step_000004, is intact" in capsys.readouterr().err
     reliability_report["disk full"]["write paths failing as safetensors does"] += 4
+
+
+# --------------------------------------------------------------------------- checkpoint state
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda s: s.update(step=s["step"] - 1),  # one flipped bit in the step
+        lambda s: s["optimizers"]["generator"]["param_groups"][0].update(lr=0.5),
+        lambda s: s.update(step=-5),
+        lambda s: s["sampler"].update(offset=10**15),
+        lambda s: s.update(skipped_steps="3"),
+    ],
+    ids=["step", "learning rate", "negative step", "huge offset", "wrong type"],
+)
+@pytest.mark.parametrize("sealed", [True, False], ids=["checksummed", "older, no checksum"])
+def test_a_damaged_state_json_falls_back_to_the_previous_checkpoint(
+    tiny, capsys, edit, sealed, reliability_report
+):
+    """state.json is covered by its own checksum (and its fields are checked, for checkpoints
+    written before it had one): damage is detected before anything is moved or cut, and the
+    run resumes from the previous good checkpoint, exactly as for damaged tensors."""
+    from ganforge.checkpoint import STATE_DIGEST
+
+    settings = ("train.checkpoint_every=2", "train.keep_checkpoints=0", "train.log_every=1")
+    tiny("train.steps=4", *settings).fit()
+    newest = tiny("train.steps=4").run_dir / "checkpoints" / "step_000004"
+    state = json.loads((newest / "state.json").read_text())
+    if not sealed:
+        del state[STATE_DIGEST]
+    damaged = json.loads(json.dumps(state))
+    edit(damaged)
+    (newest / "state.json").write_text(json.dumps(damaged))
+    log = (newest.parent.parent / "metrics.jsonl").read_text()
+    resumed = tiny("train.steps=6", *settings)
+    if not sealed and damaged["optimizers"] != state["optimizers"]:
+        # Without a checksum a plausible learning rate cannot be told from a real one: it
+        # resumes (this is what the checksum adds).
+        assert resumed.step == 4
+        return
+    assert resumed.step == 2, capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "skipping checkpoint" in err and "step_000004/state.json is damaged" in err
+    # Nothing was moved or cut while building the run; its fit sets the damaged one aside.
+    assert (newest / "state.json").exists()
+    assert (newest.parent.parent / "metrics.jsonl").read_text() == log
+    resumed.fit()
+    assert [m["step"] for m in read_metrics(resumed.run_dir)] == [1, 2, 3, 4, 5, 6]
+    reliability_report["checkpoint state"]["damaged state.json fell back"] += 1
