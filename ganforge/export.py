@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -87,9 +88,17 @@ def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
+def metadata_digest(meta: dict[str, Any]) -> str:
+    """The SHA-256 of the metadata's other keys, canonically serialised."""
+    body = {k: v for k, v in meta.items() if k != "metadata_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
 def write_export(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, Any]) -> Path:
-    """Write CPU ``tensors`` with ``metadata`` (plus their digest) as one file, atomically."""
+    """Write CPU ``tensors`` with ``metadata`` (plus the digests of both) as one file,
+    atomically."""
     metadata = {**metadata, "tensors_sha256": tensors_digest(tensors)}
+    metadata["metadata_sha256"] = metadata_digest(metadata)
     header = {METADATA_KEY: json.dumps(metadata)}
     return atomic_write(Path(path), lambda tmp: save_file(tensors, str(tmp), metadata=header))
 
@@ -151,7 +160,7 @@ class GeneratorInfo:
             label_prior=_label_prior(meta.get("label_prior"), int(meta["num_classes"])),
             ema=bool(meta["ema"]),
             step=int(meta["step"]),
-            supports_truncation=bool(meta.get("supports_truncation", False)),
+            supports_truncation=meta.get("supports_truncation", False) is True,
             metadata=meta,
         )
 
@@ -160,7 +169,8 @@ def _label_prior(prior, num_classes: int) -> list[float] | None:
     if prior is None:
         return None
     values = [float(p) for p in prior]
-    if len(values) != num_classes or min(values) < 0 or abs(sum(values) - 1) > 1e-6:
+    finite = all(math.isfinite(v) and v >= 0 for v in values)
+    if len(values) != num_classes or not finite or abs(sum(values) - 1) > 1e-6:
         raise ValueError(f"label_prior: {num_classes} shares summing to 1")
     return values
 
@@ -185,8 +195,12 @@ def read_export(path: str | Path) -> tuple[dict[str, torch.Tensor], GeneratorInf
     try:
         meta = json.loads(header[METADATA_KEY])
         version = meta["format_version"]
-    except (json.JSONDecodeError, TypeError, KeyError) as err:
+    except (json.JSONDecodeError, TypeError, KeyError, RecursionError) as err:
         raise ExportError(f"{path} has damaged ganforge metadata: {err}") from None
+    if type(version) is not int:
+        raise ExportError(f"{path} has damaged ganforge metadata: format_version {version!r}")
+    if "metadata_sha256" in meta and meta["metadata_sha256"] != metadata_digest(meta):
+        raise ExportError(f"{path} is damaged: its metadata does not match its checksum")
     if version > FORMAT_VERSION:
         raise ExportError(
             f"{path} uses export format {version}; this ganforge ({ganforge.__version__}) reads "
@@ -196,11 +210,40 @@ def read_export(path: str | Path) -> tuple[dict[str, torch.Tensor], GeneratorInf
         raise ExportError(f"{path} is damaged: its weights do not match their checksum")
     try:
         info = GeneratorInfo.from_metadata(meta)
+        _check_metadata(info)
     except KeyError as err:
         raise ExportError(f"{path} has incomplete ganforge metadata: missing {err}") from None
-    except (TypeError, ValueError) as err:
+    except (TypeError, ValueError, AttributeError) as err:
         raise ExportError(f"{path} has damaged ganforge metadata: {err}") from None
     return tensors, info
+
+
+#: Limits an export's metadata is checked against before anything is built from it.
+MAX_LATENT_ELEMENTS, MAX_CLASSES, MAX_RESOLUTION, MAX_CHANNELS = 1 << 20, 100_000, 4096, 64
+
+
+def _check_metadata(info: GeneratorInfo) -> None:
+    """Types and ranges of what ``generate`` and ``eval`` act on (ValueError if not)."""
+    shape = info.latent_shape
+    problems = []
+    if not shape or any(d < 1 for d in shape) or math.prod(shape) > MAX_LATENT_ELEMENTS:
+        problems.append(f"latent shape {list(shape)}")
+    if info.latent_prior not in ("normal", "uniform"):
+        problems.append(f"latent prior {info.latent_prior!r}")
+    if info.output not in ("image", "points"):
+        problems.append(f"output kind {info.output!r}")
+    if not 1 <= info.channels <= MAX_CHANNELS:
+        problems.append(f"{info.channels} channels")
+    if not (0 if info.output == "points" else 4) <= info.resolution <= MAX_RESOLUTION:
+        problems.append(f"resolution {info.resolution}")
+    if not 0 <= info.num_classes <= MAX_CLASSES:
+        problems.append(f"{info.num_classes} classes")
+    if info.step < 0:
+        problems.append(f"step {info.step}")
+    if not isinstance(info.name, str) or not isinstance(info.kwargs, dict):
+        problems.append("the generator's name or options")
+    if problems:
+        raise ValueError(", ".join(problems) + " out of range")
 
 
 def load_generator(
@@ -233,7 +276,7 @@ def load_generator(
     try:
         generator = entry.factory(**core, **info.kwargs)
         load_module(generator, tensors, f"the weights in {path}")
-    except (CheckpointError, TypeError, ValueError) as err:
+    except (CheckpointError, TypeError, ValueError, MemoryError, RuntimeError) as err:
         raise ExportError(
             f"{path} was written with generator {info.name!r} of {provider}; the installed "
             f"{installed} cannot rebuild it: {err}"

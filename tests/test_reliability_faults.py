@@ -698,3 +698,53 @@ def test_a_damaged_state_json_falls_back_to_the_previous_checkpoint(
     resumed.fit()
     assert [m["step"] for m in read_metrics(resumed.run_dir)] == [1, 2, 3, 4, 5, 6]
     reliability_report["checkpoint state"]["damaged state.json fell back"] += 1
+
+
+# --------------------------------------------------------------------------- crafted exports
+
+
+def rewrite_export(source, target, change, *, seal: bool) -> None:
+    """Copy an export with its metadata changed; ``seal``: with a recomputed checksum (a
+    crafted file), else as it was (a damaged one)."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from ganforge.export import METADATA_KEY, metadata_digest
+
+    with safe_open(str(source), framework="pt") as f:
+        meta = json.loads(f.metadata()[METADATA_KEY])
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    change(meta)
+    if seal:
+        meta["metadata_sha256"] = metadata_digest(meta)
+    text = json.dumps(meta) if not isinstance(meta.get("deep"), str) else meta["deep"]
+    save_file(tensors, str(target), metadata={METADATA_KEY: text})
+
+
+CRAFTED = {
+    "format_version type": lambda m: m.update(format_version="1"),
+    "empty latent shape": lambda m: m["latent"].update(shape=[]),
+    "negative latent shape": lambda m: m["latent"].update(shape=[-4]),
+    "unknown prior": lambda m: m["latent"].update(prior="cauchy"),
+    "output kind": lambda m: m["output"].update(kind="video"),
+    "unhashable name": lambda m: m["generator"].update(name={"a": 1}),
+    "num_classes 10**12": lambda m: m.update(num_classes=10**12),
+    "negative num_classes": lambda m: m.update(num_classes=-3),
+    "NaN label prior": lambda m: m.update(num_classes=2, label_prior=[float("nan"), 1.0]),
+    "width 10**6": lambda m: m["generator"]["kwargs"].update(width=10**6),
+    "100k-deep JSON": lambda m: m.update(deep="[" * 100_000 + "]" * 100_000),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CRAFTED))
+def test_crafted_or_damaged_export_metadata_is_one_message(tmp_path, tiny, capsys, name):
+    trainer = tiny("train.steps=1")
+    export = trainer.fit()
+    for seal in (False, True):
+        target = tmp_path / f"crafted-{seal}.safetensors"
+        rewrite_export(export, target, CRAFTED[name], seal=seal)
+        assert main(["generate", str(target), "--num", "4", "--out", "g.png"]) == 2, seal
+        err = capsys.readouterr().err
+        assert str(target) in err and "Traceback" not in err, err
+        if not seal and name not in ("100k-deep JSON", "format_version type"):
+            assert "its metadata does not match its checksum" in err  # checked before use
