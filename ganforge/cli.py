@@ -66,11 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("model", help="a .safetensors file written by ganforge")
     generate.add_argument(
         "--num",
-        type=int,
+        type=bounded(1, 100_000),
         help="number of samples (default 64); with --interpolate, rows (default: a row per "
         "class, or 4)",
     )
-    generate.add_argument("--seed", type=int, default=0, help="latent seed (default 0)")
+    generate.add_argument("--seed", type=SEED, default=0, help="latent seed (default 0)")
     where = generate.add_mutually_exclusive_group(required=True)
     where.add_argument("--out", help="one grid .png (a scatter plot for points), or a .npy array")
     where.add_argument("--out-dir", help="a folder for one PNG per sample")
@@ -89,14 +89,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="spherical interpolation in N steps between pairs of latents, a pair per row: "
         "--out x.png writes the grid and x.gif (animated), --out x.gif only the GIF",
     )
-    generate.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    generate.add_argument("--device", type=device, default="cpu", help="torch device (default cpu)")
 
     evaluate = sub.add_parser("eval", help="score an exported generator against a data set")
     evaluate.add_argument("model", help="a .safetensors file written by ganforge")
     evaluate.add_argument(
         "--data", required=True, help="a recipe (its [data] and [eval]) or a data set's name"
     )
-    evaluate.add_argument("--num", type=int, default=10_000, help="samples (default 10000)")
+    evaluate.add_argument(
+        "--num", type=bounded(10, 1_000_000), default=10_000, help="samples (default 10000)"
+    )
     evaluate.add_argument(
         "--metric",
         action="append",
@@ -104,8 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="a metric (repeatable; default: the data's defaults)",
     )
     evaluate.add_argument("--extractor", help="feature extractor (default: the data's choice)")
-    evaluate.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
-    evaluate.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    evaluate.add_argument("--seed", type=SEED, default=0, help="sampling seed (default 0)")
+    evaluate.add_argument("--device", type=device, default="cpu", help="torch device (default cpu)")
     evaluate.add_argument("--out", help="write the results as JSON")
 
     report = sub.add_parser(
@@ -154,6 +156,41 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:  # Ctrl-C outside the training loop, or a second one inside it
         print("ganforge: interrupted", file=sys.stderr)
         return INTERRUPTED
+
+
+def bounded(low: int, high: int):
+    """An argparse type: an integer in [low, high] (a number beyond would exhaust memory)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be from {low:,} to {high:,}, not {value:,}")
+        return value
+
+    return parse
+
+
+#: Seeds are what torch.Generator.manual_seed takes: 0 to 2**64 - 1.
+SEED = bounded(0, 2**64 - 1)
+
+
+def device(text: str) -> str:
+    """An argparse type: a torch device this machine has ("cpu", "cuda", "cuda:1", "mps")."""
+    import torch
+
+    try:
+        kind = torch.device(text).type
+    except (RuntimeError, ValueError):
+        raise argparse.ArgumentTypeError(f"not a torch device: {text!r}") from None
+    available = {"cpu": True, "cuda": torch.cuda.is_available()}
+    mps = getattr(torch.backends, "mps", None)
+    available["mps"] = mps is not None and mps.is_available()
+    if not available.get(kind, False):
+        raise argparse.ArgumentTypeError(f"device {text!r} is not available on this machine")
+    return text
 
 
 def console_main() -> None:

@@ -126,6 +126,8 @@ def parse_toml(text: str, source: str) -> dict[str, Any]:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:  # its message names line and column
         raise RecipeError([("", f"invalid TOML: {err}")], source) from None
+    except RecursionError:
+        raise RecipeError([("", "invalid TOML: nested too deeply")], source) from None
 
 
 def read_recipe_file(path: str | Path) -> dict[str, Any]:

@@ -45,6 +45,33 @@ def non_negative(value) -> str | None:
     return None if value >= 0 else "must be >= 0"
 
 
+def at_most(limit: int) -> Callable[[Any], str | None]:
+    """Positive and at most ``limit`` (a number beyond would exhaust memory, not train)."""
+
+    def check(value):
+        return positive(value) or (None if value <= limit else f"must be at most {limit:,}")
+
+    return check
+
+
+def _plain_text(value) -> str | None:
+    """No NUL or other control characters (they cannot be in a file name)."""
+    return "must not hold control characters" if any(ord(c) < 32 for c in value) else None
+
+
+def _own_folder(value) -> str | None:
+    if _plain_text(value):
+        return _plain_text(value)
+    if not value:
+        return None
+    from pathlib import Path
+
+    here, folder = Path.cwd().resolve(), Path(value).expanduser().resolve()
+    if folder == here or folder in here.parents:
+        return "must be a folder of its own, not the current folder or one above it"
+    return None
+
+
 def one_of(*choices: str) -> Callable[[Any], str | None]:
     def check(value):
         return None if value in choices else f"must be one of {', '.join(map(repr, choices))}"
@@ -103,8 +130,8 @@ def _tracker_options(value) -> str | None:
 #: Core keys per section. Component sections also take their factory's keyword arguments.
 SCHEMA: dict[str, dict[str, Key]] = {
     "run": {
-        "name": Key(str, "ganforge"),
-        "out_dir": Key(str, ""),
+        "name": Key(str, "ganforge", None, _plain_text),
+        "out_dir": Key(str, "", None, _own_folder),
         "seed": Key(int, 0, OPTIM),
         "mixed_precision": Key(str, "auto", None, one_of("auto", "no", "fp16", "bf16")),
         # Experiment trackers (Accelerate's): every logged value and sample grid goes to them.
@@ -130,12 +157,12 @@ SCHEMA: dict[str, dict[str, Key]] = {
     "loss": {"name": Key(str, REQUIRED, OPTIM)},
     "train": {
         "steps": Key(int, REQUIRED, None, positive),
-        "batch_size": Key(int, 64, OPTIM, positive),
+        "batch_size": Key(int, 64, OPTIM, at_most(1 << 20)),
         "n_critic": Key(int, 1, OPTIM, positive),
         "grad_clip": Key(float, 0.0, OPTIM, non_negative),
         "log_every": Key(int, 50, None, positive),
         "sample_every": Key(int, 500, None, positive),
-        "sample_count": Key(int, 64, None, positive),
+        "sample_count": Key(int, 64, None, at_most(4096)),
         # Checkpoints every k steps and at the end (0: only at the end); the newest
         # keep_checkpoints are kept (0: all).
         "checkpoint_every": Key(int, 1000, None, non_negative),
@@ -167,7 +194,9 @@ SCHEMA["eval"] = {
     # Metrics every k steps during training (0: never), on `num` generated samples against
     # as many real ones; `extractor` empty: the data source's choice, else by kind of data.
     "every": Key(int, 0, None, non_negative),
-    "num": Key(int, 2000, None, lambda v: None if v >= 10 else "must be >= 10"),
+    "num": Key(
+        int, 2000, None, lambda v: "must be from 10 to 1,000,000" if not 10 <= v <= 10**6 else None
+    ),
     "extractor": Key(str, ""),
 }
 SCHEMA["augment"] = {

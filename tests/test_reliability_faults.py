@@ -748,3 +748,52 @@ def test_crafted_or_damaged_export_metadata_is_one_message(tmp_path, tiny, capsy
         assert str(target) in err and "Traceback" not in err, err
         if not seal and name not in ("100k-deep JSON", "format_version type"):
             assert "its metadata does not match its checksum" in err  # checked before use
+
+
+# --------------------------------------------------------------------------- upper bounds
+
+
+@pytest.mark.parametrize(
+    "override, problem",
+    [
+        ("train.batch_size=1000000000", "train.batch_size: must be at most"),
+        ("train.sample_count=1000000000", "train.sample_count: must be at most 4,096"),
+        ("eval.num=1000000000", "eval.num: must be from 10 to 1,000,000"),
+        ("generator.width=1000000", "width = 1000000: must be from 1 to 65,536"),
+        ("generator.latent_dim=1000000000", "latent_dim = 1000000000: must be from 1"),
+        ('run.name="a\\u0000b"', "run.name: must not hold control characters"),
+        ('run.out_dir="."', "run.out_dir: must be a folder of its own"),
+        ('run.out_dir=".."', "run.out_dir: must be a folder of its own"),
+    ],
+)
+def test_sizes_beyond_reason_are_one_message_before_anything_is_allocated(
+    tmp_path, capsys, override, problem
+):
+    recipe = write_recipe(tmp_path)
+    assert main([recipe, override, "train.steps=1"]) == 2
+    err = capsys.readouterr().err
+    assert problem in err and "Traceback" not in err, err
+
+
+def test_a_deeply_nested_recipe_is_one_message(tmp_path, capsys):
+    deep = tmp_path / "deep.toml"
+    deep.write_text("x = " + "[" * 100_000 + "]" * 100_000 + "\n")
+    assert main(["validate", str(deep)]) == 2
+    err = capsys.readouterr().err
+    assert "invalid TOML" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "args, problem",
+    [
+        (["--num", str(10**10)], "argument --num: must be from 1 to 100,000"),
+        (["--seed", str(2**70)], "argument --seed: must be from 0 to"),
+        (["--device", "privateuseone"], "device 'privateuseone' is not available"),
+        (["--device", "banana"], "not a torch device"),
+    ],
+)
+def test_generate_options_beyond_reason_are_one_message(tiny, tmp_path, capsys, args, problem):
+    export = tiny("train.steps=1").fit()
+    assert main(["generate", str(export), "--out", str(tmp_path / "g.png"), *args]) == 2
+    err = capsys.readouterr().err
+    assert problem in err and "Traceback" not in err, err

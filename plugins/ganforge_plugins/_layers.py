@@ -100,11 +100,17 @@ class ConditionalSequential(nn.Sequential):
         return x
 
 
+#: The largest layer size a built-in model takes: beyond it a model would exhaust memory
+#: while being built rather than train.
+MAX_SIZE = 1 << 16
+
+
 def check_sizes(**sizes: int) -> None:
-    """Raise ValueError (a recipe error for the core) unless every layer size is at least 1."""
-    bad = [f"{name} = {value}" for name, value in sizes.items() if value < 1]
+    """Raise ValueError (a recipe error for the core) unless every layer size is from 1 to
+    MAX_SIZE."""
+    bad = [f"{name} = {value}" for name, value in sizes.items() if not 1 <= value <= MAX_SIZE]
     if bad:
-        raise ValueError(f"{', '.join(bad)}: must be >= 1")
+        raise ValueError(f"{', '.join(bad)}: must be from 1 to {MAX_SIZE:,}")
 
 
 def check_condition(condition: str) -> None:
