@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("model", help="a .safetensors file written by ganforge")
     generate.add_argument(
         "--num",
-        type=bounded(1, 100_000),
+        type=at_most(100_000),
         help="number of samples (default 64); with --interpolate, rows (default: a row per "
         "class, or 4)",
     )
@@ -89,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="spherical interpolation in N steps between pairs of latents, a pair per row: "
         "--out x.png writes the grid and x.gif (animated), --out x.gif only the GIF",
     )
-    generate.add_argument("--device", type=device, default="cpu", help="torch device (default cpu)")
+    generate.add_argument("--device", default="cpu", help="torch device (default cpu)")
 
     evaluate = sub.add_parser("eval", help="score an exported generator against a data set")
     evaluate.add_argument("model", help="a .safetensors file written by ganforge")
@@ -97,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--data", required=True, help="a recipe (its [data] and [eval]) or a data set's name"
     )
     evaluate.add_argument(
-        "--num", type=bounded(10, 1_000_000), default=10_000, help="samples (default 10000)"
+        "--num", type=at_most(1_000_000), default=10_000, help="samples (default 10000)"
     )
     evaluate.add_argument(
         "--metric",
@@ -107,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("--extractor", help="feature extractor (default: the data's choice)")
     evaluate.add_argument("--seed", type=SEED, default=0, help="sampling seed (default 0)")
-    evaluate.add_argument("--device", type=device, default="cpu", help="torch device (default cpu)")
+    evaluate.add_argument("--device", default="cpu", help="torch device (default cpu)")
     evaluate.add_argument("--out", help="write the results as JSON")
 
     report = sub.add_parser(
@@ -158,39 +158,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         return INTERRUPTED
 
 
-def bounded(low: int, high: int):
-    """An argparse type: an integer in [low, high] (a number beyond would exhaust memory)."""
+def at_most(high: int, low: int | None = None):
+    """An argparse type: an integer up to ``high`` (a number beyond would exhaust memory),
+    and from ``low`` when given (otherwise the command checks the lower end itself)."""
 
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"must be from {low:,} to {high:,}, not {value:,}")
+        if value > high or (low is not None and value < low):
+            span = f"from {low:,} to {high:,}" if low is not None else f"at most {high:,}"
+            raise argparse.ArgumentTypeError(f"must be {span}, not {value:,}")
         return value
 
     return parse
 
 
 #: Seeds are what torch.Generator.manual_seed takes: 0 to 2**64 - 1.
-SEED = bounded(0, 2**64 - 1)
-
-
-def device(text: str) -> str:
-    """An argparse type: a torch device this machine has ("cpu", "cuda", "cuda:1", "mps")."""
-    import torch
-
-    try:
-        kind = torch.device(text).type
-    except (RuntimeError, ValueError):
-        raise argparse.ArgumentTypeError(f"not a torch device: {text!r}") from None
-    available = {"cpu": True, "cuda": torch.cuda.is_available()}
-    mps = getattr(torch.backends, "mps", None)
-    available["mps"] = mps is not None and mps.is_available()
-    if not available.get(kind, False):
-        raise argparse.ArgumentTypeError(f"device {text!r} is not available on this machine")
-    return text
+SEED = at_most(2**64 - 1, low=0)
 
 
 def console_main() -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -182,8 +183,14 @@ class ExportError(GanforgeError):
 def read_export(path: str | Path) -> tuple[dict[str, torch.Tensor], GeneratorInfo]:
     """The tensors and metadata of an export, verified; never unpickles."""
     path = Path(path)
-    if not path.is_file():
-        raise ExportError(f"{path} does not exist" if not path.exists() else f"{path} is a folder")
+    if not path.exists():
+        raise ExportError(f"{path} does not exist")
+    if path.is_dir():
+        raise ExportError(f"{path} is a folder, not an export")
+    if not path.is_file():  # a FIFO, a device such as /dev/zero, a socket
+        raise ExportError(f"{path} is not a regular file, not an export")
+    if not os.access(path, os.R_OK):
+        raise ExportError(f"{path} cannot be read: permission denied")
     try:
         with safe_open(str(path), framework="pt") as f:  # one read: header and tensors
             header = f.metadata() or {}
@@ -208,6 +215,13 @@ def read_export(path: str | Path) -> tuple[dict[str, torch.Tensor], GeneratorInf
         )
     if meta.get("tensors_sha256") != tensors_digest(tensors):
         raise ExportError(f"{path} is damaged: its weights do not match their checksum")
+    broken = [k for k, t in tensors.items() if t.is_floating_point() and not t.isfinite().all()]
+    if broken:
+        raise ExportError(
+            f"{path} holds weights that are not finite ({', '.join(broken[:3])}"
+            f"{', ...' if len(broken) > 3 else ''}): the run it came from diverged; export an "
+            "earlier checkpoint (ganforge export RUN/checkpoints/step_N)"
+        )
     try:
         info = GeneratorInfo.from_metadata(meta)
         _check_metadata(info)

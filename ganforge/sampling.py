@@ -48,7 +48,7 @@ def check_truncation(truncation: float | None, info: GeneratorInfo) -> None:
 def _device(name: str) -> torch.device:
     try:
         device = torch.device(name)
-    except RuntimeError as err:
+    except (RuntimeError, ValueError) as err:
         raise GanforgeError(f"--device {name!r}: {err}") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise GanforgeError(f"--device {name!r}: no CUDA device is available")
@@ -56,7 +56,7 @@ def _device(name: str) -> torch.device:
         if device.type == "meta":
             raise RuntimeError("holds no data")
         torch.empty(1, device=device)
-    except (RuntimeError, AssertionError, NotImplementedError) as err:
+    except Exception as err:  # a backend that is not built in, or not set up (privateuseone)
         raise GanforgeError(f"--device {name!r} cannot be used: {err}") from None
     return device
 

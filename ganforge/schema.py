@@ -194,9 +194,7 @@ SCHEMA["eval"] = {
     # Metrics every k steps during training (0: never), on `num` generated samples against
     # as many real ones; `extractor` empty: the data source's choice, else by kind of data.
     "every": Key(int, 0, None, non_negative),
-    "num": Key(
-        int, 2000, None, lambda v: "must be from 10 to 1,000,000" if not 10 <= v <= 10**6 else None
-    ),
+    "num": Key(int, 2000, None, lambda v: "must be >= 10" if v < 10 else at_most(10**6)(v)),
     "extractor": Key(str, ""),
 }
 SCHEMA["augment"] = {
