@@ -267,14 +267,16 @@ def write_checkpoint(
     return final
 
 
+def newest_checkpoint(run_dir: Path, what: str, exclude: Path | None = None) -> str:
+    """``the newest checkpoint, PATH, WHAT`` for the messages of a stopped or failed run (or
+    that there is none)."""
+    saved = [p for p in list_checkpoints(run_dir) if p != exclude]
+    return f"the newest checkpoint, {saved[-1]}, {what}" if saved else "no checkpoint was written"
+
+
 def _write_failed(final: Path, err: OSError) -> CheckpointError:
     """What a failed checkpoint write says: why, and that the earlier checkpoints are intact."""
-    earlier = [p for p in list_checkpoints(final.parent.parent) if p != final]
-    kept = (
-        f"the newest complete one, {earlier[-1]}, is intact"
-        if earlier
-        else "there is no earlier one"
-    )
+    kept = newest_checkpoint(final.parent.parent, "is intact", exclude=final)
     return CheckpointError(
         f"could not write checkpoint {final}: {err.strerror or err}; {kept}. Free space (or fix "
         "the folder) and run the same command again to continue"

@@ -29,6 +29,7 @@ from ganforge.errors import GanforgeError
 from ganforge.plugins import DISABLE_ENV, Plugins
 from ganforge.registry import Entry
 from ganforge.runfiles import atomic_write, cpu_tensors
+from ganforge.schema import MAX_RESOLUTION
 
 FORMAT_VERSION = 1
 METADATA_KEY = "ganforge"
@@ -233,7 +234,7 @@ def read_export(path: str | Path) -> tuple[dict[str, torch.Tensor], GeneratorInf
 
 
 #: Limits an export's metadata is checked against before anything is built from it.
-MAX_LATENT_ELEMENTS, MAX_CLASSES, MAX_RESOLUTION, MAX_CHANNELS = 1 << 20, 100_000, 4096, 64
+MAX_LATENT_ELEMENTS, MAX_CLASSES, MAX_CHANNELS = 1 << 20, 100_000, 64
 
 
 def _check_metadata(info: GeneratorInfo) -> None:

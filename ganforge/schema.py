@@ -127,6 +127,9 @@ def _tracker_options(value) -> str | None:
     return None
 
 
+#: The largest image side a run (or an export) may have.
+MAX_RESOLUTION = 4096
+
 #: Core keys per section. Component sections also take their factory's keyword arguments.
 SCHEMA: dict[str, dict[str, Key]] = {
     "run": {
@@ -143,7 +146,10 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "name": Key(str, REQUIRED, MODEL),
         # Image data needs it; point data (toy 2-D sets) has none and leaves it at 0.
         "resolution": Key(
-            int, 0, MODEL, lambda v: None if v == 0 or 4 <= v <= 4096 else "must be in 4..4096"
+            int,
+            0,
+            MODEL,
+            lambda v: None if v == 0 or 4 <= v <= MAX_RESOLUTION else "must be in 4..4096",
         ),
         "conditional": Key(bool, False, MODEL),
         # Self-conditioning: condition G and D on k k-means clusters of the samples instead of

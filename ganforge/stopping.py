@@ -11,7 +11,7 @@ import sys
 import threading
 from pathlib import Path
 
-from ganforge.checkpoint import list_checkpoints
+from ganforge.checkpoint import newest_checkpoint
 from ganforge.errors import INTERRUPTED, NON_FINITE, TERMINATED, TrainingStopped
 
 
@@ -96,14 +96,9 @@ def interrupted(
 
 def too_many_skipped(step: int, in_a_row: int, limit: int, run_dir: Path) -> TrainingStopped:
     """The stop after ``in_a_row`` steps with non-finite losses or gradients."""
-    saved = list_checkpoints(run_dir)
     # A skipped update leaves weights, optimizer state and EMA as they were, so the newest
     # checkpoint holds the last weights that trained with finite values.
-    kept = (
-        f"the newest checkpoint, {saved[-1]}, keeps the last good weights"
-        if saved
-        else "no checkpoint was written yet"
-    )
+    kept = newest_checkpoint(run_dir, "keeps the last good weights")
     return TrainingStopped(
         f"at step {step}, the last {in_a_row} steps were all skipped for a non-finite loss or "
         f"gradient (train.max_skipped_in_a_row = {limit}); {kept}. Lower the learning rate, "
@@ -116,12 +111,7 @@ def too_many_skipped(step: int, in_a_row: int, limit: int, run_dir: Path) -> Tra
 def non_finite_weights(step: int, names: list[str], run_dir: Path) -> TrainingStopped:
     """The stop when the state a checkpoint would hold is not finite (an update with finite
     gradients can still overflow a weight): that checkpoint is not written."""
-    saved = list_checkpoints(run_dir)
-    kept = (
-        f"the newest checkpoint, {saved[-1]}, holds the last finite weights"
-        if saved
-        else "no checkpoint was written yet"
-    )
+    kept = newest_checkpoint(run_dir, "holds the last finite weights")
     shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
     return TrainingStopped(
         f"at step {step} the weights are not finite ({shown}), so no checkpoint was written "

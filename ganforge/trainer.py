@@ -20,7 +20,7 @@ from torch import nn
 from ganforge import state, tracking
 from ganforge.augment import Augmentation, Augmenter
 from ganforge.averaging import EMA, lr_factor, set_lr
-from ganforge.checkpoint import list_checkpoints
+from ganforge.checkpoint import newest_checkpoint
 from ganforge.clusters import cluster_labels, cluster_names, label_prior
 from ganforge.components import (
     CriticOutput,
@@ -543,17 +543,13 @@ class Trainer(RunOutputs):
             self.start_message += state.take_run_dir(self)
             if main:
                 self._prepare_run_dir()
-        except BaseException:
-            self.lock.release()
-            raise
-        acc.print(
-            f"ganforge: {acc.num_processes} process(es) on {acc.device} ({self.backend_name}), "
-            "global batch "
-            f"{self.batch_size} = {self.info.per_process_batch} per process, mixed "
-            f"precision {acc.mixed_precision}, run dir {self.run_dir}\n"
-            f"ganforge: {self.start_message}; training to step {self.steps}"
-        )
-        try:
+            acc.print(
+                f"ganforge: {acc.num_processes} process(es) on {acc.device} "
+                f"({self.backend_name}), global batch {self.batch_size} = "
+                f"{self.info.per_process_batch} per process, mixed precision "
+                f"{acc.mixed_precision}, run dir {self.run_dir}\n"
+                f"ganforge: {self.start_message}; training to step {self.steps}"
+            )
             if main:
                 self.plugins.run_start(self.info)
             tracking.start(acc, self.recipe, self.step)
@@ -636,11 +632,10 @@ class Trainer(RunOutputs):
 
     def _write_failure(self, err: OSError) -> str:
         """What a failed write during training says: where, why, and what is intact."""
-        saved = list_checkpoints(self.run_dir)
-        kept = f"the newest checkpoint, {saved[-1]}, is intact" if saved else "no checkpoint yet"
         return (
-            f"could not write in the run directory {self.run_dir}: {err}; {kept}. Free space "
-            "(or fix the folder) and run the same command again to continue"
+            f"could not write in the run directory {self.run_dir}: {err}; "
+            f"{newest_checkpoint(self.run_dir, 'is intact')}. Free space (or fix the folder) "
+            "and run the same command again to continue"
         )
 
     def _stop_reason(self, stop: StopSignals, reading: bool) -> float:
