@@ -205,7 +205,15 @@ def _load(args):
 
 
 def _validate(args) -> int:
-    _load(args)
+    from ganforge.data import DataSource
+
+    plugins, recipe = _load(args)
+    # The data source's factory too: it checks paths and options without decoding images.
+    data = recipe.component("data")
+    core = {"resolution": recipe.get("data.resolution")}
+    source = plugins.build("dataset", data.name, core, data.kwargs, DataSource, recipe.source)
+    if source.metadata.get("note"):
+        print(f"ganforge: note: {source.metadata['note']}", file=sys.stderr)
     print("ok")
     return 0
 
@@ -230,13 +238,19 @@ def _plugins(args) -> int:
     if args.json:
         print(json.dumps(described, indent=2))
         return 0
+    print(format_plugins(described))
+    return 0
+
+
+def format_plugins(described: list[dict]) -> str:
+    """``ganforge plugins``: each plugin with its distribution, then what it registers."""
+    lines = []
     for plugin in described:
         origin = plugin["distribution"] or "registered directly"
         version = f" {plugin['version']}" if plugin["version"] else ""
-        print(f"{plugin['name']}  ({origin}{version})")
-        for kind, names in plugin["registers"].items():
-            print(f"    {kind}: {', '.join(names)}")
-    return 0
+        lines.append(f"{plugin['name']}  ({origin}{version})")
+        lines += [f"    {kind}: {', '.join(names)}" for kind, names in plugin["registers"].items()]
+    return "\n".join(lines)
 
 
 def _export(args) -> int:
@@ -309,7 +323,7 @@ def _eval(args) -> int:
         device=args.device,
     )
     print(f"{result['model']} vs {result['data']}: {result['num']} samples, {result['extractor']}")
-    print(table(result["metrics"]))
+    print(table(result["metrics"], result["legend"]))
     if args.out:
         write_text(Path(args.out), json.dumps(result, indent=2) + "\n")
         print(f"ganforge: wrote {args.out}")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sys
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -179,7 +180,52 @@ def make_accelerator(
     finally:
         os.environ.update(hidden)
     refuse_unsupported(accelerator.distributed_type, DistributedType)
+    asked = processes_asked_for(_parent_command())
+    if accelerator.num_processes == 1 and asked > 1:
+        print(
+            f"ganforge: warning: accelerate launch was asked for {asked} processes but started "
+            "one (Accelerate does this on a machine without GPUs unless told to use its "
+            "multi-GPU launcher). "
+            f"This run trains in one process. For {asked} CPU processes: ACCELERATE_USE_CPU=1 "
+            f"accelerate launch --multi_gpu --num_processes {asked} --num_machines 1 "
+            "--mixed_precision no -m ganforge ...",
+            file=sys.stderr,
+            flush=True,
+        )
     return accelerator
+
+
+def _parent_command() -> list[str]:
+    """The parent process's command line (Linux), or [] where it cannot be read."""
+    try:
+        raw = Path(f"/proc/{os.getppid()}/cmdline").read_bytes()
+    except OSError:
+        return []
+    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
+
+
+def processes_asked_for(argv: Sequence[str]) -> int:
+    """``N`` of ``--num_processes N`` when ``argv`` is an ``accelerate launch`` command, else 0.
+
+    Accelerate's simple launcher (what it picks for ``--cpu``, or without GPUs and without
+    ``--multi_gpu``) starts one process whatever ``--num_processes`` says, and tells the
+    process nothing; the launcher's own command line still shows what was asked."""
+    names = [Path(part).name for part in argv[:3]]
+    if "accelerate" not in names or "launch" not in argv[:4]:
+        return 0
+    for i, part in enumerate(argv):
+        if part == "--":
+            break
+        value = None
+        if part == "--num_processes" and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif part.startswith("--num_processes="):
+            value = part.split("=", 1)[1]
+        if value is not None:
+            return int(value) if value.isdigit() else 0
+        if part in ("-m", "--module") or part.endswith(".py"):
+            break  # the rest belongs to the launched program
+    return 0
 
 
 def refuse_unsupported(distributed_type, kinds) -> None:

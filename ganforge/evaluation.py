@@ -196,6 +196,14 @@ class Evaluation:
                 out[f"{name}/{part}" if part else name] = float(value)
         return out
 
+    def legend(self) -> dict[str, str]:
+        """What each score is and which way is better, where its metric says (``legend``)."""
+        out = {}
+        for name, metric in self.metrics.items():
+            for part, text in (getattr(metric, "legend", None) or {}).items():
+                out[f"{name}/{part}" if part else name] = str(text)
+        return out
+
     def features_of(self, batches, keep_samples: bool) -> Features:
         return extract(self.extractor, batches, self.device, keep_samples)
 
@@ -308,8 +316,8 @@ def gather(features: Features, accelerator, num: int) -> Features:
     return Features(**gathered)
 
 
-def table(results: dict[str, dict[str, float]]) -> str:
-    """Metric values side by side, one column per evaluated set."""
+def table(results: dict[str, dict[str, float]], legend: dict[str, str] | None = None) -> str:
+    """Metric values side by side, one column per evaluated set, then what each one is."""
     names = sorted({k for values in results.values() for k in values})
     columns = list(results)
     width = max([len(n) for n in names] + [6])
@@ -320,4 +328,8 @@ def table(results: dict[str, dict[str, float]]) -> str:
             f"{name:<{width}}  "
             + "  ".join(f"{v:>16.5g}" if v is not None else f"{'-':>16}" for v in cells)
         )
+    explained = [name for name in names if (legend or {}).get(name)]
+    if explained:
+        lines.append("")
+        lines += [f"{name:<{width}}  {legend[name]}" for name in explained]
     return "\n".join(lines)

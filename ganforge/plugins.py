@@ -13,7 +13,7 @@ from typing import Any
 import pluggy
 
 from ganforge import hookspecs
-from ganforge.errors import PluginError, did_you_mean
+from ganforge.errors import GanforgeError, PluginError, RecipeError, did_you_mean
 from ganforge.registry import (
     REGISTRATION_HOOKS,
     RecipeRegister,
@@ -74,6 +74,7 @@ class Plugins:
         self.pm = pluggy.PluginManager(ENTRY_POINT_GROUP)
         self.pm.add_hookspecs(hookspecs)
         self.info: dict[str, PluginInfo] = {}
+        self.blocked_installed: list[str] = []  # installed plugins left out, as their origins
         self._trace = self.pm.trace.root.get("plugins")
         if tracing_from_env() if trace is None else trace:
             self.pm.trace.root.setwriter(_write_trace)
@@ -92,11 +93,14 @@ class Plugins:
     def _load_entry_points(self, skip: set[str]) -> None:
         seen: dict[str, tuple[str | None, str]] = {}
         for ep in entry_points(group=ENTRY_POINT_GROUP):
-            if ep.name in skip or self.pm.is_blocked(ep.name):
+            if ep.name in skip:
                 continue
             dist = getattr(ep, "dist", None)
             dist_name = dist.metadata["Name"] if dist is not None else None
             version = dist.version if dist is not None else None
+            if self.pm.is_blocked(ep.name):
+                self.blocked_installed.append(plugin_origin(ep.name, dist_name, version))
+                continue
             if ep.name in seen:
                 # The same distribution can be visible twice on sys.path (e.g. editable + build
                 # dir); another one using the name would silently replace a plugin.
@@ -168,7 +172,7 @@ class Plugins:
         return self._registry
 
     def _build_registry(self) -> Registry:
-        registry = Registry()
+        registry = Registry(blocked=sorted(set(self.blocked_installed)))
         kinds = {hook: kind for kind, hook in REGISTRATION_HOOKS.items()}
         for hook in [*kinds, RECIPES_HOOK]:
             # Each implementation gets a register bound to its own plugin, so a duplicate
@@ -198,6 +202,47 @@ class Plugins:
             ) from err
         added = sorted(entry.split(" ", 1)[1] for entry in registry.registered() - before)
         self._trace(f"{hook} of {origin}: {register.kind} {', '.join(added) or '(none)'}")
+
+    def build(self, kind: str, name: str, core: dict, kwargs, expected, source=None):
+        """Call the factory of ``kind`` ``name`` with the core's arguments and the recipe's:
+        options it rejects (ValueError/TypeError) are a RecipeError naming the recipe table;
+        anything else it raises, or an object of the wrong type, is the plugin's error."""
+        entry = self.registry.get(kind, name)
+        origin = self.origin(entry.plugin)
+        try:
+            obj = entry.factory(**core, **kwargs)
+        except GanforgeError:  # the plugin's own clear message (a DataError, say)
+            raise
+        except (ValueError, TypeError) as err:  # a factory rejecting the recipe's options
+            table = {
+                "dataset": "data",
+                "regularizer": f"regularizers.{name}",
+                "augmentation": "augment",
+            }.get(kind, kind)
+            raise RecipeError(
+                [(table, f"{kind} {name!r} rejected its options: {err}")], source
+            ) from None
+        except (Exception, SystemExit) as err:  # anything else is the plugin's failure
+            raise PluginError(
+                f"{kind} {name!r} of {origin} failed to build: {type(err).__name__}: {err}"
+            ) from err
+        if not isinstance(obj, expected):
+            raise PluginError(
+                f"{kind} {name!r} from {origin} returned {type(obj).__name__}, not a "
+                f"{expected.__name__}"
+            )
+        shape = getattr(obj, "latent_shape", None)
+        if kind == "generator" and not (
+            isinstance(shape, (tuple, list))
+            and shape
+            and all(isinstance(d, int) and d > 0 for d in shape)
+        ):
+            raise PluginError(
+                f"generator {name!r} from {origin} has no valid latent_shape (a tuple of "
+                f"positive sizes such as (128,); got {shape!r}): the core draws its latents "
+                "from it"
+            )
+        return obj
 
     # Lifecycle hooks: typed wrappers, so core code never scatters ``pm.hook`` calls.
     def run_start(self, run: Any) -> None:

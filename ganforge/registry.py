@@ -183,6 +183,7 @@ class Registry:
 
     entries: dict[str, dict[str, Entry]] = field(default_factory=lambda: {k: {} for k in KINDS})
     recipes: dict[str, RecipeEntry] = field(default_factory=dict)
+    blocked: list[str] = field(default_factory=list)  # installed plugins that were blocked
 
     def add(self, entry: Entry) -> None:
         existing = self.entries[entry.kind].get(entry.name)
@@ -225,8 +226,20 @@ class Registry:
 
     def unknown_message(self, kind: str, name: str) -> str:
         known = self.names(kind)
-        hint = did_you_mean(name, known) or (f"; known: {', '.join(known)}" if known else "")
-        return f"unknown {kind} {name!r}{hint}"
+        close = did_you_mean(name, known)
+        if close:
+            return f"unknown {kind} {name!r}{close}"
+        listed = f"; known: {', '.join(known)}" if known else ""
+        if self.blocked:
+            return (
+                f"unknown {kind} {name!r}{listed}. Installed but blocked by "
+                f"GANFORGE_DISABLE_PLUGINS, and so not searched: {', '.join(self.blocked)}"
+            )
+        return (
+            f"unknown {kind} {name!r}{listed}. No installed plugin registers it: a method "
+            "shipped as a package appears once it is installed (`ganforge plugins` lists what "
+            "each installed plugin provides)"
+        )
 
     def build(self, kind: str, name: str, core_args: dict, kwargs: dict):
         """Call the factory of ``kind`` ``name`` with the core's arguments and the recipe's."""

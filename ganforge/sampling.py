@@ -220,4 +220,5 @@ def evaluate_model(
         "real_reference": len(evaluation.real),
         "seed": seed,
         "metrics": results,
+        "legend": evaluation.legend(),
     }

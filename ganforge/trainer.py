@@ -339,40 +339,7 @@ class Trainer(RunOutputs):
         )
 
     def _build(self, kind: str, name: str, core: dict, kwargs, expected):
-        entry = self.registry.get(kind, name)
-        origin = self.plugins.origin(entry.plugin)
-        try:
-            obj = entry.factory(**core, **kwargs)
-        except (ValueError, TypeError) as err:  # a factory rejecting the recipe's options
-            table = {
-                "dataset": "data",
-                "regularizer": f"regularizers.{name}",
-                "augmentation": "augment",
-            }.get(kind, kind)
-            raise RecipeError(
-                [(table, f"{kind} {name!r} rejected its options: {err}")], self.recipe.source
-            ) from None
-        except (Exception, SystemExit) as err:  # anything else is the plugin's failure
-            raise PluginError(
-                f"{kind} {name!r} of {origin} failed to build: {type(err).__name__}: {err}"
-            ) from err
-        if not isinstance(obj, expected):
-            raise PluginError(
-                f"{kind} {name!r} from {origin} returned {type(obj).__name__}, not a "
-                f"{expected.__name__}"
-            )
-        shape = getattr(obj, "latent_shape", None)
-        if kind == "generator" and not (
-            isinstance(shape, (tuple, list))
-            and shape
-            and all(isinstance(d, int) and d > 0 for d in shape)
-        ):
-            raise PluginError(
-                f"generator {name!r} from {origin} has no valid latent_shape (a tuple of "
-                f"positive sizes such as (128,); got {shape!r}): the core draws its latents "
-                "from it"
-            )
-        return obj
+        return self.plugins.build(kind, name, core, kwargs, expected, self.recipe.source)
 
     @torch.no_grad()
     def _check_class_head(self, loss_name: str) -> None:

@@ -41,6 +41,12 @@ def test_eval_scores_a_digits_generator_beside_the_real_ceiling(
     assert real["is"] > 4  # recognisable classes (IS over splits of 20 is biased low)
     out = capsys.readouterr().out
     assert "real (held out)" in out and "fd" in out
+    # Each number says what it is and which way is better (KID's unit too), in the JSON too.
+    lines = out.split("\n\n", 1)[1].splitlines()
+    legend = dict(line.split(None, 1) for line in lines if line and not line.startswith("ganf"))
+    assert set(legend) == set(generated)
+    assert "lower is better" in legend["fd"] and "higher is better" in legend["pr/recall"]
+    assert "not ×1000" in legend["kid"] and legend == result["legend"]
     # The same again reads the cached real features and gives the same numbers.
     assert main(["eval", str(export), "--data", "digits", "--num", "200", "--out", "s.json"]) == 0
     assert json.loads((tmp_path / "s.json").read_text())["metrics"] == result["metrics"]

@@ -102,3 +102,43 @@ def test_fp16_under_deepspeed_or_fsdp_is_refused_from_the_recipe_or_the_launcher
 def test_a_refused_launch_stops_before_anything_is_built(tiny):
     with pytest.raises(GanforgeError, match="fp16 under fsdp has not been checked"):
         tiny("distributed.backend=fsdp", "run.mixed_precision=fp16")
+
+
+@pytest.mark.parametrize(
+    "argv, asked",
+    [
+        (["/v/bin/python", "/v/bin/accelerate", "launch", "--cpu", "--num_processes", "2"], 2),
+        (["accelerate", "launch", "--num_processes=4", "-m", "ganforge", "r.toml"], 4),
+        (["accelerate", "launch", "-m", "ganforge", "r.toml", "--num_processes", "2"], 0),
+        (["accelerate", "launch", "--num_processes", "1", "-m", "ganforge"], 1),
+        (["python", "-m", "ganforge", "--num_processes", "2"], 0),
+        (["torchrun", "--nproc_per_node", "2", "train.py"], 0),
+        ([], 0),
+    ],
+)
+def test_what_accelerate_launch_was_asked_for_is_read_from_its_command(argv, asked):
+    from ganforge.distributed import processes_asked_for
+
+    assert processes_asked_for(argv) == asked
+
+
+def test_accelerate_launch_starting_one_process_of_two_says_how_to_get_two(tmp_path):
+    """Without GPUs, `accelerate launch --cpu --num_processes 2` starts one process and tells
+    it nothing: ganforge reads the launcher's command line and says so."""
+    import shutil
+    import sys
+    from pathlib import Path
+
+    from conftest import run_command, tiny_tables
+    from ganforge.recipe import dump_toml
+
+    recipe = tmp_path / "tiny.toml"
+    recipe.write_text(dump_toml(tiny_tables(tmp_path, "train.steps=1")), encoding="utf-8")
+    launcher = shutil.which("accelerate", path=str(Path(sys.executable).parent))
+    command = [launcher, "launch", "--cpu", "--num_processes", "2", "--num_machines", "1"]
+    command += ["--mixed_precision", "no", "--dynamo_backend", "no", "-m", "ganforge"]
+    done = run_command([*command, str(recipe)], tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "asked for 2 processes but started one" in done.stderr, done.stderr
+    assert "accelerate launch --multi_gpu --num_processes 2" in done.stderr
+    assert "1 process(es)" in done.stdout + done.stderr

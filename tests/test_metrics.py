@@ -168,15 +168,76 @@ def test_inception_weights_are_found_checked_and_never_downloaded_in_tests(tmp_p
     with pytest.raises(GanforgeError, match="are not on this machine") as missing:
         inception.inception_extractor()
     assert "pt_inception-2015-12-05-6726825d.pth" in str(missing.value)
-    # A file with the right name but other contents is refused by its hash.
+    # A file with the right name but other contents is refused by size and hash, before any
+    # of it is read as a pickle.
     weights = tmp_path / "torch" / "hub" / "checkpoints" / inception.FILE
     weights.parent.mkdir(parents=True)
     torch.save(inception.FIDInceptionV3().state_dict(), weights)
+    real_load = torch.load
+
+    def never(*args, **kwargs):
+        raise AssertionError("an unchecked .pth was unpickled")
+
+    monkeypatch.setattr(inception.torch, "load", never)
     with pytest.raises(GanforgeError, match="is not the FID Inception weights"):
         inception.inception_extractor()
-    # With its hash pinned, the same file loads (tensors only) and is kept as safetensors.
+    # The same size but another digest is refused too (a prefix match is not enough).
+    monkeypatch.setattr(inception, "SOURCE_BYTES", weights.stat().st_size)
     digest = inception.sha256_file(weights)
-    monkeypatch.setattr(inception, "SHA256_PREFIX", digest[:8])
+    monkeypatch.setattr(inception, "SOURCE_SHA256", digest[:8] + "0" * 56)
+    with pytest.raises(GanforgeError, match="is not the FID Inception weights"):
+        inception.inception_extractor()
+    assert not list((tmp_path / "cache" / "weights").glob("*"))
+    # With this file's size and whole digest pinned, it loads (tensors only) and is converted.
+    monkeypatch.setattr(inception, "SOURCE_SHA256", digest)
+    monkeypatch.setattr(inception.torch, "load", real_load)
     net = inception.inception_extractor()
-    assert net.fingerprint.endswith(digest[:8])
-    assert list((tmp_path / "cache" / "weights").glob("*.safetensors"))
+    assert net.fingerprint == "fid-inception-v3-6726825d"
+    converted = inception.converted_path()
+    assert converted.is_file() and converted.with_name(converted.name + ".sha256").is_file()
+
+
+def test_a_planted_or_damaged_converted_inception_file_is_never_used(tmp_path, monkeypatch):
+    """A converted file that is not the one ganforge wrote (random weights planted in the
+    cache, a flipped byte, no record) is refused, or converted again from the checked .pth."""
+    from safetensors.torch import save_file
+
+    from ganforge.errors import GanforgeError
+    from ganforge_plugins import inception
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    weights = tmp_path / "torch" / "hub" / "checkpoints" / inception.FILE
+    weights.parent.mkdir(parents=True)
+    torch.manual_seed(1)
+    torch.save(inception.FIDInceptionV3().state_dict(), weights)
+    monkeypatch.setattr(inception, "SOURCE_BYTES", weights.stat().st_size)
+    monkeypatch.setattr(inception, "SOURCE_SHA256", inception.sha256_file(weights))
+    source = torch.load(weights, weights_only=True)
+    inception.inception_extractor()
+    converted = inception.converted_path()
+    record = converted.with_name(converted.name + ".sha256")
+    torch.manual_seed(2)
+    planted = {k: v.contiguous() for k, v in inception.FIDInceptionV3().state_dict().items()}
+
+    def loaded_weights():
+        return inception.inception_extractor().state_dict()["fc.weight"]
+
+    # Planted random weights (the record left as it was): converted again from the .pth.
+    save_file(planted, str(converted))
+    assert torch.equal(loaded_weights(), source["fc.weight"])
+    # One flipped byte, without the .pth here: refused with one message.
+    weights.rename(tmp_path / "aside.pth")
+    data = bytearray(converted.read_bytes())
+    data[-1] ^= 1
+    converted.write_bytes(bytes(data))
+    with pytest.raises(GanforgeError, match="does not match the SHA-256 recorded"):
+        inception.inception_extractor()
+    # A converted file with no record at all is not used either.
+    save_file(planted, str(converted))
+    record.unlink()
+    with pytest.raises(GanforgeError, match="does not match the SHA-256 recorded"):
+        inception.inception_extractor()
+    # The .pth back: converted again, and the record matches the new file.
+    (tmp_path / "aside.pth").rename(weights)
+    assert torch.equal(loaded_weights(), source["fc.weight"])
+    assert inception.load_converted() is not None

@@ -57,6 +57,18 @@ def test_blocked_component_in_a_recipe_is_a_clear_error(monkeypatch, capsys):
     err = capsys.readouterr().err
     assert "generator.name: unknown generator 'dcgan'" in err
     assert "Traceback" not in err
+    # The message names the blocked plugin that would have provided it, with its package.
+    assert "blocked by GANFORGE_DISABLE_PLUGINS" in err and "plugin 'dcgan' (ganforge " in err
+
+
+def test_a_component_no_installed_plugin_provides_says_where_methods_come_from(tmp_path, capsys):
+    recipe = (ROOT / "recipes" / "quickstart.toml").read_text(encoding="utf-8")
+    path = tmp_path / "r.toml"
+    path.write_text(recipe.replace('name = "dcgan"', 'name = "biggan"', 1), encoding="utf-8")
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "unknown generator 'biggan'" in err and "No installed plugin registers it" in err
+    assert "`ganforge plugins`" in err and "Traceback" not in err
 
 
 class _Twin:

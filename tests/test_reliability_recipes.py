@@ -384,3 +384,31 @@ def test_component_options_a_factory_refuses_stop_training_with_the_table_named(
     assert_one_clear_error(status, captured.out, captured.err)
     assert f"\n  {table}: " in captured.err, captured.err
     reliability_report["malformed recipes"]["refused by a component at build"] += 1
+
+
+# --------------------------------------------------------------------------- what a new user met
+
+
+def test_validate_opens_the_data_source_and_finds_a_missing_local_path(
+    tmp_path, monkeypatch, reliability_report
+):
+    """`validate` builds the data source (paths and options, no decoding): a missing local
+    folder is found there, not at train time; a name read from the hub says so."""
+    monkeypatch.chdir(tmp_path)
+    tables = base_tables()
+    for path in ("./faces", str(tmp_path / "faces"), "faces.parquet"):
+        tables["data"] = {"name": "hf", "resolution": 16, "path": path}
+        status, out, err = validate(dump_toml(tables), [], tmp_path)
+        assert_one_clear_error(status, out, err)
+        assert "no such file or directory" in err, err
+    # "data/faces" looks like a hub name "owner/name", but data/ is a folder here.
+    (tmp_path / "data").mkdir()
+    tables["data"]["path"] = "data/faces"
+    status, out, err = validate(dump_toml(tables), [], tmp_path)
+    assert_one_clear_error(status, out, err)
+    assert "data/ is a local folder" in err, err
+    # Without such a folder it is a hub name: ok, with a note that it needs internet.
+    tables["data"]["path"] = "someone/faces"
+    status, out, err = validate(dump_toml(tables), [], tmp_path)
+    assert (status, out.strip()) == (0, "ok") and "hub dataset" in err, (out, err)
+    reliability_report["what a new user met"]["missing data paths found by validate"] += 5

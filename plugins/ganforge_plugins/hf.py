@@ -88,7 +88,14 @@ def hf_source(
         fingerprint=json.dumps(options, sort_keys=True),
         load=load,
         description=f"hf {where} [{split}]",
-        metadata={"kind": kind},
+        metadata={"kind": kind, "note": _hub_note(path) if kind == "hub" else ""},
+    )
+
+
+def _hub_note(path: str) -> str:
+    return (
+        f"data.path {path!r} is no local file or folder, so it is read as a Hugging Face hub "
+        "dataset (downloaded at first use: needs internet)"
     )
 
 
@@ -96,6 +103,12 @@ def _locate(path: str) -> tuple[str, str, list[Path]]:
     """Classify ``path`` as (kind, absolute path or hub id, local files) without opening it."""
     local = Path(path).expanduser()
     if not local.exists():
+        owner = Path(path).parts[0] if Path(path).parts else ""
+        if "/" in str(path) and Path(owner).is_dir():  # "data/faces" with a ./data folder here
+            raise DataError(
+                f"hf: no such file or directory: {path} (not read as a hub name: {owner}/ is "
+                "a local folder)"
+            )
         if HUB_ID.match(str(path)) and local.suffix not in (".parquet", ".arrow"):
             return "hub", str(path), []
         raise DataError(f"hf: no such file or directory: {path}")

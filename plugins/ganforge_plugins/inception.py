@@ -6,10 +6,15 @@ a max pool in the last block), defined here because torchvision does not import 
 torch. Its weights are the usual ``pt_inception-2015-12-05-6726825d.pth`` (converted from the
 TensorFlow FID graph), found, in order, at ``path``, in ``$GANFORGE_CACHE_DIR/weights/``, in
 the torch hub cache (``~/.cache/torch/hub/checkpoints/``), or downloaded when ``download`` is
-allowed and the machine is online. The file's SHA-256 must start with ``6726825d`` (the
-prefix in its name, as torch hub checks it). The ``.pth`` is read with ``torch.load(...,
-weights_only=True)``, which accepts tensors only and never runs pickled code, and converted
-once to safetensors beside the cache.
+allowed and the machine is online.
+
+Trust: the ``.pth`` is a pickle-format file. It is read only after its size and its whole
+SHA-256 match the one published file (``SOURCE_SHA256``), and then with ``torch.load(...,
+weights_only=True)`` (torch's restricted reader: tensors and plain containers, no imports, no
+code). It is converted once to ``…-6726825d.safetensors`` in ``$GANFORGE_CACHE_DIR/weights/``,
+and the converted file's own SHA-256 is recorded beside it (``….safetensors.sha256``) and
+checked at every load. A converted file that does not match its record (or has none) is never
+used: it is converted again from the ``.pth``, or refused when the ``.pth`` is not here.
 
 Preprocessing follows pytorch-fid: images in [-1, 1] are resized to 299×299 bilinearly
 (``align_corners=False``) and grey images repeated to 3 channels.
@@ -17,12 +22,14 @@ Preprocessing follows pytorch-fid: images in [-1, 1] are resized to 299×299 bil
 
 from __future__ import annotations
 
+import json
 import os
 import urllib.request
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -33,6 +40,10 @@ from ganforge.runfiles import atomic_write, sha256_file
 
 FILE = "pt_inception-2015-12-05-6726825d.pth"
 SHA256_PREFIX = "6726825d"
+# The published file (pytorch-fid's release "fid_weights"; torch-fidelity's v0.2.0 file is the
+# same bytes): the whole digest, not the 8-digit prefix its name carries.
+SOURCE_SHA256 = "6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2"
+SOURCE_BYTES = 95_628_359
 URL = f"https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/{FILE}"
 
 
@@ -202,42 +213,88 @@ def _candidates(path: str) -> list[Path]:
     return [cache_root() / "weights" / FILE, hub / "hub" / "checkpoints" / FILE]
 
 
-def load_fid_weights(path: Path) -> dict[str, torch.Tensor]:
-    """The state dict of the FID Inception file: checked by hash, read without running code."""
-    converted = cache_root() / "weights" / (FILE.removesuffix(".pth") + ".safetensors")
-    if converted.exists():
+def converted_path() -> Path:
+    """Where the converted weights (safetensors) and their recorded SHA-256 live."""
+    return cache_root() / "weights" / (FILE.removesuffix(".pth") + ".safetensors")
+
+
+def _record(converted: Path) -> Path:
+    return converted.with_name(converted.name + ".sha256")
+
+
+def load_converted() -> dict[str, torch.Tensor] | None:
+    """The converted weights if their SHA-256 matches the one recorded at conversion, else
+    None (missing, damaged, planted or unrecorded: never used)."""
+    converted = converted_path()
+    if not converted.is_file():
+        return None
+    try:
+        recorded = json.loads(_record(converted).read_text())
+        if recorded.get("source_sha256") != SOURCE_SHA256:
+            return None
+        if sha256_file(converted) != recorded.get("sha256"):
+            return None
         return load_file(str(converted))
-    digest = sha256_file(path)
-    if not digest.startswith(SHA256_PREFIX):
+    except (OSError, ValueError, AttributeError, SafetensorError):
+        return None
+
+
+def check_source(path: Path) -> None:
+    """Refuse anything but the published ``.pth`` (size, then the whole SHA-256) before any
+    byte of it is unpickled."""
+    try:
+        size = path.stat().st_size
+    except OSError as err:
+        raise GanforgeError(f"cannot read the FID Inception weights {path}: {err}") from None
+    digest = sha256_file(path) if size == SOURCE_BYTES else ""
+    if digest != SOURCE_SHA256:
+        seen = f"SHA-256 {digest[:16]}..." if digest else f"{size:,} bytes"
         raise GanforgeError(
-            f"{path} is not the FID Inception weights: its SHA-256 is {digest[:16]}..., "
-            f"expected {SHA256_PREFIX}... ({FILE})"
+            f"{path} is not the FID Inception weights ({FILE}): it has {seen}, the published "
+            f"file has {SOURCE_BYTES:,} bytes and SHA-256 {SOURCE_SHA256}"
         )
+
+
+def convert(path: Path) -> dict[str, torch.Tensor]:
+    """Check the ``.pth`` at ``path`` (size and SHA-256, before reading a byte of it as a
+    pickle), read its tensors without running code, and keep them converted, with a record."""
+    check_source(path)
     state = torch.load(path, map_location="cpu", weights_only=True)  # tensors only, no code
     tensors = {k: v.contiguous() for k, v in state.items()}
+    converted = converted_path()
+    converted.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(converted, lambda tmp: save_file(tensors, str(tmp)))
+    record = {"sha256": sha256_file(converted), "source_sha256": SOURCE_SHA256}
+    atomic_write(_record(converted), lambda tmp: tmp.write_text(json.dumps(record) + "\n"))
     return tensors
 
 
 def inception_extractor(path: str = "", download: bool = False) -> FIDInceptionV3:
     """The FID Inception-v3 with its standard weights (see the module docstring for where)."""
+    tensors = load_converted()
     found = next((p for p in _candidates(path) if p.is_file()), None)
-    if found is None and download:
+    if tensors is None and found is None and download:
         found = cache_root() / "weights" / FILE
         try:
             found.parent.mkdir(parents=True, exist_ok=True)
             atomic_write(found, lambda tmp: urllib.request.urlretrieve(URL, tmp))
         except OSError as err:
             raise GanforgeError(f"could not download the FID Inception weights: {err}") from None
-    if found is None:
+    if tensors is None and found is None:
         where = "\n  ".join(str(p) for p in _candidates(path))
+        unusable = (
+            f" ({converted_path()} does not match the SHA-256 recorded when ganforge converted "
+            "it, or has no record: it is not used)"
+            if converted_path().is_file()
+            else ""
+        )
         raise GanforgeError(
-            f"the FID Inception weights ({FILE}) are not on this machine. Put the file at one "
-            f"of:\n  {where}\nor set [eval.extractor_options] path = ..., or allow "
+            f"the FID Inception weights ({FILE}) are not on this machine{unusable}. Put the "
+            f"file at one of:\n  {where}\nor set [eval.extractor_options] path = ..., or allow "
             f"download = true on a machine with internet (from {URL})"
         )
     net = FIDInceptionV3()
-    net.load_state_dict(load_fid_weights(found))
+    net.load_state_dict(tensors if tensors is not None else convert(found))
     net.fingerprint = f"fid-inception-v3-{SHA256_PREFIX}"
     return net.eval().requires_grad_(False)
 

@@ -50,6 +50,8 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
 class FrechetDistance:
     """Fréchet distance of the features (FID with the inception extractor)."""
 
+    legend = {"": "Fréchet distance of the features; lower is better, 0 = the same statistics"}
+
     def __call__(self, real: Features, fake: Features, context: EvalContext) -> dict:
         return {"": frechet_distance(*gaussian(real.features), *gaussian(fake.features))}
 
@@ -67,6 +69,12 @@ def mmd2_unbiased(x: torch.Tensor, y: torch.Tensor) -> float:
 
 class KernelDistance:
     """Kernel (inception) distance: unbiased MMD², mean and std over random subsets."""
+
+    legend = {
+        "": "kernel distance: unbiased MMD² of the features, as is (not ×1000); lower is better, "
+        "about 0 (it can dip below) = the same distribution",
+        "std": "its standard deviation over the random subsets",
+    }
 
     def __init__(self, subsets: int = 100, subset_size: int = 1000):
         if subsets < 1 or subset_size < 2:
@@ -110,6 +118,12 @@ def inception_score(logits: torch.Tensor, splits: int = 10) -> tuple[float, floa
 class InceptionScore:
     """Inception Score of the generated samples (needs an extractor with class logits)."""
 
+    legend = {
+        "": "Inception Score with the extractor's classifier; higher is better, at most its "
+        "number of classes",
+        "std": "its standard deviation over the splits",
+    }
+
     def __init__(self, splits: int = 10):
         if splits < 1:
             raise ValueError("splits must be >= 1")
@@ -142,6 +156,13 @@ def _covered(points: torch.Tensor, centres: torch.Tensor, radii: torch.Tensor, c
 class PrecisionRecall:
     """Improved precision (fakes in the real manifold) and recall (reals in the fake one)."""
 
+    legend = {
+        "precision": "share of generated samples inside the real data's k-NN manifold; higher "
+        "is better (realism)",
+        "recall": "share of real samples inside the generated samples' k-NN manifold; higher "
+        "is better (coverage: low recall is mode dropping)",
+    }
+
     def __init__(self, k: int = 3, chunk: int = 1000):
         if k < 1 or chunk < 1:
             raise ValueError("k and chunk must be >= 1")
@@ -167,6 +188,11 @@ def _needs_labels(name: str, real: Features, fake: Features) -> None:
 class IntraClassFD:
     """Mean over classes of the Fréchet distance between real and generated samples of a class."""
 
+    legend = {
+        "": "Fréchet distance within each class, averaged; lower is better",
+        "classes": "the number of classes averaged",
+    }
+
     def __call__(self, real: Features, fake: Features, context: EvalContext) -> dict:
         _needs_labels("intra_fd", real, fake)
         distances = {}
@@ -181,6 +207,11 @@ class IntraClassFD:
 
 class ClassifierAccuracy:
     """Share of generated samples the extractor's classifier puts in their conditioning class."""
+
+    legend = {
+        "": "share of samples the extractor classifies as their conditioning class; higher "
+        "is better"
+    }
 
     def __call__(self, real: Features, fake: Features, context: EvalContext) -> dict:
         _needs_labels("accuracy", real, fake)
