@@ -69,7 +69,9 @@ class DataSource:
 
     ``fingerprint`` must change whenever the decoded images would (source, options,
     resolution). ``cache=False`` skips the on-disk store for sources that are cheaper to
-    rebuild than to read (procedural data).
+    rebuild than to read (procedural data). ``reference``, where a data set has a held-out
+    split, gives the source evaluation compares generated samples with (its test images);
+    None: the training data itself, split in two.
     """
 
     fingerprint: str
@@ -77,6 +79,7 @@ class DataSource:
     description: str = ""
     cache: bool = True
     metadata: dict = field(default_factory=dict)
+    reference: Callable[[], DataSource] | None = None
 
 
 def cache_root() -> Path:

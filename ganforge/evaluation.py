@@ -233,6 +233,8 @@ def prepare(
             raise RecipeError([(f"eval.metrics.{name}", registry.unknown_message("metric", name))])
     extractor_name = extractor or default_extractor(data, data_metadata)
     options = dict(extractor_options or {})
+    if extractor_name == data_metadata.get("eval_extractor"):  # the source's own: its options
+        options = {**data_metadata.get("eval_extractor_options", {}), **options}
     net = build(registry, "feature_extractor", extractor_name, options, "eval.extractor")
     if not isinstance(net, FeatureExtractor):
         raise EvalError(f"feature extractor {extractor_name!r} does not follow the protocol")

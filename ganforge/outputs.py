@@ -19,6 +19,7 @@ from torch import nn
 from ganforge import tracking
 from ganforge.clusters import draw_labels
 from ganforge.components import eval_mode, grid_labels, sample_latents
+from ganforge.data import open_store
 from ganforge.diagnostics import summary
 from ganforge.export import export_generator, export_metadata
 from ganforge.report import write_report
@@ -140,12 +141,16 @@ class RunOutputs:
         cfg, acc = self.recipe.section("eval"), self.acc
         # The main process first: an extractor trained or converted at first use is written
         # to the cache once, and the other processes read it.
+        source, real = self.data_source, self.loaded_data
         with acc.main_process_first():
+            if source.reference is not None:  # a held-out split: what samples are scored on
+                source = source.reference()
+                real = open_store(source, self.recipe.get("data.resolution"))
             prepared = evaluation.prepare(
                 self.registry,
-                self.loaded_data,  # with the data's own labels (or none), not clusters
-                self.data_source.fingerprint,
-                self.data_source.metadata,
+                real,  # with the data's own labels (or none), not clusters
+                source.fingerprint,
+                source.metadata,
                 num=cfg["num"],
                 extractor=cfg["extractor"] or None,
                 extractor_options=cfg["extractor_options"],

@@ -363,6 +363,13 @@ def test_every_shipped_recipe_runs_two_steps_at_a_tiny_size(path, tmp_path, caps
         args += ["data.name=synthetic", "data.size=16"]
         if tables["data"].get("conditional"):
             args.append("data.num_classes=10")
+    if tables["run"].get("mixed_precision", "auto") != "auto":  # one Accelerate state per test
+        args.append("run.mixed_precision=auto")  # process: precision is tested elsewhere
+    if tables["data"]["name"] == "fashion_mnist":  # never Debian's files: the tests' own
+        from test_data_idx import write_set
+
+        args.append(f"data.path={write_set(tmp_path / 'idx', train=40, test=20)}")
+        args.append("eval.every=0")  # the classifier is tested in test_data_idx.py
     if tables.get("eval", {}).get("extractor") == "inception":  # the weights are not here
         args.append("eval.every=0")
     assert main(args) == 0, capsys.readouterr().err

@@ -38,7 +38,7 @@ def digits_source(*, resolution: int, channels: int = 1, fraction: float = 1.0) 
         x = F.interpolate(x, size=resolution, mode="bilinear", align_corners=False)
         images = (x.clamp(0, 1) * 255).round().to(torch.uint8).repeat(1, channels, 1, 1)
         labels = np.asarray(digits.target, dtype=np.int64)
-        keep = _stratified_subset(labels, fraction)
+        keep = stratified_subset(labels, fraction)
         return ImageData(images.numpy()[keep], labels[keep], [str(i) for i in range(10)])
 
     subset = "" if fraction == 1 else f"-f{fraction!r}"
@@ -52,7 +52,7 @@ def digits_source(*, resolution: int, channels: int = 1, fraction: float = 1.0) 
     )
 
 
-def _stratified_subset(labels: np.ndarray, fraction: float) -> np.ndarray:
+def stratified_subset(labels: np.ndarray, fraction: float) -> np.ndarray:
     """Sorted indices of ``fraction`` of each class (at least one), chosen with seed 0."""
     if fraction == 1:
         return np.arange(len(labels))
