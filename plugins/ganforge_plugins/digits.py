@@ -134,10 +134,19 @@ def digits_extractor() -> DigitsClassifier:
         net.load_state_dict(load_file(str(path)))
     except Exception:  # noqa: BLE001 - missing or damaged: train it again
         net, _ = train_digits_classifier()
-        tensors = {k: v.contiguous() for k, v in net.state_dict().items()}
-        atomic_write(path, lambda tmp: save_file(tensors, str(tmp)))
-    digest = tensors_digest(net.state_dict())
-    net.fingerprint = f"digits-cnn-v1-{digest[:12]}"  # the weights, not the recipe
+        keep_classifier(path, net)
+    return ready_classifier(net, "digits-cnn-v1")
+
+
+def keep_classifier(path, net: nn.Module, metadata: dict[str, str] | None = None) -> None:
+    """Write a trained classifier's weights to the cache (safetensors, atomically)."""
+    tensors = {k: v.contiguous() for k, v in net.state_dict().items()}
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+
+
+def ready_classifier(net: nn.Module, name: str) -> nn.Module:
+    """A classifier as an extractor: its fingerprint names its weights, not the recipe."""
+    net.fingerprint = f"{name}-{tensors_digest(net.state_dict())[:12]}"
     return net.eval().requires_grad_(False)
 
 

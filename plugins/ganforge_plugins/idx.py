@@ -26,15 +26,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 from torch import nn
 
 from ganforge import hookimpl
 from ganforge.data import DataSource, ImageData, cache_root, open_store
 from ganforge.errors import DataError
-from ganforge.export import tensors_digest
-from ganforge.runfiles import atomic_write
-from ganforge_plugins.digits import stratified_subset
+from ganforge_plugins.digits import keep_classifier, ready_classifier, stratified_subset
 
 FASHION_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_CLASSES = (
@@ -376,15 +373,10 @@ def fashion_extractor(path: str = "", epochs: int = 6) -> FashionClassifier:
         log = lambda message: print(message, file=sys.stderr, flush=True)  # noqa: E731
         log("ganforge: training the fashion_mnist classifier on the training split (once)")
         net, accuracy = train_fashion_classifier(path, epochs, log)
-        tensors = {k: v.contiguous() for k, v in net.state_dict().items()}
-        meta = {"test_accuracy": repr(accuracy)}
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(cache, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+        keep_classifier(cache, net, {"test_accuracy": repr(accuracy)})
         log(f"ganforge: fashion_mnist classifier: test accuracy {accuracy:.2%}, kept in {cache}")
     net.test_accuracy = accuracy
-    digest = tensors_digest(net.state_dict())
-    net.fingerprint = f"fashion-mnist-cnn-v1-{digest[:12]}"  # the weights, not the recipe
-    return net.eval().requires_grad_(False)
+    return ready_classifier(net, "fashion-mnist-cnn-v1")
 
 
 @hookimpl
