@@ -1,17 +1,22 @@
-"""Schedules that follow the step count: learning-rate decay and the generator's EMA.
+"""Schedules that follow the step count: learning-rate decay and the generator's EMA, and the
+EMA generator's standing batch-norm statistics.
 
-Both are pure functions of the step (plus, for the EMA, its own weights), so a resumed run
-recomputes them exactly and ``train.steps`` can grow without changing their horizon.
+Both schedules are pure functions of the step (plus, for the EMA, its own weights), so a
+resumed run recomputes them exactly and ``train.steps`` can grow without changing their
+horizon. Standing statistics never touch training state: they are computed for sampling and
+export, and the averaged module's own buffers are put back afterwards.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from itertools import compress
 
 import torch
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 
 def lr_factor(step: int, config: dict) -> float:
@@ -73,3 +78,62 @@ class EMA:
             averaged.lerp_(value.detach().to(averaged.dtype), weight)
         for copied, value in zip(self._copied, others, strict=True):
             copied.copy_(value)
+
+
+#: Draws ``(z, y)`` for ``n`` samples from ``rng`` (``y`` None for unconditional generators).
+Draw = Callable[[int, torch.Generator], tuple[torch.Tensor, torch.Tensor | None]]
+
+
+@torch.no_grad()
+def standing_statistics(generator: nn.Module, draw: Draw, batches: int, batch_size: int) -> None:
+    """Re-estimate every batch-norm layer's running mean and variance for ``generator``'s
+    weights as they are now: the plain average over ``batches`` forward passes of
+    ``batch_size`` samples drawn by ``draw`` from a fixed seed (BigGAN's "standing
+    statistics").
+
+    An EMA generator needs this. Its averaged weights never ran a forward pass in training,
+    and the running statistics it averaged belong to other weights; the mismatch grows with
+    the EMA's horizon. Only the batch-norm layers run in train mode here; every other layer
+    (spectral-norm power iterations included) stays in eval mode. The generator is left in
+    eval mode with the new statistics.
+    """
+    layers = [m for m in generator.modules() if isinstance(m, _BatchNorm)]
+    if not layers:
+        return
+    generator.eval()
+    for layer in layers:
+        layer.reset_running_stats()
+        layer.momentum = None  # a cumulative average over the passes
+        layer.train()
+    rng = torch.Generator().manual_seed(0x5747)
+    try:
+        for _ in range(batches):
+            generator(*draw(batch_size, rng))
+    finally:
+        generator.eval()
+
+
+@contextmanager
+def with_standing_statistics(
+    generator: nn.Module, draw: Draw, batches: int, batch_size: int
+) -> Iterator[nn.Module]:
+    """``generator`` with :func:`standing_statistics` for the block, in eval mode; then its own
+    batch-norm buffers, momentum and mode back (an EMA keeps averaging its own). ``batches``
+    0: the generator as it is, in eval mode."""
+    layers = [m for m in generator.modules() if isinstance(m, _BatchNorm)]
+    saved = [
+        (m.momentum, {k: b.clone() for k, b in m.named_buffers(recurse=False)}) for m in layers
+    ]
+    was_training = generator.training
+    try:
+        if batches:
+            standing_statistics(generator, draw, batches, batch_size)
+        else:
+            generator.eval()
+        yield generator
+    finally:
+        for layer, (momentum, buffers) in zip(layers, saved, strict=True):
+            layer.momentum = momentum
+            for name, value in buffers.items():
+                getattr(layer, name).copy_(value)
+        generator.train(was_training)

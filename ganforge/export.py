@@ -23,7 +23,9 @@ from safetensors.torch import save_file
 from torch import nn
 
 import ganforge
+from ganforge.averaging import standing_statistics
 from ganforge.checkpoint import Checkpoint, CheckpointError, load_module, strip_prefix, warn
+from ganforge.clusters import draw_labels
 from ganforge.components import latent_shape, sample_latents
 from ganforge.errors import GanforgeError
 from ganforge.plugins import DISABLE_ENV, Plugins
@@ -48,6 +50,7 @@ def export_metadata(
     recipe_toml: str,
     step: int,
     label_prior: list[float] | None = None,
+    standing_stats: dict[str, int] | None = None,
 ) -> dict[str, Any]:
     return {
         "format_version": FORMAT_VERSION,
@@ -73,6 +76,9 @@ def export_metadata(
         # with. None for classes, which are drawn uniformly unless chosen.
         "label_prior": label_prior,
         "ema": ema,
+        # Batch-norm statistics re-estimated for the EMA's weights ({"batches", "batch_size"}),
+        # or None: the running statistics as training left them.
+        "standing_stats": standing_stats,
         "supports_truncation": bool(getattr(generator, "supports_truncation", False)),
         "step": step,
         "ganforge_version": ganforge.__version__,
@@ -111,12 +117,23 @@ def export_generator(path: Path, generator: torch.nn.Module, metadata: dict[str,
 
 
 def export_checkpoint(checkpoint: Checkpoint, out: Path, *, ema: bool = True) -> Path:
-    """Export a checkpoint's generator (its EMA when it has one and ``ema``) to ``out``."""
+    """Export a checkpoint's generator (its EMA when it has one and ``ema``) to ``out``.
+
+    An EMA the run sampled with standing batch-norm statistics (``ema.standing_stats``) gets
+    them here too, computed the same way: the export equals the one the run would write.
+    """
     models = checkpoint.tensors("models")
     averaged = strip_prefix(models, "ema.")
     use_ema = ema and bool(averaged)
     tensors = averaged if use_ema else strip_prefix(models, "generator.")
     metadata = {**checkpoint.state["export"], "ema": use_ema, "step": checkpoint.step}
+    standing = metadata.get("standing_stats") if use_ema else None
+    metadata["standing_stats"] = standing
+    if standing:
+        info = GeneratorInfo.from_metadata(metadata)
+        generator = build_generator(tensors, info, checkpoint.path)
+        standing_statistics(generator, lambda n, rng: draw_inputs(info, n, rng), **standing)
+        tensors = cpu_tensors(generator.state_dict())
     return write_export(out, tensors, metadata)
 
 
@@ -270,6 +287,18 @@ def load_generator(
     (latent shape and prior, output format, classes). No recipe is needed.
     """
     tensors, info = read_export(path)
+    generator = build_generator(tensors, info, path, plugins)
+    return generator.to(device), info
+
+
+def build_generator(
+    tensors: dict[str, torch.Tensor],
+    info: GeneratorInfo,
+    path: str | Path,
+    plugins: Plugins | None = None,
+) -> nn.Module:
+    """The generator ``info`` describes, through the plugin registry, with ``tensors`` loaded
+    (eval mode, no gradients, on the CPU); ``path`` names the weights in messages."""
     plugins = plugins or Plugins()
     entry = plugins.registry.find("generator", info.name)
     provider = f"{info.distribution or 'an unnamed plugin'} {info.version or ''}".strip()
@@ -306,13 +335,22 @@ def load_generator(
         )
     ):
         warn(f"{path} was written with {provider}; loaded with {installed}")
-    return generator.to(device).eval().requires_grad_(False), info
+    return generator.eval().requires_grad_(False)
 
 
 def latents_from(info: GeneratorInfo, num: int, rng: torch.Generator) -> torch.Tensor:
     """``num`` latents from the export's prior, drawn from ``rng`` on the CPU."""
     probe = SimpleNamespace(latent_shape=info.latent_shape, latent_prior=info.latent_prior)
     return sample_latents(probe, num, rng)
+
+
+def draw_inputs(
+    info: GeneratorInfo, num: int, rng: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``num`` latents and labels as evaluation draws them (labels first: uniform over the
+    classes, or clusters with their share of the data; None when unconditional)."""
+    y = draw_labels(num, info.num_classes, info.label_prior, rng) if info.num_classes else None
+    return latents_from(info, num, rng), y
 
 
 def latents(info: GeneratorInfo, num: int, seed: int) -> torch.Tensor:

@@ -9,6 +9,8 @@ own seeded streams and eval mode.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +19,9 @@ import torch
 from torch import nn
 
 from ganforge import tracking
+from ganforge.averaging import with_standing_statistics
 from ganforge.clusters import draw_labels
-from ganforge.components import eval_mode, grid_labels, sample_latents
+from ganforge.components import grid_labels, sample_latents
 from ganforge.data import open_store
 from ganforge.diagnostics import summary
 from ganforge.export import export_generator, export_metadata
@@ -88,10 +91,36 @@ class RunOutputs:
                 return average.module
         return self.generator
 
-    @torch.no_grad()
+    def standing_draw(self, n: int, rng: torch.Generator):
+        """Inputs for standing statistics, drawn as evaluation and ``generate`` draw them:
+        labels uniform over the classes, or clusters with their share of the data."""
+        y = draw_labels(n, self.num_classes, self.label_prior, rng) if self.num_classes else None
+        z = sample_latents(self.sampling_generator, n, rng, self.acc.device)
+        return z, None if y is None else y.to(self.acc.device)
+
+    @property
+    def standing_stats(self) -> dict[str, int] | None:
+        """``ema.standing_stats`` batches of ``train.batch_size`` samples (on every process alike),
+        or None."""
+        batches = self.recipe.get("ema.standing_stats") if self.ema is not None else 0
+        return {"batches": batches, "batch_size": self.batch_size} if batches else None
+
+    @contextmanager
+    def sampling(self) -> Iterator[nn.Module]:
+        """The sampling generator in eval mode for the block, with standing batch-norm
+        statistics when ``ema.standing_stats`` is set; every training state as it was after."""
+        standing = self.standing_stats or {"batches": 0, "batch_size": 0}
+        with (
+            torch.no_grad(),
+            with_standing_statistics(
+                self.sampling_generator, self.standing_draw, **standing
+            ) as generator,
+        ):
+            yield generator
+
     def generate(self, z: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
-        """Samples in eval mode, leaving every training state untouched."""
-        with eval_mode(self.sampling_generator) as generator:
+        """Samples of the sampling generator as the export will give them."""
+        with self.sampling() as generator:
             return generator(z, y)
 
     def save_samples(self) -> Path:
@@ -121,15 +150,16 @@ class RunOutputs:
         # (running statistics never enter a train-mode forward: training is unchanged).
         self.sync_buffers()
         per_process = -(-cfg["num"] // acc.num_processes)
-        batches = evaluation.generated_batches(
-            lambda z, y: self.generate(z, None if y is None else y.to(acc.device)),
-            lambda n, rng: sample_latents(self.generator, n, rng, acc.device),
-            per_process,
-            self.num_classes,
-            seed=self.seed + 1_000_003 * (acc.process_index + 1),
-            prior=self.label_prior,
-        )
-        fake = self._evaluation.features_of(batches, keep_samples=not self.data.is_image)
+        with self.sampling() as generator:
+            batches = evaluation.generated_batches(
+                lambda z, y: generator(z, None if y is None else y.to(acc.device)),
+                lambda n, rng: sample_latents(self.generator, n, rng, acc.device),
+                per_process,
+                self.num_classes,
+                seed=self.seed + 1_000_003 * (acc.process_index + 1),
+                prior=self.label_prior,
+            )
+            fake = self._evaluation.features_of(batches, keep_samples=not self.data.is_image)
         fake = evaluation.gather(fake, acc, cfg["num"])
         return self._evaluation.score(fake) if acc.is_main_process else None
 
@@ -189,6 +219,7 @@ class RunOutputs:
             else None,
             label_prior=self.label_prior,
             ema=self.ema is not None,
+            standing_stats=self.standing_stats,
             recipe_toml=self.recipe.to_toml(),
             step=self.step,
         )
@@ -196,4 +227,5 @@ class RunOutputs:
     def export(self) -> Path:
         """Write ``RUN_DIR/generator.safetensors``: the sampling generator and its metadata."""
         path = self.run_dir / "generator.safetensors"
-        return export_generator(path, self.sampling_generator, self.export_metadata())
+        with self.sampling() as generator:
+            return export_generator(path, generator, self.export_metadata())

@@ -245,6 +245,10 @@ def validate(
                 problems,
                 extra_allowed=section in COMPONENT_SECTIONS,
             )
+    ema = resolved.get("ema", {})
+    standing = ema.get("standing_stats")
+    if isinstance(standing, int) and standing > 0 and ema.get("decay") == 0:
+        problems.append(("ema.standing_stats", "re-estimates the EMA's statistics: set ema.decay"))
     if registry is not None:
         conditional = resolved["data"].get("conditional") is True
         clusters = resolved["data"].get("clusters")

@@ -195,6 +195,12 @@ SCHEMA["ema"] = {
     # decay 0 disables the average; sampling and export use it when enabled.
     "decay": Key(float, 0.0, OPTIM, lambda v: None if 0 <= v < 1 else "must be in [0, 1)"),
     "warmup_steps": Key(int, 0, OPTIM, non_negative),
+    # Batches of train.batch_size samples that re-estimate the EMA generator's batch-norm
+    # statistics for its averaged weights before sample grids, [eval] and the export (BigGAN's
+    # standing statistics; 0: the averaged running statistics). Training is unchanged.
+    "standing_stats": Key(
+        int, 0, None, lambda v: non_negative(v) or (None if v <= 10_000 else "must be <= 10000")
+    ),
 }
 SCHEMA["eval"] = {
     # Metrics every k steps during training (0: never), on `num` generated samples against

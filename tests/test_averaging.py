@@ -1,4 +1,5 @@
-"""Learning-rate decay and the generator's EMA: closed forms, skips, and their use in a run."""
+"""Learning-rate decay, the generator's EMA and its standing batch-norm statistics: closed
+forms, skips, and their use in a run."""
 
 from __future__ import annotations
 
@@ -7,8 +8,12 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from ganforge.averaging import EMA, lr_factor
+import ganforge
+from ganforge.averaging import EMA, lr_factor, standing_statistics, with_standing_statistics
+from ganforge.checkpoint import find_checkpoint
+from ganforge.cli import main
 from ganforge.errors import RecipeError
+from ganforge.export import latents
 from ganforge.trainer import read_metrics
 
 LINEAR = {"lr_decay": "linear", "lr_decay_start": 10, "lr_decay_steps": 30}
@@ -89,3 +94,96 @@ def test_a_run_logs_decaying_learning_rates(tiny):
 def test_linear_decay_needs_a_horizon(tiny):
     with pytest.raises(RecipeError, match="lr_decay_steps"):
         tiny("optim.discriminator.lr_decay=linear")
+
+
+class _BatchNormGenerator(nn.Module):
+    """Linear → batch norm → linear → batch norm: a generator's statistics in miniature."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 2))
+        self.norm = nn.BatchNorm1d(2, momentum=0.3)
+
+    def forward(self, z, y=None):
+        return self.norm(self.net(z))
+
+
+def test_standing_statistics_are_the_plain_average_over_the_passes():
+    g = _BatchNormGenerator()
+    g(torch.randn(16, 3))  # running statistics of other weights, as an EMA averages them
+    drawn = []
+
+    def draw(n, rng):
+        drawn.append(torch.randn(n, 3, generator=rng))
+        return drawn[-1], None
+
+    standing_statistics(g, draw, batches=3, batch_size=5)
+    assert len(drawn) == 3 and all(len(z) == 5 for z in drawn)
+    with torch.no_grad():
+        hidden = [g.net[0](z) for z in drawn]
+    assert torch.allclose(g.net[1].running_mean, torch.stack([h.mean(0) for h in hidden]).mean(0))
+    assert torch.allclose(g.net[1].running_var, torch.stack([h.var(0) for h in hidden]).mean(0))
+    assert not g.training and int(g.net[1].num_batches_tracked) == 3
+
+    # A fixed stream: the same weights get the same statistics however often they are asked.
+    again = _BatchNormGenerator()
+    again.load_state_dict(g.state_dict())
+    again(torch.randn(16, 3))
+    standing_statistics(again, draw, batches=3, batch_size=5)
+    assert torch.equal(again.norm.running_var, g.norm.running_var)
+
+
+def test_with_standing_statistics_puts_the_modules_own_state_back():
+    g = _BatchNormGenerator().train()
+    g(torch.randn(16, 3))
+    before = {k: v.clone() for k, v in g.state_dict().items()}
+    draw = lambda n, rng: (torch.randn(n, 3, generator=rng) * 5 + 2, None)  # noqa: E731
+    with with_standing_statistics(g, draw, batches=2, batch_size=8) as inside:
+        assert inside is g and not g.training
+        assert not torch.allclose(g.norm.running_mean, before["norm.running_mean"])
+    for k, v in g.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert g.training and g.norm.momentum == 0.3 and g.net[1].momentum == 0.1
+    with with_standing_statistics(g, draw, batches=0, batch_size=8):  # 0: as it is, eval mode
+        assert not g.training and torch.equal(g.norm.running_var, before["norm.running_var"])
+
+
+def test_standing_statistics_change_what_a_run_samples_not_how_it_trains(tiny, tmp_path):
+    standing = tiny(
+        "ema.decay=0.9",
+        "ema.standing_stats=2",
+        "train.steps=3",
+        "train.sample_every=1",  # grids sampled with standing statistics after every step
+        f"run.out_dir={tmp_path / 'standing'}",
+    )
+    plain = tiny("ema.decay=0.9", "train.steps=3", "train.sample_every=1")
+    path, plain_path = standing.fit(), plain.fit()
+
+    # Training is untouched: every checkpointed tensor is the same with and without.
+    ours, theirs = (find_checkpoint(t.run_dir).tensors("models") for t in (standing, plain))
+    assert ours.keys() == theirs.keys()
+    for name in ours:
+        assert torch.equal(ours[name], theirs[name]), name
+
+    # The export has the same weights and new batch-norm statistics, and says so.
+    exported, before = load_file(str(path)), load_file(str(plain_path))
+    stats = [k for k in exported if "running_" in k]
+    assert stats and all(not torch.equal(exported[k], before[k]) for k in stats)
+    assert all(torch.equal(exported[k], before[k]) for k in exported if k.endswith("weight"))
+    generator, info = ganforge.load_generator(path)
+    assert info.metadata["standing_stats"] == {"batches": 2, "batch_size": 8}
+    assert ganforge.load_generator(plain_path)[1].metadata["standing_stats"] is None
+
+    # Sampling in the run, the export, and an export of the checkpoint all agree.
+    z = latents(info, 4, seed=1)
+    assert torch.equal(generator(z, None), standing.generate(z, None))
+    assert main(["export", str(standing.run_dir), "--out", "again.safetensors"]) == 0
+    again = load_file("again.safetensors")
+    assert all(torch.equal(again[k], exported[k]) for k in exported)
+    assert main(["export", str(standing.run_dir), "--no-ema", "--out", "g.safetensors"]) == 0
+    assert ganforge.load_generator("g.safetensors")[1].metadata["standing_stats"] is None
+
+
+def test_standing_statistics_need_an_ema(tiny):
+    with pytest.raises(RecipeError, match="ema.standing_stats"):
+        tiny("ema.standing_stats=4")

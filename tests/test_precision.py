@@ -51,3 +51,23 @@ def test_fp16_trains_every_loss_and_regularizer_with_a_loss_scaler(tmp_path):
     results = run_precision(tmp_path, "fp16")
     check(results, "float16")  # fp16 really used: the CPU would have given float32
     assert all(run["scaler"] and run["device"].startswith("cuda") for run in results.values())
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_on_a_cpu_without_native_bf16_says_it_is_slower(tmp_path, native):
+    from conftest import tiny_tables
+
+    from ganforge.recipe import dump_toml
+
+    recipe = tmp_path / "tiny.toml"
+    recipe.write_text(dump_toml(tiny_tables(tmp_path, "train.steps=1", "run.mixed_precision=bf16")))
+    code = (
+        "import sys, ganforge.distributed as d; "
+        f"d.native_cpu_bf16 = lambda: {native}; "
+        "from ganforge.cli import main; sys.exit(main([sys.argv[1]]))"
+    )
+    done = run_command([sys.executable, "-c", code, str(recipe)], tmp_path, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    warned = "no native bfloat16 instructions" in done.stderr
+    assert warned is not native
+    assert "mixed precision bf16" in done.stdout + done.stderr  # the run still trains in bf16
