@@ -11,7 +11,7 @@ from PIL import Image
 
 from conftest import ROOT
 
-SCRIPT = '''
+SCRIPT = """
 import os, sys, torch, torch.nn as nn
 from PIL import Image
 torch.manual_seed(0)
@@ -22,7 +22,7 @@ with torch.no_grad():
     imgs = g(torch.randn(4, 5, 1, 1))[:, 0, 2:6, 2:6]
 for i, im in enumerate(((imgs + 1) / 2 * 255).round().clamp(0, 255).byte().numpy()):
     Image.fromarray(im).save(f"{sys.argv[1]}/{i:04d}.png")
-'''
+"""
 
 
 def test_the_baseline_runs_as_written_then_draws_more_samples(tmp_path):

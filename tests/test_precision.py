@@ -56,7 +56,6 @@ def test_fp16_trains_every_loss_and_regularizer_with_a_loss_scaler(tmp_path):
 @pytest.mark.parametrize("native", [True, False])
 def test_bf16_on_a_cpu_without_native_bf16_says_it_is_slower(tmp_path, native):
     from conftest import tiny_tables
-
     from ganforge.recipe import dump_toml
 
     recipe = tmp_path / "tiny.toml"
