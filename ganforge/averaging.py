@@ -18,6 +18,8 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from ganforge.components import eval_mode
+
 
 def lr_factor(step: int, config: dict) -> float:
     """The multiplier on ``lr`` at ``step`` (0-based G update index).
@@ -106,11 +108,9 @@ def standing_statistics(generator: nn.Module, draw: Draw, batches: int, batch_si
         layer.momentum = None  # a cumulative average over the passes
         layer.train()
     rng = torch.Generator().manual_seed(0x5747)
-    try:
-        for _ in range(batches):
-            generator(*draw(batch_size, rng))
-    finally:
-        generator.eval()
+    for _ in range(batches):
+        generator(*draw(batch_size, rng))
+    generator.eval()
 
 
 @contextmanager
@@ -120,16 +120,17 @@ def with_standing_statistics(
     """``generator`` with :func:`standing_statistics` for the block, in eval mode; then its own
     batch-norm buffers, momentum and mode back (an EMA keeps averaging its own). ``batches``
     0: the generator as it is, in eval mode."""
+    if not batches:
+        with eval_mode(generator):
+            yield generator
+        return
     layers = [m for m in generator.modules() if isinstance(m, _BatchNorm)]
     saved = [
         (m.momentum, {k: b.clone() for k, b in m.named_buffers(recurse=False)}) for m in layers
     ]
     was_training = generator.training
     try:
-        if batches:
-            standing_statistics(generator, draw, batches, batch_size)
-        else:
-            generator.eval()
+        standing_statistics(generator, draw, batches, batch_size)
         yield generator
     finally:
         for layer, (momentum, buffers) in zip(layers, saved, strict=True):

@@ -15,6 +15,8 @@ cluster is asked for.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -83,3 +85,17 @@ def draw_labels(
         return torch.randint(0, num_classes, (n,), generator=rng)
     weights = torch.tensor(prior, dtype=torch.float64)
     return torch.multinomial(weights, n, replacement=True, generator=rng)
+
+
+def draw_inputs(
+    n: int,
+    num_classes: int,
+    prior: list[float] | None,
+    latents: Callable[[int, torch.Generator], torch.Tensor],
+    rng: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``n`` latents and labels (None when unconditional), in the one order every sampler
+    uses: labels first (:func:`draw_labels`), then ``latents(n, rng)``. Evaluation, standing
+    statistics in a run and in ``ganforge export`` draw through it, so they agree."""
+    y = draw_labels(n, num_classes, prior, rng) if num_classes else None
+    return latents(n, rng), y

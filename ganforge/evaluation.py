@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from ganforge.clusters import draw_labels
+from ganforge.clusters import draw_inputs
 from ganforge.data import ImageData, cache_root, to_model_range
 from ganforge.errors import GanforgeError, RecipeError
 from ganforge.registry import Registry
@@ -298,8 +298,7 @@ def generated_batches(
     rng = torch.Generator().manual_seed(seed + 12345)
     for start in range(0, num, batch):
         n = min(batch, num - start)
-        y = draw_labels(n, num_classes, prior, rng) if num_classes else None
-        z = latents(n, rng)
+        z, y = draw_inputs(n, num_classes, prior, latents, rng)
         x = generate(z, y)
         if x.dim() == 4:  # images are scored as saved: clamped and on the 8-bit grid of the data
             x = x.float().clamp(-1, 1).add(1).mul(127.5).round().div(127.5).sub(1)

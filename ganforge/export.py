@@ -13,6 +13,7 @@ import json
 import math
 import os
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -25,7 +26,7 @@ from torch import nn
 import ganforge
 from ganforge.averaging import standing_statistics
 from ganforge.checkpoint import Checkpoint, CheckpointError, load_module, strip_prefix, warn
-from ganforge.clusters import draw_labels
+from ganforge.clusters import draw_inputs
 from ganforge.components import latent_shape, sample_latents
 from ganforge.errors import GanforgeError
 from ganforge.plugins import DISABLE_ENV, Plugins
@@ -132,7 +133,12 @@ def export_checkpoint(checkpoint: Checkpoint, out: Path, *, ema: bool = True) ->
     if standing:
         info = GeneratorInfo.from_metadata(metadata)
         generator = build_generator(tensors, info, checkpoint.path)
-        standing_statistics(generator, lambda n, rng: draw_inputs(info, n, rng), **standing)
+        latents = partial(latents_from, info)
+        standing_statistics(
+            generator,
+            lambda n, rng: draw_inputs(n, info.num_classes, info.label_prior, latents, rng),
+            **standing,
+        )
         tensors = cpu_tensors(generator.state_dict())
     return write_export(out, tensors, metadata)
 
@@ -342,15 +348,6 @@ def latents_from(info: GeneratorInfo, num: int, rng: torch.Generator) -> torch.T
     """``num`` latents from the export's prior, drawn from ``rng`` on the CPU."""
     probe = SimpleNamespace(latent_shape=info.latent_shape, latent_prior=info.latent_prior)
     return sample_latents(probe, num, rng)
-
-
-def draw_inputs(
-    info: GeneratorInfo, num: int, rng: torch.Generator
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``num`` latents and labels as evaluation draws them (labels first: uniform over the
-    classes, or clusters with their share of the data; None when unconditional)."""
-    y = draw_labels(num, info.num_classes, info.label_prior, rng) if info.num_classes else None
-    return latents_from(info, num, rng), y
 
 
 def latents(info: GeneratorInfo, num: int, seed: int) -> torch.Tensor:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from torch import nn
 
 from ganforge import tracking
 from ganforge.averaging import with_standing_statistics
-from ganforge.clusters import draw_labels
+from ganforge.clusters import draw_inputs, draw_labels
 from ganforge.components import grid_labels, sample_latents
 from ganforge.data import open_store
 from ganforge.diagnostics import summary
@@ -94,8 +95,8 @@ class RunOutputs:
     def standing_draw(self, n: int, rng: torch.Generator):
         """Inputs for standing statistics, drawn as evaluation and ``generate`` draw them:
         labels uniform over the classes, or clusters with their share of the data."""
-        y = draw_labels(n, self.num_classes, self.label_prior, rng) if self.num_classes else None
-        z = sample_latents(self.sampling_generator, n, rng, self.acc.device)
+        latents = partial(sample_latents, self.sampling_generator, device=self.acc.device)
+        z, y = draw_inputs(n, self.num_classes, self.label_prior, latents, rng)
         return z, None if y is None else y.to(self.acc.device)
 
     @property
