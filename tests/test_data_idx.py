@@ -4,6 +4,7 @@ IDX files the tests write: the default tier never needs Debian's Fashion-MNIST p
 from __future__ import annotations
 
 import gzip
+import shutil
 import struct
 import sys
 
@@ -174,6 +175,23 @@ def test_a_recipe_with_a_bad_idx_folder_is_one_message(tmp_path, tiny_recipe):
     done = run_command([sys.executable, "-m", "ganforge", "validate", str(path)], tmp_path)
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "no such folder" in done.stderr
+
+
+def test_the_fashion_classifier_cache_follows_the_files_not_the_folder(tmp_path, capsys):
+    """A copy of the same files elsewhere reuses the cached classifier; other files (say MNIST's
+    digits given as data.path) train their own instead of being scored by the wrong one."""
+    first = write_set(tmp_path / "a", train=300, test=50)
+    net = idx.fashion_extractor(path=str(first), epochs=1)
+    assert "training" in capsys.readouterr().err
+    copy = shutil.copytree(first, tmp_path / "elsewhere" / "a")
+    again = idx.fashion_extractor(path=str(copy), epochs=1)
+    assert "training" not in capsys.readouterr().err and again.fingerprint == net.fingerprint
+    other = write_set(tmp_path / "b", train=310, test=50)
+    idx.fashion_extractor(path=str(other), epochs=1)
+    assert "training" in capsys.readouterr().err
+    assert len(list((tmp_path / "cache" / "eval").glob("fashion-mnist-cnn-v1-e1-*"))) == 2
+    with pytest.raises(DataError, match="no such folder"):
+        idx.fashion_extractor(path=str(tmp_path / "missing"), epochs=1)
 
 
 def test_the_fashion_classifier_trains_once_is_cached_and_scores_a_run(tmp_path, capsys):

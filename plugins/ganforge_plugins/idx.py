@@ -142,6 +142,17 @@ def _file_digest(files: list[Path]) -> str:
     return h.hexdigest()[:16]
 
 
+def _contents_digest(files: list[Path]) -> str:
+    """The files' bytes (as stored, compressed or not), independent of where they are."""
+    h = hashlib.sha256()
+    for f in files:
+        with f.open("rb") as stream:
+            for block in iter(lambda: stream.read(1 << 20), b""):
+                h.update(block)
+        h.update(b"\0")
+    return h.hexdigest()[:16]
+
+
 def idx_source(
     *,
     resolution: int,
@@ -362,8 +373,15 @@ def train_fashion_classifier(
 
 def fashion_extractor(path: str = "", epochs: int = 6) -> FashionClassifier:
     """The Fashion-MNIST classifier, trained at first use and cached (safetensors, with its
-    test accuracy in the file's metadata)."""
-    cache = cache_root() / "eval" / f"fashion-mnist-cnn-v1-e{epochs}.safetensors"
+    test accuracy in the file's metadata). The cache is keyed by the contents of the four IDX
+    files it learns from and is tested on: another copy of the same files shares it, other
+    files (or changed ones) get their own classifier."""
+    folder = Path(path or FASHION_DIR).expanduser()
+    if not folder.is_dir():
+        raise DataError(_missing_folder_message(folder, "fashion_mnist", bool(path)))
+    files = [*find_split(folder, "train"), *find_split(folder, "test")]
+    name = f"fashion-mnist-cnn-v1-e{epochs}-{_contents_digest(files)}.safetensors"
+    cache = cache_root() / "eval" / name
     net = FashionClassifier()
     try:
         with safe_open(str(cache), "pt") as f:
