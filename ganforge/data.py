@@ -81,6 +81,11 @@ class DataSource:
     metadata: dict = field(default_factory=dict)
     reference: Callable[[], DataSource] | None = None
 
+    def scored_against(self) -> DataSource:
+        """The source generated samples are scored against: the held-out split where there
+        is one, else this source itself."""
+        return self.reference() if self.reference is not None else self
+
 
 def cache_root() -> Path:
     """Where decoded stores live: ``$GANFORGE_CACHE_DIR`` or ``~/.cache/ganforge``."""

@@ -174,9 +174,9 @@ class RunOutputs:
         # to the cache once, and the other processes read it.
         source, real = self.data_source, self.loaded_data
         with acc.main_process_first():
-            if source.reference is not None:  # a held-out split: what samples are scored on
-                source = source.reference()
-                real = open_store(source, self.recipe.get("data.resolution"))
+            held_out = source.scored_against()
+            if held_out is not source:  # the training data's own held-out split
+                source, real = held_out, open_store(held_out, self.recipe.get("data.resolution"))
             prepared = evaluation.prepare(
                 self.registry,
                 real,  # with the data's own labels (or none), not clusters

@@ -143,8 +143,7 @@ def _open_data(spec: str, info: GeneratorInfo, plugins: Plugins):
         )
     try:
         source = build(registry, "dataset", name, {"resolution": resolution, **kwargs}, "data")
-        if source.reference is not None:  # a held-out split: what generated samples face
-            source = source.reference()
+        source = source.scored_against()
         return source, open_store(source, resolution), evaluation
     except GanforgeError as err:
         made = f"{info.resolution}-pixel images" if info.resolution else "points"
