@@ -122,10 +122,8 @@ def main() -> None:
         }
     results: dict[int, dict] = {}
     for num in args.num:
-        results[num] = {
-            name: {**evaluation.score(head(f, num)), **balance(head(f, num))}
-            for name, f in sets.items()
-        }
+        firsts = {name: head(f, num) for name, f in sets.items()}
+        results[num] = {name: {**evaluation.score(f), **balance(f)} for name, f in firsts.items()}
         print(f"\n{num} samples per side:")
         print(table(results[num], evaluation.legend()))
         real, ours, base = (results[num][n] for n in sets)
