@@ -261,8 +261,8 @@ class Trainer(RunOutputs):
         train = recipe.section("train")
         self.memory_format = torch.channels_last if train["channels_last"] else None
         # Under bf16 on a CPU, channels_last was 1.09x faster (AMD EPYC): no warning there.
-        cpu_float32 = device.type == "cpu" and self.acc.mixed_precision != "bf16"
-        if self.memory_format is not None and cpu_float32:
+        cpu_without_bf16 = device.type == "cpu" and self.acc.mixed_precision != "bf16"
+        if self.memory_format is not None and cpu_without_bf16:
             self.acc.print(
                 "ganforge: warning: train.channels_last = true on a CPU without bf16: one "
                 "Intel CPU ran the quickstart about 5x slower that way, an AMD EPYC at the "

@@ -198,9 +198,7 @@ def _source(options: dict, *, default_path: str, what: str, extractor: str) -> D
         raise ValueError("class_names must be a list of strings")
     if not path and not default_path:
         raise ValueError("path (the folder holding the IDX files) is required")
-    folder = Path(path or default_path).expanduser()
-    if not folder.is_dir():
-        raise DataError(_missing_folder_message(folder, what, bool(path)))
+    folder = _existing_folder(path, default_path, what)
     images_file, labels_file = find_split(folder, split)
     fingerprint = {
         "v": "idx-v1",
@@ -262,16 +260,23 @@ def _source(options: dict, *, default_path: str, what: str, extractor: str) -> D
     )
 
 
-def _missing_folder_message(folder: Path, what: str, given: bool) -> str:
-    if what == "fashion_mnist" and not given:
-        return (
+def _existing_folder(path: str, default_path: str, what: str) -> Path:
+    """The folder ``path`` (or ``default_path`` when it is empty), or one clear error saying
+    how to get the files."""
+    folder = Path(path or default_path).expanduser()
+    if folder.is_dir():
+        return folder
+    if what == "fashion_mnist" and not path:
+        raise DataError(
             f"fashion_mnist: {folder} does not exist. Install Fashion-MNIST's IDX files with "
             "Debian's package (`apt-get install dataset-fashion-mnist`, 31 MB), or point "
             "data.path at a folder holding train-images-idx3-ubyte.gz and its siblings; with "
             'internet, the hf source reads it from the hub: name = "hf", '
             'path = "zalando-datasets/fashion_mnist", channels = 1'
         )
-    return f"{what}: no such folder: {folder} (data.path: the folder holding the IDX files)"
+    raise DataError(
+        f"{what}: no such folder: {folder} (data.path: the folder holding the IDX files)"
+    )
 
 
 def fashion_mnist_source(
@@ -376,9 +381,7 @@ def fashion_extractor(path: str = "", epochs: int = 6) -> FashionClassifier:
     test accuracy in the file's metadata). The cache is keyed by the contents of the four IDX
     files it learns from and is tested on: another copy of the same files shares it, other
     files (or changed ones) get their own classifier."""
-    folder = Path(path or FASHION_DIR).expanduser()
-    if not folder.is_dir():
-        raise DataError(_missing_folder_message(folder, "fashion_mnist", bool(path)))
+    folder = _existing_folder(path, FASHION_DIR, "fashion_mnist")
     files = [*find_split(folder, "train"), *find_split(folder, "test")]
     name = f"fashion-mnist-cnn-v1-e{epochs}-{_contents_digest(files)}.safetensors"
     cache = cache_root() / "eval" / name
