@@ -41,14 +41,13 @@ import shutil
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from quality import export_features, png_batches, run_ganforge, timed  # noqa: E402
 
 from ganforge.data import open_store  # noqa: E402
-from ganforge.evaluation import Features, prepare, real_batches, table  # noqa: E402
+from ganforge.evaluation import Features, prepare, table  # noqa: E402
 from ganforge.export import latents_from, load_generator  # noqa: E402
 from ganforge.plugins import Plugins  # noqa: E402
 from ganforge.runfiles import save_grid  # noqa: E402
@@ -79,17 +78,6 @@ def balance(features: Features) -> dict[str, float]:
 
 def head(features: Features, num: int) -> Features:
     return Features(**{k: v[:num] for k, v in features.tensors().items()})
-
-
-def whole_test_split(evaluation, test, folder: str, num: int) -> tuple[Features, Features]:
-    """All the test images as the reference, and ``num`` random train images as the real row
-    (no test images are left over; seed 0, so every run compares the same ones)."""
-    train = open_store(fashion_mnist_source(resolution=32, path=folder, split="train"), 32)
-    picked = np.random.default_rng(0).choice(len(train), num, replace=False)
-    with torch.no_grad():
-        reference = evaluation.features_of(real_batches(test, np.arange(len(test)), 250), False)
-        real = evaluation.features_of(real_batches(train, picked, 250), False)
-    return reference, real
 
 
 def main() -> None:
@@ -124,22 +112,19 @@ def main() -> None:
     print(f"plain: {plain}", flush=True)
 
     source = fashion_mnist_source(resolution=32, path=folder, split="test")
-    test = open_store(source, 32)
-    whole = args.reference + most > 10_000  # no test images left over: the real row is train
+    train = fashion_mnist_source(resolution=32, path=folder, split="train")
     evaluation = prepare(
         Plugins().registry,
-        test,
+        open_store(source, 32),
         source.fingerprint,
         source.metadata,
-        num=args.reference,  # reference test images; as many others are held out
+        num=args.reference,  # test images; as many others, or train images, are the real row
         metrics={"fd": {}, "kid": {}, "is": {}, "pr": {}},
-        with_real=not whole,
+        train=(train.fingerprint, open_store(train, 32)),  # as `ganforge eval` does
     )
-    if whole:
-        evaluation.real, real_features = whole_test_split(evaluation, test, folder, most)
-        real_name = "real train images"
-    else:
-        real_name, real_features = "real test images (held out)", head(evaluation.held_out, most)
+    whole = evaluation.ceiling_source == "train split"
+    real_name = "real train images" if whole else "real test images (held out)"
+    real_features = head(evaluation.held_out, most)
     real_is = evaluation.metrics["is"](evaluation.real, evaluation.real, evaluation.context)[""]
     export = out / "ganforge" / "generator.safetensors"
     with torch.no_grad():

@@ -182,6 +182,7 @@ class Evaluation:
     context: EvalContext
     device: torch.device
     ceiling: dict[str, float] | None = None  # the metrics of the held-out real data
+    ceiling_source: str = "held out"  # or "train split" (``prepare``'s ``train``)
 
     def score(self, fake: Features) -> dict[str, float]:
         """Every metric of ``fake`` against the real features, as ``name`` or ``name/part``.
@@ -223,10 +224,15 @@ def prepare(
     seed: int = 0,
     cache: bool = True,
     with_real: bool = True,
+    train: tuple[str, ImageData] | None = None,
 ) -> Evaluation:
     """Build the extractor and metrics and compute (or load) the real-data features.
 
-    ``with_real=False`` skips the real features (processes that only contribute samples)."""
+    ``with_real=False`` skips the real features (processes that only contribute samples).
+    ``train`` (its fingerprint and images): where ``data`` is a data set's held-out split, its
+    training split. When the held-out split cannot give ``num`` reference images and ``num``
+    others, all of it (up to ``num``) is the reference and ``num`` seeded training images are
+    the ceiling: FD against a whole test split, as FID-10k is measured."""
     device = torch.device(device)
     for name in metrics or {}:  # cheap checks before the extractor (which may load weights)
         if registry.find("metric", name) is None:
@@ -253,7 +259,14 @@ def prepare(
         name: build(registry, "metric", name, kwargs, f"eval.metrics.{name}")
         for name, kwargs in chosen.items()
     }
-    reference, held = real_split(len(data), num, seed)
+    whole = train is not None and len(data) < 2 * num
+    if whole:
+        reference = np.random.default_rng(seed).permutation(len(data))[:num]
+        held_data = train[1]
+        held = np.random.default_rng(seed).choice(len(held_data), min(num, len(held_data)), False)
+        evaluation_key = ["whole", train[0], str(len(held_data))]  # another split: own entries
+    else:
+        (reference, held), held_data, evaluation_key = real_split(len(data), num, seed), data, []
     points = not data.is_image
     evaluation = Evaluation(net, built, None, None, context, device)  # type: ignore[arg-type]
     key = [
@@ -265,16 +278,19 @@ def prepare(
         str(len(data)),
         str(num),
         str(seed),
+        *evaluation_key,
     ]
 
-    def compute(indices):
-        return lambda: evaluation.features_of(real_batches(data, indices, 250), points)
+    def compute(images, indices):
+        return lambda: evaluation.features_of(real_batches(images, indices, 250), points)
 
     if not with_real:
         return evaluation
-    evaluation.real = cached_real_features([*key, "reference"], compute(reference), cache)
+    evaluation.real = cached_real_features([*key, "reference"], compute(data, reference), cache)
     if len(held) >= 2:
-        evaluation.held_out = cached_real_features([*key, "held-out"], compute(held), cache)
+        held_out = compute(held_data, held)
+        evaluation.held_out = cached_real_features([*key, "held-out"], held_out, cache)
+        evaluation.ceiling_source = "train split" if whole else "held out"
         # Scoring the real data first also finds a metric that cannot run on these features
         # (say `is` without class logits) before any training.
         evaluation.ceiling = evaluation.score(evaluation.held_out)

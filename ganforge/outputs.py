@@ -172,10 +172,11 @@ class RunOutputs:
         cfg, acc = self.recipe.section("eval"), self.acc
         # The main process first: an extractor trained or converted at first use is written
         # to the cache once, and the other processes read it.
-        source, real = self.data_source, self.loaded_data
+        source, real, train = self.data_source, self.loaded_data, None
         with acc.main_process_first():
             held_out = source.scored_against()
             if held_out is not source:  # the training data's own held-out split
+                train = (source.fingerprint, real)
                 source, real = held_out, open_store(held_out, self.recipe.get("data.resolution"))
             prepared = evaluation.prepare(
                 self.registry,
@@ -191,10 +192,12 @@ class RunOutputs:
                 device=acc.device,
                 seed=self.seed,
                 with_real=acc.is_main_process,
+                train=train,
             )
         if prepared.ceiling:
             shown = ", ".join(f"{k} {v:.4g}" for k, v in prepared.ceiling.items())
-            acc.print(f"ganforge: eval of held-out real data (the ceiling): {shown}")
+            real_side = f"real data ({prepared.ceiling_source})"
+            acc.print(f"ganforge: eval of {real_side}, the ceiling: {shown}")
         return prepared
 
     def log_evaluation(self) -> None:

@@ -143,8 +143,11 @@ def _open_data(spec: str, info: GeneratorInfo, plugins: Plugins):
         )
     try:
         source = build(registry, "dataset", name, {"resolution": resolution, **kwargs}, "data")
-        source = source.scored_against()
-        return source, open_store(source, resolution), evaluation
+        held_out = source.scored_against()
+        train = None
+        if held_out is not source:  # the training split: the ceiling when all else is reference
+            train = (source.fingerprint, open_store(source, resolution))
+        return held_out, open_store(held_out, resolution), evaluation, train
     except GanforgeError as err:
         made = f"{info.resolution}-pixel images" if info.resolution else "points"
         raise GanforgeError(
@@ -170,7 +173,7 @@ def evaluate_model(
     plugins = plugins or Plugins()
     dev = _device(device)
     generator, info = load_generator(model, dev, plugins)
-    source, images, eval_cfg = _open_data(data, info, plugins)
+    source, images, eval_cfg, train = _open_data(data, info, plugins)
     if images.is_image != (info.output == "image") or images.channels != info.channels:
         raise GanforgeError(f"{data} does not look like what the generator makes")
     # Clusters are not the data's classes: a self-conditioned model is scored as unconditional.
@@ -198,6 +201,7 @@ def evaluate_model(
         conditional=conditional,
         device=dev,
         seed=seed,
+        train=train,
     )
     points = info.output == "points"
     batches = generated_batches(
@@ -212,7 +216,7 @@ def evaluate_model(
         fake = evaluation.features_of(batches, keep_samples=points)
     results = {"generated": evaluation.score(fake)}
     if evaluation.ceiling is not None:
-        results["real (held out)"] = evaluation.ceiling
+        results[f"real ({evaluation.ceiling_source})"] = evaluation.ceiling
     return {
         "model": str(model),
         "data": data,

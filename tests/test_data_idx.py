@@ -4,6 +4,7 @@ IDX files the tests write: the default tier never needs Debian's Fashion-MNIST p
 from __future__ import annotations
 
 import gzip
+import json
 import shutil
 import struct
 import sys
@@ -216,11 +217,21 @@ def test_the_fashion_classifier_trains_once_is_cached_and_scores_a_run(tmp_path,
         "discriminator": {"name": "dcgan", "width": 4},
         "loss": {"name": "hinge"},
         "train": {"steps": 2, "batch_size": 8},
-        "eval": {"extractor_options": {"epochs": 3}},  # its path: the data's
+        # its path: the data's. 300 > half of the 200 test images: the reference is all of
+        # them, and 300 train images are the ceiling.
+        "eval": {"extractor_options": {"epochs": 3}, "every": 2, "num": 300},
     }
     recipe.write_text(dump_toml(tables), encoding="utf-8")
     assert main(["train", str(recipe)]) == 0
+    assert "eval of real data (train split), the ceiling: fd" in capsys.readouterr().out
     export = tmp_path / "run" / "generator.safetensors"
     assert main(["eval", str(export), "--data", str(recipe), "--num", "50"]) == 0
     out = capsys.readouterr().out
     assert "fashion-mnist-cnn-v1-" in out and "real (held out)" in out
+    scores = tmp_path / "whole.json"
+    whole = ["eval", str(export), "--data", str(recipe), "--num", "300", "--out", str(scores)]
+    assert main(whole) == 0
+    result = json.loads(scores.read_text())
+    assert result["real_reference"] == 200  # the whole test split (a split in two: 100)
+    generated, real = result["metrics"]["generated"], result["metrics"]["real (train split)"]
+    assert real["fd"] < generated["fd"] and "real (held out)" not in result["metrics"]

@@ -12,8 +12,10 @@ from ganforge.trainer import read_metrics
 CL = "train.channels_last=true"
 
 
-def test_channels_last_trains_the_same_model_in_nhwc(tiny, one_thread, tmp_path):
+def test_channels_last_trains_the_same_model_in_nhwc(tiny, one_thread, tmp_path, capsys):
     fast = tiny(CL, "train.steps=4", f"run.out_dir={tmp_path / 'cl'}")
+    # float32 on a CPU: the layout that can be slow there is named (bf16: no warning, test_cli)
+    assert "warning: train.channels_last = true on a CPU without bf16" in capsys.readouterr().out
     for model in (fast.generator, fast.discriminator):
         convs = [p for p in model.parameters() if p.dim() == 4]
         assert convs and all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
