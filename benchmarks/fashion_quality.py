@@ -120,7 +120,7 @@ def main() -> None:
         source.metadata,
         num=args.reference,  # test images; as many others, or train images, are the real row
         metrics={"fd": {}, "kid": {}, "is": {}, "pr": {}},
-        train=(train.fingerprint, open_store(train, 32)),  # as `ganforge eval` does
+        train=train,  # the real row when all test images are the reference, as in `ganforge eval`
     )
     whole = evaluation.ceiling_source == "train split"
     real_name = "real train images" if whole else "real test images (held out)"

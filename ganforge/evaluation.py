@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ganforge.clusters import draw_inputs
-from ganforge.data import ImageData, cache_root, to_model_range
+from ganforge.data import DataSource, ImageData, cache_root, open_store, to_model_range
 from ganforge.errors import GanforgeError, RecipeError
 from ganforge.registry import Registry
 from ganforge.runfiles import atomic_write
@@ -224,15 +224,15 @@ def prepare(
     seed: int = 0,
     cache: bool = True,
     with_real: bool = True,
-    train: tuple[str, ImageData] | None = None,
+    train: DataSource | None = None,
 ) -> Evaluation:
     """Build the extractor and metrics and compute (or load) the real-data features.
 
     ``with_real=False`` skips the real features (processes that only contribute samples).
-    ``train`` (its fingerprint and images): where ``data`` is a data set's held-out split, its
-    training split. When the held-out split cannot give ``num`` reference images and ``num``
-    others, all of it (up to ``num``) is the reference and ``num`` seeded training images are
-    the ceiling: FD against a whole test split, as FID-10k is measured."""
+    ``train``: where ``data`` is a data set's held-out split, the source of its training
+    split. When the held-out split cannot give ``num`` reference images and ``num`` others,
+    all of it (up to ``num``) is the reference and ``num`` seeded training images (opened only
+    then) are the ceiling: FD against a whole test split, as FID-10k is measured."""
     device = torch.device(device)
     for name in metrics or {}:  # cheap checks before the extractor (which may load weights)
         if registry.find("metric", name) is None:
@@ -262,9 +262,7 @@ def prepare(
     whole = train is not None and len(data) < 2 * num
     if whole:
         reference = np.random.default_rng(seed).permutation(len(data))[:num]
-        held_data = train[1]
-        held = np.random.default_rng(seed).choice(len(held_data), min(num, len(held_data)), False)
-        evaluation_key = ["whole", train[0], str(len(held_data))]  # another split: own entries
+        evaluation_key = ["whole", train.fingerprint]  # the ceiling from another split
     else:
         (reference, held), held_data, evaluation_key = real_split(len(data), num, seed), data, []
     points = not data.is_image
@@ -287,6 +285,9 @@ def prepare(
     if not with_real:
         return evaluation
     evaluation.real = cached_real_features([*key, "reference"], compute(data, reference), cache)
+    if whole:
+        held_data = open_store(train, data.resolution)
+        held = np.random.default_rng(seed).choice(len(held_data), min(num, len(held_data)), False)
     if len(held) >= 2:
         held_out = compute(held_data, held)
         evaluation.held_out = cached_real_features([*key, "held-out"], held_out, cache)

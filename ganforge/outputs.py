@@ -176,7 +176,7 @@ class RunOutputs:
         with acc.main_process_first():
             held_out = source.scored_against()
             if held_out is not source:  # the training data's own held-out split
-                train = (source.fingerprint, real)
+                train = source
                 source, real = held_out, open_store(held_out, self.recipe.get("data.resolution"))
             prepared = evaluation.prepare(
                 self.registry,

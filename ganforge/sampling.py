@@ -144,9 +144,7 @@ def _open_data(spec: str, info: GeneratorInfo, plugins: Plugins):
     try:
         source = build(registry, "dataset", name, {"resolution": resolution, **kwargs}, "data")
         held_out = source.scored_against()
-        train = None
-        if held_out is not source:  # the training split: the ceiling when all else is reference
-            train = (source.fingerprint, open_store(source, resolution))
+        train = source if held_out is not source else None  # the ceiling's, when needed
         return held_out, open_store(held_out, resolution), evaluation, train
     except GanforgeError as err:
         made = f"{info.resolution}-pixel images" if info.resolution else "points"
