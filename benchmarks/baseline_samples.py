@@ -3,7 +3,8 @@
     python benchmarks/baseline_samples.py SCRIPT OUT_DIR NUM [CROP]
 
 The baselines in ``/work/shared/baselines`` write 1,000 PNG samples; FD at 1,000 samples sits
-on a large small-sample floor (docs/benchmarks.md). This runner executes SCRIPT unmodified as
+on a large small-sample floor (docs/benchmarks/fashion_mnist.md). This runner executes
+SCRIPT unmodified as
 ``__main__`` (``runpy``: its arguments, environment, seed, timing loop and PNGs are its own),
 then takes the generator it left in the global ``g`` (already in eval mode, as the script
 sampled it) and writes PNG samples ``1000.png``, ``1001.png``, … up to NUM in all, the same

@@ -18,7 +18,8 @@ The reference is the whole test split by default (10,000 images, the usual FID-1
 The real row is then N random *train* images (the classifier trained on them, so that ceiling
 is a little optimistic), and the IS target compares with the IS of the
 10,000 test images themselves. ``--reference 5000 --num 1000 5000`` is the protocol of runs 1
-to 5 (docs/benchmarks.md): half the test split as the reference, the other half as the real row.
+to 5 (docs/benchmarks/fashion_mnist.md): half the test split as the reference, the other
+half as the real row.
 
 FD is biased upwards by an amount that shrinks as the sample sets grow: real images score
 18.2 against other test images at 1,000 per side, 5.3 at 5,000, and 1.9 at 10,000 (train
