@@ -54,7 +54,7 @@ def worker(name: str, warmup: int, steps: int, out: str) -> None:
     start = time.perf_counter()
     for step in range(warmup, warmup + steps):
         trainer.train_step(step, measure=False)
-    trainer.skipped.item()  # the last update done
+    trainer.progress.skipped.item()  # the last update done
     torch.distributed.barrier()
     elapsed = time.perf_counter() - start
     mine = {role: trainer.execution.local_bytes(role) for role in ("generator", "discriminator")}

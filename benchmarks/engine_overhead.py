@@ -55,8 +55,9 @@ def ganforge_trainer(out_dir: str) -> Trainer:
     plugins = Plugins()
     trainer = Trainer(validate(tables, plugins.registry), plugins)
     # Per-run work that is not per-step: the final sample plot, checkpoint, export and report.
-    trainer.save_samples = trainer.save_checkpoint = trainer.export = lambda: None
-    trainer._write_report = lambda: None
+    trainer.outputs.save_samples = trainer.outputs.export = lambda step: None
+    trainer.outputs.write_report = lambda: None
+    trainer.save_checkpoint = lambda: None
     return trainer
 
 
@@ -73,7 +74,7 @@ class PlainLoop:
         self.opt_d = torch.optim.Adam(
             self.D.parameters(), config["discriminator"]["lr"], betas=(0.5, 0.999), fused=True
         )
-        self.data = torch.from_numpy(trainer.data.images.copy())
+        self.data = torch.from_numpy(trainer.parts.data.images.copy())
         self.batch, self.latent = trainer.batch_size, trainer.generator.latent_shape[0]
         self.ones, self.zeros = torch.ones(self.batch), torch.zeros(self.batch)
 

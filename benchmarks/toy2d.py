@@ -34,7 +34,7 @@ BASELINE = Path(__file__).resolve().parents[1].parent / "shared" / "baselines"
 def evaluate(trainer: Trainer, dataset: str, n: int = 10_000) -> tuple[dict, torch.Tensor]:
     rng = torch.Generator().manual_seed(1234)
     z = torch.randn(n, *trainer.generator.latent_shape, generator=rng)
-    points = trainer.generate(z, None)
+    points = trainer.outputs.generate(z, None)
     return mode_stats(points.numpy(), dataset), points
 
 
@@ -57,7 +57,7 @@ def run_recipe(path: Path, budget: float, marks: list[float], image_dir: Path | 
         print(*rows[-1], flush=True)
         pending.pop(0)
     if image_dir is not None:
-        reference = torch.from_numpy(np.asarray(trainer.data.images[:8000]))
+        reference = torch.from_numpy(np.asarray(trainer.parts.data.images[:8000]))
         save_scatter(image_dir / f"{path.stem}.png", points[:4000], reference)
     return rows
 

@@ -8,7 +8,7 @@ import os
 import socket
 import sys
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ganforge.errors import GanforgeError
+from ganforge.errors import GanforgeError, RecipeError
 
 #: What `accelerate launch --use_deepspeed` / `--use_fsdp` set for the launched processes.
 _LAUNCHER_FLAGS = {"ACCELERATE_USE_DEEPSPEED": "deepspeed", "ACCELERATE_USE_FSDP": "fsdp"}
@@ -40,9 +40,12 @@ def plan_launch(
     grad_clip: float,
     mixed_precision: str = "auto",
     env: Mapping[str, str] = os.environ,
+    *,
+    regularizers: bool = False,
 ) -> Launch:
     """The backend for this run, or one error listing everything the launch asks for that
-    ganforge would not do exactly (never a silent disagreement between launcher and recipe)."""
+    ganforge would not do exactly (never a silent disagreement between launcher and recipe).
+    ``regularizers``: whether the recipe has any (ZeRO-3 runs none)."""
     launcher = next((kind for name, kind in _LAUNCHER_FLAGS.items() if _flag(env, name)), None)
     backend, problems = settings["backend"], []
     if backend == "auto":
@@ -61,6 +64,13 @@ def plan_launch(
     stage = 0
     if backend == "deepspeed":
         stage = _zero_stage(settings["zero_stage"], grad_clip, env, problems)
+    if stage == 3 and regularizers:
+        problems.append(
+            "DeepSpeed ZeRO-3 runs no regularizers yet: penalties on input gradients "
+            "(gradient penalty, R1, R2, path length) backward a second time through "
+            "parameters ZeRO-3 has already released. Use ZeRO-1/2 (--zero_stage 2) or FSDP2, "
+            "or remove [regularizers]"
+        )
     if backend == "fsdp" and _flag(env, "FSDP_OFFLOAD_PARAMS"):
         problems.append("FSDP parameter offload is not supported yet")
     if mixed_precision == "auto":  # the launcher's --mixed_precision
@@ -180,6 +190,12 @@ def make_accelerator(
     finally:
         os.environ.update(hidden)
     refuse_unsupported(accelerator.distributed_type, DistributedType)
+    _warn_about_launch(accelerator)
+    return accelerator
+
+
+def _warn_about_launch(accelerator) -> None:
+    """What a launch that runs, but not as the user likely meant, says once at its start."""
     cpu_bf16 = accelerator.device.type == "cpu" and accelerator.mixed_precision == "bf16"
     if cpu_bf16 and not native_cpu_bf16():
         print(
@@ -201,7 +217,6 @@ def make_accelerator(
             file=sys.stderr,
             flush=True,
         )
-    return accelerator
 
 
 def native_cpu_bf16() -> bool:
@@ -282,6 +297,50 @@ def broadcast_from_main(tensor: torch.Tensor, accelerator) -> torch.Tensor:
     sent = tensor.to(accelerator.device)
     torch.distributed.broadcast(sent, src=0)
     return sent.cpu()
+
+
+def per_process_batch(batch_size: int, accelerator, source: str | None = None) -> int:
+    """Each process's share of the global ``train.batch_size``, which must divide evenly."""
+    world = accelerator.num_processes
+    if batch_size % world:
+        problem = f"{batch_size} does not divide by the {world} processes of this launch"
+        raise RecipeError([("train.batch_size", problem)], source)
+    return batch_size // world
+
+
+def decide_together(local: float, accelerator) -> float:
+    """*Collective.* Every process decides together: the largest of every process's ``local``
+    (so one process's "yes", 1.0, is everyone's). One host read."""
+    if accelerator.num_processes == 1:
+        return local
+    flag = torch.tensor(float(local), device=accelerator.device)
+    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+    return flag.item()
+
+
+def main_decides(
+    accelerator,
+    decide: Callable[[], torch.Tensor | None],
+    failed: str,
+    like: torch.Tensor | None = None,
+) -> torch.Tensor | None:
+    """*Collective.* The main process decides, the others follow: ``decide()`` runs on the main
+    process only, and every process gets its result (a tensor shaped like ``like``, broadcast),
+    or raises: the main process its own GanforgeError, the others one saying ``failed``."""
+    result, problem = like, None
+    if accelerator.is_main_process:
+        try:
+            result = decide()
+        except GanforgeError as err:
+            problem = err
+    if accelerator.num_processes > 1:
+        flag = torch.tensor(float(problem is not None), device=accelerator.device)
+        torch.distributed.broadcast(flag, src=0)
+        if flag.item() and problem is None:
+            problem = GanforgeError(failed)
+    if problem is not None:
+        raise problem
+    return result if like is None else broadcast_from_main(result, accelerator)
 
 
 def gather_rank_states(

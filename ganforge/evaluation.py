@@ -97,15 +97,10 @@ def default_metrics(
 
 
 def build(registry: Registry, kind: str, name: str, kwargs: dict[str, Any], where: str):
-    entry = registry.find(kind, name)
-    if entry is None:
-        raise RecipeError([(where, registry.unknown_message(kind, name))])
-    try:
-        # Building an extractor initialises weights: never from the training's random streams.
-        with torch.random.fork_rng(devices=[]):
-            return entry.factory(**kwargs)
-    except (TypeError, ValueError) as err:
-        raise RecipeError([(where, f"{kind} {name!r} rejected its options: {err}")]) from None
+    """``registry.build`` for an extractor or metric, whose weights are never initialised from
+    the training's random streams."""
+    with torch.random.fork_rng(devices=[]):
+        return registry.build(kind, name, {}, kwargs, where=where)
 
 
 # --------------------------------------------------------------------------- features
@@ -233,6 +228,7 @@ def prepare(
     split. When the held-out split cannot give ``num`` reference images and ``num`` others,
     all of it (up to ``num``) is the reference and ``num`` seeded training images (opened only
     then) are the ceiling: FD against a whole test split, as FID-10k is measured."""
+    # Over 60 lines on purpose: one procedure whose steps all feed the cache key below.
     device = torch.device(device)
     for name in metrics or {}:  # cheap checks before the extractor (which may load weights)
         if registry.find("metric", name) is None:
@@ -241,10 +237,7 @@ def prepare(
     options = dict(extractor_options or {})
     if extractor_name == data_metadata.get("eval_extractor"):  # the source's own: its options
         options = {**data_metadata.get("eval_extractor_options", {}), **options}
-    net = build(registry, "feature_extractor", extractor_name, options, "eval.extractor")
-    if not isinstance(net, FeatureExtractor):
-        raise EvalError(f"feature extractor {extractor_name!r} does not follow the protocol")
-    net = net.eval().to(device) if isinstance(net, torch.nn.Module) else net
+    net = _extractor(registry, extractor_name, options, device)
     classes = int(getattr(net, "num_classes", 0))
     context = EvalContext(
         num_classes=data.num_classes if conditional else 0,
@@ -267,23 +260,16 @@ def prepare(
         (reference, held), held_data, evaluation_key = real_split(len(data), num, seed), data, []
     points = not data.is_image
     evaluation = Evaluation(net, built, None, None, context, device)  # type: ignore[arg-type]
-    key = [
-        "eval-v1",  # the procedure: split, preprocessing
-        data_fingerprint,
-        extractor_name,
-        repr(sorted(options.items())),
-        net.fingerprint,
-        str(len(data)),
-        str(num),
-        str(seed),
-        *evaluation_key,
-    ]
+    # The procedure (split, preprocessing), the data, the extractor and the split's settings.
+    key = ["eval-v1", data_fingerprint, extractor_name, repr(sorted(options.items()))]
+    key += [net.fingerprint, str(len(data)), str(num), str(seed), *evaluation_key]
+
+    if not with_real:
+        return evaluation
 
     def compute(images, indices):
         return lambda: evaluation.features_of(real_batches(images, indices, 250), points)
 
-    if not with_real:
-        return evaluation
     evaluation.real = cached_real_features([*key, "reference"], compute(data, reference), cache)
     if whole:
         held_data = open_store(train, data.resolution)
@@ -296,6 +282,13 @@ def prepare(
         # (say `is` without class logits) before any training.
         evaluation.ceiling = evaluation.score(evaluation.held_out)
     return evaluation
+
+
+def _extractor(registry: Registry, name: str, options: dict, device: torch.device):
+    net = build(registry, "feature_extractor", name, options, "eval.extractor")
+    if not isinstance(net, FeatureExtractor):
+        raise EvalError(f"feature extractor {name!r} does not follow the protocol")
+    return net.eval().to(device) if isinstance(net, torch.nn.Module) else net
 
 
 def generated_batches(

@@ -25,12 +25,12 @@ from torch import nn
 
 import ganforge
 from ganforge.averaging import standing_statistics
-from ganforge.checkpoint import Checkpoint, CheckpointError, load_module, strip_prefix, warn
+from ganforge.checkpoint import Checkpoint, load_module, strip_prefix, warn
 from ganforge.clusters import draw_inputs
 from ganforge.components import latent_shape, sample_latents
-from ganforge.errors import GanforgeError
+from ganforge.errors import GanforgeError, RecipeError
 from ganforge.plugins import DISABLE_ENV, Plugins
-from ganforge.registry import Entry
+from ganforge.registry import Entry, Registry
 from ganforge.runfiles import atomic_write, cpu_tensors
 from ganforge.schema import MAX_RESOLUTION
 
@@ -285,15 +285,16 @@ def _check_metadata(info: GeneratorInfo) -> None:
 
 
 def load_generator(
-    path: str | Path, device: str | torch.device = "cpu", plugins: Plugins | None = None
+    path: str | Path, device: str | torch.device = "cpu", registry: Registry | None = None
 ) -> tuple[nn.Module, GeneratorInfo]:
     """Rebuild an exported generator through the plugin registry, ready to sample.
 
     Returns the module (eval mode, no gradients, on ``device``) and its :class:`GeneratorInfo`
-    (latent shape and prior, output format, classes). No recipe is needed.
+    (latent shape and prior, output format, classes). No recipe is needed. ``registry``
+    defaults to the installed plugins'.
     """
     tensors, info = read_export(path)
-    generator = build_generator(tensors, info, path, plugins)
+    generator = build_generator(tensors, info, path, registry)
     return generator.to(device), info
 
 
@@ -301,16 +302,16 @@ def build_generator(
     tensors: dict[str, torch.Tensor],
     info: GeneratorInfo,
     path: str | Path,
-    plugins: Plugins | None = None,
+    registry: Registry | None = None,
 ) -> nn.Module:
     """The generator ``info`` describes, through the plugin registry, with ``tensors`` loaded
     (eval mode, no gradients, on the CPU); ``path`` names the weights in messages."""
-    plugins = plugins or Plugins()
-    entry = plugins.registry.find("generator", info.name)
+    registry = registry or Plugins().registry
+    entry = registry.find("generator", info.name)
     provider = f"{info.distribution or 'an unnamed plugin'} {info.version or ''}".strip()
     if entry is None:
         plugin = info.metadata["generator"].get("plugin")
-        if plugin and plugins.is_blocked(plugin):
+        if plugin and plugin in registry.blocked_names:
             raise ExportError(
                 f"{path} needs generator {info.name!r} from {provider} (plugin {plugin!r}), "
                 f"which is installed but blocked by {DISABLE_ENV}; remove {plugin!r} from it "
@@ -324,21 +325,18 @@ def build_generator(
     core["num_classes"] = info.num_classes
     installed = f"{entry.distribution or 'a plugin'} {entry.version or ''}".strip()
     try:
-        generator = entry.factory(**core, **info.kwargs)
+        generator = registry.build("generator", info.name, core, info.kwargs, nn.Module)
         load_module(generator, tensors, f"the weights in {path}")
-    except (CheckpointError, TypeError, ValueError, MemoryError, RuntimeError) as err:
+    except (GanforgeError, MemoryError, RuntimeError) as err:
+        reason = err.problems[0][1] if isinstance(err, RecipeError) else err
         raise ExportError(
             f"{path} was written with generator {info.name!r} of {provider}; the installed "
-            f"{installed} cannot rebuild it: {err}"
+            f"{installed} cannot rebuild it: {reason}"
         ) from None
     if (
         info.version
         and entry.version
-        and (info.distribution, info.version)
-        != (
-            entry.distribution,
-            entry.version,
-        )
+        and (info.distribution, info.version) != (entry.distribution, entry.version)
     ):
         warn(f"{path} was written with {provider}; loaded with {installed}")
     return generator.eval().requires_grad_(False)

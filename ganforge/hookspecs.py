@@ -25,15 +25,32 @@ step, and must not change training state.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pluggy
 
 if TYPE_CHECKING:
+    from ganforge.recipe import Recipe
     from ganforge.registry import RecipeRegister, Register
-    from ganforge.trainer import RunInfo
 
 hookspec = pluggy.HookspecMarker("ganforge")
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """What lifecycle hooks learn about a run (``run`` in every lifecycle hook)."""
+
+    recipe: Recipe  # the resolved, validated recipe
+    run_dir: Path
+    num_processes: int
+    per_process_batch: int  # train.batch_size / num_processes
+    start_step: int  # non-zero when the run resumed
+    steps: int  # train.steps: the last step
+    channels: int
+    resolution: int
+    num_classes: int  # 0 when unconditional
 
 
 @hookspec

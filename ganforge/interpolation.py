@@ -72,7 +72,7 @@ def write_interpolation(
     out = Path(out)
     if out.suffix.lower() not in (".png", ".gif"):
         raise GanforgeError(f"--out {out}: an interpolation is written as a .png or a .gif")
-    generator, info = load_generator(model, _device(device), plugins)
+    generator, info = load_generator(model, _device(device), plugins and plugins.registry)
     if info.output != "image":
         raise GanforgeError("--interpolate draws images; this generator makes points")
     check_truncation(truncation, info)

@@ -1,10 +1,12 @@
 """What a run leaves behind besides checkpoints: sample grids, evaluations, the export, the
-report and the end-of-run summary.
+report, the log records and the end-of-run summary.
 
-:class:`RunOutputs` is a part of :class:`ganforge.trainer.Trainer`, kept apart so that the
-trainer's module stays about the step and the loop. It reads the trainer's models, data,
-recipe and run directory, and changes no training state: sampling and evaluation use their
-own seeded streams and eval mode.
+:class:`RunOutputs` reads the run's parts (``builder.Parts``: models, data, classes) and
+changes no training state: sampling and evaluation use their own seeded streams
+(``streams.py``) and eval mode. It makes no collective call of its own beyond gathering
+evaluation samples; the trainer makes every process's buffers identical first
+(``state.sync_buffers``). Every record it writes reaches plugins through the run's
+:class:`~ganforge.stopping.LifecycleHooks`, under the same failure rule as the training log.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -28,12 +30,43 @@ from ganforge.diagnostics import summary
 from ganforge.export import export_generator, export_metadata
 from ganforge.report import write_report
 from ganforge.runfiles import append_jsonl, save_grid, save_scatter
+from ganforge.streams import stream_seed
+
+if TYPE_CHECKING:
+    from ganforge.builder import Parts
+    from ganforge.recipe import Recipe
+    from ganforge.registry import Registry
+    from ganforge.stopping import LifecycleHooks
 
 
 class RunOutputs:
-    """Sampling, evaluation, export and the end-of-run report, for the trainer."""
+    """Sampling, evaluation, export, the log records and the end-of-run report of a run."""
 
-    def _write_report(self) -> Path | None:
+    def __init__(self, parts: Parts, recipe: Recipe, accelerator, registry: Registry):
+        self.parts, self.recipe, self.acc, self.registry = parts, recipe, accelerator, registry
+        self.run_dir, self.seed = recipe.run_dir, recipe.get("run.seed")
+        self.batch_size = recipe.get("train.batch_size")
+        self.hooks: LifecycleHooks | None = None  # set once the run starts
+        # The newest log and eval records, for the end-of-run summary (main process).
+        self.last_log: dict[str, Any] | None = None
+        self.last_eval: dict[str, Any] | None = None
+        self._evaluation = None  # the prepared [eval] (extractor, metrics, real features)
+
+    # ------------------------------------------------------------------ records
+
+    def record(self, values: dict[str, Any], *, evaluation: bool = False) -> None:
+        """A log record (main process): a line of ``metrics.jsonl``, the plugins' ``ganforge_log``
+        and the trackers'."""
+        append_jsonl(self.run_dir / "metrics.jsonl", values)
+        if self.hooks is not None:
+            self.hooks.log(values["step"], values)
+        tracking.log(self.acc, values)
+        if evaluation:
+            self.last_eval = values
+        else:
+            self.last_log = values
+
+    def write_report(self) -> Path | None:
         """``curves.png`` and ``report.html`` (a few PNG reads); a failure to write them is a
         warning, not a lost run: the export and checkpoint are already on disk."""
         try:
@@ -42,19 +75,20 @@ class RunOutputs:
             self.acc.print(f"ganforge: warning: no report written: {err}")
             return None
 
-    def _print_summary(
+    def print_summary(
         self,
         wall_s: float,
-        first_step: int,
+        steps: tuple[int, int],
         images: int,
         export_path: Path | None,
         report_path: Path | None,
     ) -> None:
+        """The end-of-run summary: ``steps`` (first, last) trained in ``wall_s`` seconds."""
         samples = self.run_dir / "samples"
         text = summary(
             wall_s=wall_s,
-            first_step=first_step,
-            last_step=self.step,
+            first_step=steps[0],
+            last_step=steps[1],
             images=images,
             last_log=self.last_log,
             last_eval=self.last_eval,
@@ -69,41 +103,35 @@ class RunOutputs:
         )
         self.acc.print(text)
 
+    # ------------------------------------------------------------------ samples
+
     def _sampling_inputs(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The fixed latent batch (and labels: a row per class, or clusters drawn as the data
         has them) every sample grid uses."""
-        count = self.recipe.get("train.sample_count")
-        rng = torch.Generator().manual_seed(self.seed + 2**31 - 1)  # never the training stream
-        z = sample_latents(self.generator, count, rng, self.acc.device)
-        if not self.num_classes:
+        parts, count = self.parts, self.recipe.get("train.sample_count")
+        rng = torch.Generator().manual_seed(stream_seed("samples", self.seed))
+        z = sample_latents(parts.generator, count, rng, self.acc.device)
+        if not parts.num_classes:
             return z, None
-        if self.label_prior is not None:
-            y = draw_labels(count, self.num_classes, self.label_prior, rng)
+        if parts.label_prior is not None:
+            y = draw_labels(count, parts.num_classes, parts.label_prior, rng)
         else:
-            y = grid_labels(count, self.num_classes)
+            y = grid_labels(count, parts.num_classes)
         return z, y.to(self.acc.device)
-
-    @property
-    def sampling_generator(self) -> nn.Module:
-        """What samples and the export come from: the EMA generator when enabled, else G (its
-        whole copy where the backend shards G)."""
-        for average in (self.ema, self.mirror):
-            if average is not None:
-                return average.module
-        return self.generator
 
     def standing_draw(self, n: int, rng: torch.Generator):
         """Inputs for standing statistics, drawn as evaluation and ``generate`` draw them:
         labels uniform over the classes, or clusters with their share of the data."""
-        latents = partial(sample_latents, self.sampling_generator, device=self.acc.device)
-        z, y = draw_inputs(n, self.num_classes, self.label_prior, latents, rng)
+        parts = self.parts
+        latents = partial(sample_latents, parts.sampling_generator, device=self.acc.device)
+        z, y = draw_inputs(n, parts.num_classes, parts.label_prior, latents, rng)
         return z, None if y is None else y.to(self.acc.device)
 
     @property
     def standing_stats(self) -> dict[str, int] | None:
         """``ema.standing_stats`` batches of ``train.batch_size`` samples (on every process alike),
         or None."""
-        batches = self.recipe.get("ema.standing_stats") if self.ema is not None else 0
+        batches = self.recipe.get("ema.standing_stats") if self.parts.ema is not None else 0
         return {"batches": batches, "batch_size": self.batch_size} if batches else None
 
     @contextmanager
@@ -114,7 +142,7 @@ class RunOutputs:
         with (
             torch.no_grad(),
             with_standing_statistics(
-                self.sampling_generator, self.standing_draw, **standing
+                self.parts.sampling_generator, self.standing_draw, **standing
             ) as generator,
         ):
             yield generator
@@ -124,55 +152,57 @@ class RunOutputs:
         with self.sampling() as generator:
             return generator(z, y)
 
-    def save_samples(self) -> Path:
+    def save_samples(self, step: int) -> Path:
         """A grid of the fixed latent batch (a scatter plot over the data for point data)."""
+        parts = self.parts
         z, y = self._sampling_inputs()
         samples = self.generate(z, y)
-        path = self.run_dir / "samples" / f"step_{self.step:06d}.png"
-        if not self.data.is_image:
-            reference = torch.from_numpy(np.asarray(self.data.images[: 4 * len(z)]))
+        path = self.run_dir / "samples" / f"step_{step:06d}.png"
+        if not parts.data.is_image:
+            reference = torch.from_numpy(np.asarray(parts.data.images[: 4 * len(z)]))
             return save_scatter(path, samples, reference)
-        rows = self.num_classes and self.label_prior is None  # a row per class
-        nrow = max(len(z) // self.num_classes, 1) if rows else None
+        rows = parts.num_classes and parts.label_prior is None  # a row per class
+        nrow = max(len(z) // parts.num_classes, 1) if rows else None
         return save_grid(path, samples, nrow)
 
+    # ------------------------------------------------------------------ evaluation
+
     def evaluate(self) -> dict[str, float] | None:
-        """The ``[eval]`` metrics of the sampling generator now (every process contributes
-        samples; the main process gets the values, the others None).
+        """*Collective.* The ``[eval]`` metrics of the sampling generator now (every process
+        contributes samples; the main process gets the values, the others None). Every process
+        must hold the main process's buffers (``state.sync_buffers``): they sample with the
+        batch-norm statistics the export will have.
 
         Samples come from their own seeded streams, in eval mode: no training state moves.
         """
         from ganforge import evaluation
 
-        cfg, acc = self.recipe.section("eval"), self.acc
+        cfg, acc, parts = self.recipe.section("eval"), self.acc, self.parts
         if self._evaluation is None:
-            self._evaluation = self._prepare_evaluation()
-        # Every process samples with the main one's batch-norm statistics, as the export will
-        # (running statistics never enter a train-mode forward: training is unchanged).
-        self.sync_buffers()
+            self.prepare_evaluation()
         per_process = -(-cfg["num"] // acc.num_processes)
         with self.sampling() as generator:
             batches = evaluation.generated_batches(
                 lambda z, y: generator(z, None if y is None else y.to(acc.device)),
-                lambda n, rng: sample_latents(self.generator, n, rng, acc.device),
+                lambda n, rng: sample_latents(parts.generator, n, rng, acc.device),
                 per_process,
-                self.num_classes,
-                seed=self.seed + 1_000_003 * (acc.process_index + 1),
-                prior=self.label_prior,
+                parts.num_classes,
+                seed=stream_seed("evaluation", self.seed, acc.process_index),
+                prior=parts.label_prior,
             )
-            fake = self._evaluation.features_of(batches, keep_samples=not self.data.is_image)
+            fake = self._evaluation.features_of(batches, keep_samples=not parts.data.is_image)
         fake = evaluation.gather(fake, acc, cfg["num"])
         return self._evaluation.score(fake) if acc.is_main_process else None
 
-    def _prepare_evaluation(self):
+    def prepare_evaluation(self) -> None:
         """The ``[eval]`` extractor, metrics and real-data features, built before training so
         that a missing weight file or an impossible metric stops the run at once."""
         from ganforge import evaluation
 
-        cfg, acc = self.recipe.section("eval"), self.acc
+        cfg, acc, parts = self.recipe.section("eval"), self.acc, self.parts
         # The main process first: an extractor trained or converted at first use is written
         # to the cache once, and the other processes read it.
-        source, real, train = self.data_source, self.loaded_data, None
+        source, real, train = parts.source, parts.loaded, None
         with acc.main_process_first():
             held_out = source.scored_against()
             if held_out is not source:  # the training data's own held-out split
@@ -188,7 +218,7 @@ class RunOutputs:
                 extractor_options=cfg["extractor_options"],
                 metrics=cfg["metrics"] or None,
                 # Clusters are not classes of the data: scored as an unconditional model.
-                conditional=self.num_classes > 0 and self.label_prior is None,
+                conditional=parts.num_classes > 0 and parts.label_prior is None,
                 device=acc.device,
                 seed=self.seed,
                 with_real=acc.is_main_process,
@@ -198,38 +228,41 @@ class RunOutputs:
             shown = ", ".join(f"{k} {v:.4g}" for k, v in prepared.ceiling.items())
             real_side = f"real data ({prepared.ceiling_source})"
             acc.print(f"ganforge: eval of {real_side}, the ceiling: {shown}")
-        return prepared
+        self._evaluation = prepared
 
-    def log_evaluation(self) -> None:
+    def log_evaluation(self, step: int) -> None:
+        """*Collective.* Evaluate and record the values (main process) as ``eval/NAME``."""
         values = self.evaluate()
         if values is not None:
-            record = {"step": self.step, **{f"eval/{k}": v for k, v in values.items()}}
-            append_jsonl(self.run_dir / "metrics.jsonl", record)
-            self.plugins.log(self.info, self.step, record)
-            tracking.log(self.acc, record)
-            self.last_eval = record
+            self.record(
+                {"step": step, **{f"eval/{k}": v for k, v in values.items()}}, evaluation=True
+            )
 
-    def export_metadata(self) -> dict[str, Any]:
-        """What an export of the sampling generator says about itself (``export.py``)."""
+    # ------------------------------------------------------------------ export
+
+    def export_metadata(self, step: int) -> dict[str, Any]:
+        """What an export of the sampling generator at ``step`` says about itself
+        (``export.py``)."""
+        parts = self.parts
         return export_metadata(
-            self.sampling_generator,
-            self.registry.get("generator", self.g_spec.name),
-            dict(self.g_spec.kwargs),
-            channels=self.data.channels,
-            resolution=self.data.resolution,
-            num_classes=self.num_classes,
-            class_names=list(self.data.class_names)
-            if self.num_classes and self.data.class_names
+            parts.sampling_generator,
+            self.registry.get("generator", parts.g_spec.name),
+            dict(parts.g_spec.kwargs),
+            channels=parts.data.channels,
+            resolution=parts.data.resolution,
+            num_classes=parts.num_classes,
+            class_names=list(parts.data.class_names)
+            if parts.num_classes and parts.data.class_names
             else None,
-            label_prior=self.label_prior,
-            ema=self.ema is not None,
+            label_prior=parts.label_prior,
+            ema=parts.ema is not None,
             standing_stats=self.standing_stats,
             recipe_toml=self.recipe.to_toml(),
-            step=self.step,
+            step=step,
         )
 
-    def export(self) -> Path:
+    def export(self, step: int) -> Path:
         """Write ``RUN_DIR/generator.safetensors``: the sampling generator and its metadata."""
         path = self.run_dir / "generator.safetensors"
         with self.sampling() as generator:
-            return export_generator(path, generator, self.export_metadata())
+            return export_generator(path, generator, self.export_metadata(step))

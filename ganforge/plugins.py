@@ -13,7 +13,8 @@ from typing import Any
 import pluggy
 
 from ganforge import hookspecs
-from ganforge.errors import GanforgeError, PluginError, RecipeError, did_you_mean
+from ganforge.errors import PluginError, did_you_mean
+from ganforge.hookspecs import RunInfo
 from ganforge.registry import (
     REGISTRATION_HOOKS,
     RecipeRegister,
@@ -172,7 +173,8 @@ class Plugins:
         return self._registry
 
     def _build_registry(self) -> Registry:
-        registry = Registry(blocked=sorted(set(self.blocked_installed)))
+        blocked = frozenset(name for name, plugin in self.pm.list_name_plugin() if plugin is None)
+        registry = Registry(blocked=sorted(set(self.blocked_installed)), blocked_names=blocked)
         kinds = {hook: kind for kind, hook in REGISTRATION_HOOKS.items()}
         for hook in [*kinds, RECIPES_HOOK]:
             # Each implementation gets a register bound to its own plugin, so a duplicate
@@ -203,58 +205,17 @@ class Plugins:
         added = sorted(entry.split(" ", 1)[1] for entry in registry.registered() - before)
         self._trace(f"{hook} of {origin}: {register.kind} {', '.join(added) or '(none)'}")
 
-    def build(self, kind: str, name: str, core: dict, kwargs, expected, source=None):
-        """Call the factory of ``kind`` ``name`` with the core's arguments and the recipe's:
-        options it rejects (ValueError/TypeError) are a RecipeError naming the recipe table;
-        anything else it raises, or an object of the wrong type, is the plugin's error."""
-        entry = self.registry.get(kind, name)
-        origin = self.origin(entry.plugin)
-        try:
-            obj = entry.factory(**core, **kwargs)
-        except GanforgeError:  # the plugin's own clear message (a DataError, say)
-            raise
-        except (ValueError, TypeError) as err:  # a factory rejecting the recipe's options
-            table = {
-                "dataset": "data",
-                "regularizer": f"regularizers.{name}",
-                "augmentation": "augment",
-            }.get(kind, kind)
-            raise RecipeError(
-                [(table, f"{kind} {name!r} rejected its options: {err}")], source
-            ) from None
-        except (Exception, SystemExit) as err:  # anything else is the plugin's failure
-            raise PluginError(
-                f"{kind} {name!r} of {origin} failed to build: {type(err).__name__}: {err}"
-            ) from err
-        if not isinstance(obj, expected):
-            raise PluginError(
-                f"{kind} {name!r} from {origin} returned {type(obj).__name__}, not a "
-                f"{expected.__name__}"
-            )
-        shape = getattr(obj, "latent_shape", None)
-        if kind == "generator" and not (
-            isinstance(shape, (tuple, list))
-            and shape
-            and all(isinstance(d, int) and d > 0 for d in shape)
-        ):
-            raise PluginError(
-                f"generator {name!r} from {origin} has no valid latent_shape (a tuple of "
-                f"positive sizes such as (128,); got {shape!r}): the core draws its latents "
-                "from it"
-            )
-        return obj
-
     # Lifecycle hooks: typed wrappers, so core code never scatters ``pm.hook`` calls.
-    def run_start(self, run: Any) -> None:
+    def run_start(self, run: RunInfo) -> None:
         self._call_lifecycle("ganforge_run_start", run=run)
 
-    def log(self, run: Any, step: int, values: dict[str, Any]) -> None:
+    def log(self, run: RunInfo, step: int, values: dict[str, Any]) -> None:
         self._call_lifecycle("ganforge_log", run=run, step=step, values=values)
 
-    def checkpoint(self, run: Any, step: int, path: str) -> None:
+    def checkpoint(self, run: RunInfo, step: int, path: str) -> None:
         self._call_lifecycle("ganforge_checkpoint", run=run, step=step, path=path)
 
-    def run_end(self, run: Any, step: int, export_path: str | None) -> None:
+    def run_end(self, run: RunInfo, step: int, export_path: str | None) -> None:
         self._call_lifecycle("ganforge_run_end", run=run, step=step, export_path=export_path)
 
     def _call_lifecycle(self, hook: str, **kwargs: Any) -> None:

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ganforge.errors import PluginError, did_you_mean
+from ganforge.errors import GanforgeError, PluginError, RecipeError, did_you_mean
 
 #: Component kinds, each filled by its registration hook.
 REGISTRATION_HOOKS = {
@@ -22,6 +22,15 @@ REGISTRATION_HOOKS = {
     "augmentation": "ganforge_register_augmentations",
 }
 KINDS = tuple(REGISTRATION_HOOKS)
+#: The recipe table each kind's options come from, where it is not the kind's own name;
+#: regularizers and metrics are sub-tables named after the component.
+TABLES = {
+    "dataset": "data",
+    "augmentation": "augment",
+    "feature_extractor": "eval.extractor",
+    "regularizer": "regularizers.{name}",
+    "metric": "eval.metrics.{name}",
+}
 
 #: Arguments the core passes to each kind's factory; a recipe may not set them.
 CORE_ARGS: dict[str, tuple[str, ...]] = {
@@ -184,6 +193,7 @@ class Registry:
     entries: dict[str, dict[str, Entry]] = field(default_factory=lambda: {k: {} for k in KINDS})
     recipes: dict[str, RecipeEntry] = field(default_factory=dict)
     blocked: list[str] = field(default_factory=list)  # installed plugins that were blocked
+    blocked_names: frozenset[str] = frozenset()  # every plugin name blocked, installed or not
 
     def add(self, entry: Entry) -> None:
         existing = self.entries[entry.kind].get(entry.name)
@@ -241,6 +251,58 @@ class Registry:
             "each installed plugin provides)"
         )
 
-    def build(self, kind: str, name: str, core_args: dict, kwargs: dict):
-        """Call the factory of ``kind`` ``name`` with the core's arguments and the recipe's."""
-        return self.get(kind, name).factory(**core_args, **kwargs)
+    def build(
+        self,
+        kind: str,
+        name: str,
+        core_args: dict,
+        kwargs,
+        expected: type | None = None,
+        *,
+        where: str | None = None,
+        source: str | None = None,
+    ):
+        """Call the factory of ``kind`` ``name`` with the core's arguments and the recipe's.
+
+        The one way the core builds a component, under one error rule: an unknown name, or
+        options the factory rejects (ValueError/TypeError), is a RecipeError naming the recipe
+        table ``where`` (default: the kind's own table) in the recipe file ``source``; anything
+        else it raises, or an object that is not an ``expected``, is the plugin's error. A
+        factory's own GanforgeError (a DataError, say) passes through as it is.
+        """
+        table = where or TABLES.get(kind, kind).format(name=name)
+        entry = self.find(kind, name)
+        if entry is None:
+            raise RecipeError([(table, self.unknown_message(kind, name))], source)
+        try:
+            obj = entry.factory(**core_args, **kwargs)
+        except GanforgeError:
+            raise
+        except (ValueError, TypeError) as err:  # a factory rejecting the recipe's options
+            problem = f"{kind} {name!r} rejected its options: {err}"
+            raise RecipeError([(table, problem)], source) from None
+        except (Exception, SystemExit) as err:  # anything else is the plugin's failure
+            raise PluginError(
+                f"{kind} {name!r} of {entry.origin} failed to build: {type(err).__name__}: {err}"
+            ) from err
+        if expected is not None and not isinstance(obj, expected):
+            raise PluginError(
+                f"{kind} {name!r} from {entry.origin} returned {type(obj).__name__}, not a "
+                f"{expected.__name__}"
+            )
+        if kind == "generator":
+            _check_latent_shape(obj, name, entry.origin)
+        return obj
+
+
+def _check_latent_shape(generator, name: str, origin: str) -> None:
+    shape = getattr(generator, "latent_shape", None)
+    if not (
+        isinstance(shape, (tuple, list))
+        and shape
+        and all(isinstance(d, int) and d > 0 for d in shape)
+    ):
+        raise PluginError(
+            f"generator {name!r} from {origin} has no valid latent_shape (a tuple of "
+            f"positive sizes such as (128,); got {shape!r}): the core draws its latents from it"
+        )

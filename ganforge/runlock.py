@@ -1,5 +1,6 @@
 """One run per run directory: an OS lock that the process holding it releases by exiting,
-however it exits (a killed run leaves nothing to clean up).
+however it exits (a killed run leaves nothing to clean up), and what a run changes in its
+directory before it trains (:class:`RunDirectory`).
 
 The lock is ``.<name>.lock`` beside the run directory, not inside it: ``train.resume =
 "never"`` renames the directory aside, and the lock must stay with the name ``run.out_dir``.
@@ -11,7 +12,17 @@ import fcntl
 import os
 from pathlib import Path
 
+from ganforge.checkpoint import (
+    Checkpoint,
+    list_checkpoints,
+    newest_checkpoint,
+    set_aside,
+    set_aside_newer,
+    warn,
+)
+from ganforge.distributed import main_decides
 from ganforge.errors import GanforgeError
+from ganforge.runfiles import cut_jsonl, write_text
 
 
 class RunLock:
@@ -50,3 +61,55 @@ class RunLock:
 
     def __del__(self):
         self.release()
+
+
+class RunDirectory:
+    """A run's directory (``run.out_dir``), owned for the whole launch: building a run changes
+    no file in it; :meth:`take` does, once the main process holds its lock."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.lock = RunLock(self.path)
+
+    def take(self, accelerator, resume: str, resumed: Checkpoint | None) -> str:
+        """*Collective.* Lock the directory (the main process holds the lock for the whole
+        launch; the others stop with it), then: with ``train.resume = "never"`` move an earlier
+        run aside; a resumed run sets aside the checkpoints past the one it continues.
+        Returns what to add to the start message."""
+        main_decides(accelerator, self.lock.acquire, f"the main process could not lock {self.path}")
+        note = ""
+        # Every process is past its own look at the folder before the main one renames anything.
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            if resume == "never" and list_checkpoints(self.path):
+                note = f"; the earlier run was moved to {set_aside(self.path, 'before')}"
+            if resumed is not None:
+                for moved in set_aside_newer(resumed, self.path):
+                    warn(f"resuming from step {resumed.step}: set aside {moved}")
+        accelerator.wait_for_everyone()
+        return note
+
+    def prepare(self, step: int, recipe_toml: str) -> None:
+        """The main process's files before the first step: ``samples/``, the metrics log cut
+        at ``step`` (no step is logged twice; read first, so a damaged log stops the run before
+        anything is written) and the resolved ``recipe.toml``."""
+        try:
+            (self.path / "samples").mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise GanforgeError(
+                f"cannot create the run directory {self.path} (run.out_dir): {err.strerror or err}"
+            ) from None
+        cut_jsonl(self.path / "metrics.jsonl", step)
+        write_text(self.path / "recipe.toml", recipe_toml)
+
+    def write_failure(self, err: OSError) -> str:
+        """What a failed write during training says: where, why, and what is intact."""
+        return (
+            f"could not write in the run directory {self.path}: {err}; "
+            f"{newest_checkpoint(self.path, 'is intact')}. Free space (or fix the folder) "
+            "and run the same command again to continue"
+        )
+
+    def release(self) -> None:
+        """Free the directory again, however the run ended."""
+        self.lock.release()

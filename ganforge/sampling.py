@@ -85,7 +85,7 @@ def write_samples(
     suffix = Path(out).suffix.lower() if out else None
     if out and suffix not in (".png", ".npy"):
         raise GanforgeError(f"--out {out}: write a .png (grid) or a .npy (array)")
-    generator, info = load_generator(model, _device(device), plugins)
+    generator, info = load_generator(model, _device(device), plugins and plugins.registry)
     check_truncation(truncation, info)
     labels, classes = None, info.num_classes
     chosen = chosen_classes(label, info)
@@ -153,6 +153,29 @@ def _open_data(spec: str, info: GeneratorInfo, plugins: Plugins):
         ) from None
 
 
+def _check_data(images, info: GeneratorInfo, data: str) -> bool:
+    """Whether the generator is scored as conditional, after checking ``data`` (its images)
+    looks like what it makes."""
+    if images.is_image != (info.output == "image") or images.channels != info.channels:
+        raise GanforgeError(f"{data} does not look like what the generator makes")
+    # Clusters are not the data's classes: a self-conditioned model is scored as unconditional.
+    conditional = info.num_classes > 0 and info.label_prior is None
+    if conditional and images.num_classes != info.num_classes:
+        raise GanforgeError(
+            f"the generator is conditioned on {info.num_classes} classes, {data} has "
+            f"{images.num_classes}"
+        )
+    return conditional
+
+
+def _chosen_metrics(metrics: list[str] | None, eval_cfg: dict) -> dict[str, dict] | None:
+    """``--metrics`` (with the recipe's options for them), else the recipe's, else None (the
+    defaults)."""
+    if metrics:
+        return {m: eval_cfg.get("metrics", {}).get(m, {}) for m in metrics}
+    return eval_cfg.get("metrics") or None
+
+
 def evaluate_model(
     model: str | Path,
     data: str,
@@ -170,22 +193,9 @@ def evaluate_model(
 
     plugins = plugins or Plugins()
     dev = _device(device)
-    generator, info = load_generator(model, dev, plugins)
+    generator, info = load_generator(model, dev, plugins.registry)
     source, images, eval_cfg, train = _open_data(data, info, plugins)
-    if images.is_image != (info.output == "image") or images.channels != info.channels:
-        raise GanforgeError(f"{data} does not look like what the generator makes")
-    # Clusters are not the data's classes: a self-conditioned model is scored as unconditional.
-    conditional = info.num_classes > 0 and info.label_prior is None
-    if conditional and images.num_classes != info.num_classes:
-        raise GanforgeError(
-            f"the generator is conditioned on {info.num_classes} classes, {data} has "
-            f"{images.num_classes}"
-        )
-    chosen = None
-    if metrics:
-        chosen = {m: eval_cfg.get("metrics", {}).get(m, {}) for m in metrics}
-    elif eval_cfg.get("metrics"):
-        chosen = eval_cfg["metrics"]
+    conditional = _check_data(images, info, data)
     evaluation = prepare(
         plugins.registry,
         images,
@@ -195,7 +205,7 @@ def evaluate_model(
         extractor=extractor or eval_cfg.get("extractor") or None,
         # The recipe's extractor options belong to the recipe's extractor.
         extractor_options=None if extractor else eval_cfg.get("extractor_options"),
-        metrics=chosen,
+        metrics=_chosen_metrics(metrics, eval_cfg),
         conditional=conditional,
         device=dev,
         seed=seed,

@@ -1,21 +1,23 @@
-"""The training state a checkpoint holds, taken from and given back to a :class:`Trainer`.
+"""The training state a checkpoint holds: what it is, and how it is saved and given back.
 
 Everything a run needs to continue exactly: G, D and EMA weights and buffers, the buffers of
 regularizers that keep state (``nn.Module`` regularizers, e.g. a running mean), both
-optimizers, the loss scaler, the step, the sampler position, every process's random streams,
-the skipped-step counters (in all, and in a row) and the augmentation probability with its
-partial sums.
-Learning-rate decay and EMA warm-up are functions of the step, so they need no state of their
-own.
+optimizers, the loss scaler, and the :class:`Progress` record (the step, the sampler position,
+every process's random streams, the skipped-step counters in all and in a row) with the
+augmentation probability and its partial sums. Learning-rate decay and EMA warm-up are
+functions of the step, so they need no state of their own.
+
+Saving and restoring work over ``(parts, execution, progress)``: the built components
+(``builder.Parts``), the backend that holds the models and optimizers, and the progress
+record. They never see the trainer.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
-from torch import nn
 
 from ganforge.checkpoint import (
     Checkpoint,
@@ -23,54 +25,119 @@ from ganforge.checkpoint import (
     check_resumable,
     find_checkpoint,
     flatten_optimizer,
-    list_checkpoints,
     load_module,
     restore_rng,
     resume_target,
     rng_states,
-    set_aside,
-    set_aside_newer,
     strip_prefix,
     unflatten_optimizer,
     warn,
     write_checkpoint,
 )
-from ganforge.distributed import gather_rank_states
-from ganforge.execution import ROLES
+from ganforge.data import ShardedSampler
+from ganforge.distributed import broadcast_buffers, decide_together, gather_rank_states
+from ganforge.execution import ROLES, Execution
 from ganforge.runfiles import cpu_tensors
 from ganforge.stopping import non_finite_weights
+from ganforge.streams import stream_seed
 
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from ganforge.trainer import Trainer
+    from ganforge.builder import Parts
+    from ganforge.distributed import Launch
+    from ganforge.recipe import Recipe
 
 
-def modules(trainer: Trainer) -> dict[str, nn.Module]:
-    """Every module whose parameters and buffers are training state, by checkpoint prefix: G,
-    D, the EMA generator, and each regularizer that keeps state (an ``nn.Module``)."""
-    found = {"generator": trainer.generator, "discriminator": trainer.discriminator}
-    if trainer.ema is not None:
-        found["ema"] = trainer.ema.module
-    for name, _, regularizer in trainer.regularizers:
-        if isinstance(regularizer, nn.Module):
-            found[f"regularizers.{name}"] = regularizer
-    return found
+@dataclass
+class Progress:
+    """Where a run is, beside its weights and optimizers: the step, the data order, the
+    training latents and the skipped-update counters (device tensors: the step never reads
+    them on the host)."""
+
+    step: int
+    sampler: ShardedSampler
+    latent_rng: torch.Generator
+    skipped: torch.Tensor  # updates skipped for a non-finite loss or gradient, in all
+    skipped_in_a_row: torch.Tensor  # steps in a row with a skipped update
+
+    @classmethod
+    def start(cls, data_size: int, batch_size: int, seed: int, accelerator) -> Progress:
+        """Step 0 of a new run: per-process streams, so that data order and latents differ
+        across processes and repeat across runs. Seeds the global stream for training."""
+        rank, world, device = (
+            accelerator.process_index,
+            accelerator.num_processes,
+            accelerator.device,
+        )
+        sampler = ShardedSampler(data_size, batch_size, seed, rank, world)
+        # On the training device: drawing on the host costs host time every step (a staged
+        # copy from pageable memory after it), and a CUDA graph can only capture device draws.
+        latent_rng = torch.Generator(device).manual_seed(stream_seed("latents", seed, rank))
+        torch.manual_seed(stream_seed("modules", seed, rank))  # dropout, module randomness
+        zero = torch.zeros((), device=device)
+        return cls(0, sampler, latent_rng, zero, zero.clone())
 
 
-def save_checkpoint(trainer: Trainer) -> Path | None:
-    """Write the trainer's state as ``checkpoints/step_NNNNNN``; called on every process.
+@dataclass(frozen=True)
+class Targets:
+    """The checkpoint ``train.resume`` continues, or else the one ``train.init_from`` starts
+    from (at most one of the two is set)."""
+
+    resumed: Checkpoint | None
+    initial: Checkpoint | None
+
+    @property
+    def weights(self) -> Checkpoint | None:
+        """Whichever of the two the run's weights (and clusters) come from."""
+        return self.resumed or self.initial
+
+
+def targets(recipe: Recipe) -> Targets:
+    """What ``train.resume`` and ``train.init_from`` point at, found before anything is built
+    (nothing changes on disk)."""
+    train = recipe.section("train")
+    resumed = resume_target(train["resume"], recipe.run_dir)
+    if resumed is None and train["init_from"]:
+        return Targets(None, find_checkpoint(train["init_from"]))
+    return Targets(resumed, None)
+
+
+def sync_buffers(parts: Parts, accelerator) -> None:
+    """*Collective.* Give every process the main process's buffers (batch-norm statistics,
+    regularizers' running means).
+
+    Buffers are not broadcast during the step (see ``make_accelerator``), so each process's
+    running statistics follow its own shard. Before each checkpoint, evaluation and the export
+    they are made identical, the same way in every run, so what is saved is every process's
+    state.
+    """
+    copies = [parts.mirror.module] if parts.mirror is not None else []
+    broadcast_buffers([*parts.state_modules().values(), *copies], accelerator)
+
+
+def save_checkpoint(
+    parts: Parts,
+    execution: Execution,
+    progress: Progress,
+    *,
+    recipe: Recipe,
+    launch: Launch,
+    export: dict[str, Any],
+) -> Path | None:
+    """*Collective.* Write the state as ``checkpoints/step_NNNNNN`` (buffers already synced).
 
     The main process gathers every process's random states and writes; it returns the
-    checkpoint folder there and None elsewhere.
+    checkpoint folder there and None elsewhere. ``export`` is the export metadata an export
+    of this checkpoint will carry.
     """
-    acc, execution = trainer.acc, trainer.execution
-    rng = gather_rank_states(rng_states(trainer.latent_rng, acc.device), acc)  # collective
+    acc = execution.acc
+    rng = gather_rank_states(rng_states(progress.latent_rng, acc.device), acc)
     # Whole tensors, gathered where the backend shards them (collective: every process).
     whole = {role: execution.model_state(role) for role in ROLES}
     optimizers = {role: execution.optimizer_state(role) for role in ROLES}
-    states = {name: whole.get(name) or m.state_dict() for name, m in modules(trainer).items()}
-    _refuse_non_finite(trainer, states)
+    states = {name: whole.get(name) or m.state_dict() for name, m in parts.state_modules().items()}
+    _refuse_non_finite(states, progress.step, recipe.run_dir, acc)
     path = None
     if acc.is_main_process:
         models: dict[str, torch.Tensor] = {}
@@ -82,34 +149,32 @@ def save_checkpoint(trainer: Trainer) -> Path | None:
             optim_tensors.update(tensors)
             optim_json[name] = document
         state = {
-            "skipped_steps": int(trainer.skipped.item()),
-            "skipped_in_a_row": int(trainer.skipped_in_a_row.item()),
-            "sampler": trainer.sampler.state_dict(),
-            "data_size": len(trainer.data),
+            "skipped_steps": int(progress.skipped.item()),
+            "skipped_in_a_row": int(progress.skipped_in_a_row.item()),
+            "sampler": progress.sampler.state_dict(),
+            "data_size": len(parts.data),
             "world_size": acc.num_processes,
-            "backend": {"name": execution.name, "zero_stage": trainer.launch.zero_stage},
+            "backend": {"name": execution.name, "zero_stage": launch.zero_stage},
             "mixed_precision": acc.mixed_precision,
             "scaler": acc.scaler.state_dict() if acc.scaler is not None else None,
             "optimizers": optim_json,
-            "recipe": trainer.recipe.tables,
-            "export": trainer.export_metadata(),
-            "augment": trainer.augmenter.state_dict() if trainer.augmenter else None,
+            "recipe": recipe.tables,
+            "export": export,
+            "augment": parts.augmenter.state_dict() if parts.augmenter else None,
         }
         groups = {"models": models, "optimizers": optim_tensors, "rng": rng}
-        if trainer.label_prior is not None:  # data.clusters: the clusters trained on
-            groups["data"] = {"cluster_labels": torch.from_numpy(trainer.data.labels)}
+        if parts.label_prior is not None:  # data.clusters: the clusters trained on
+            groups["data"] = {"cluster_labels": torch.from_numpy(parts.data.labels)}
         path = write_checkpoint(
-            trainer.run_dir,
-            trainer.step,
-            groups,
-            state,
-            keep=trainer.recipe.get("train.keep_checkpoints"),
+            recipe.run_dir, progress.step, groups, state, keep=recipe.get("train.keep_checkpoints")
         )
     acc.wait_for_everyone()
     return path
 
 
-def _refuse_non_finite(trainer: Trainer, states: dict[str, dict[str, torch.Tensor]]) -> None:
+def _refuse_non_finite(
+    states: dict[str, dict[str, torch.Tensor]], step: int, run_dir: Path, accelerator
+) -> None:
     """Never checkpoint weights that are not finite: the newest checkpoint must stay the last
     good state. Decided together (every process holds the whole state here)."""
     named = [
@@ -120,152 +185,109 @@ def _refuse_non_finite(trainer: Trainer, states: dict[str, dict[str, torch.Tenso
     ]
     finite = torch.stack([torch.isfinite(v).all().to(v.device) for _, v in named]).tolist()
     bad = [name for (name, _), ok in zip(named, finite, strict=True) if not ok]
-    flag = torch.tensor(float(bool(bad)), device=trainer.acc.device)
-    if trainer.acc.num_processes > 1:
-        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-    if flag.item():
-        raise non_finite_weights(trainer.step, bad or ["on another process"], trainer.run_dir)
+    if decide_together(float(bool(bad)), accelerator):
+        raise non_finite_weights(step, bad or ["on another process"], run_dir)
 
 
-def restore(trainer: Trainer, checkpoint: Checkpoint) -> None:
-    """Give the trainer every piece of state in ``checkpoint`` but the weights, which
-    :func:`load_weights` gave the plain modules (on every process)."""
-    state, execution = checkpoint.state, trainer.execution
+def load_weights(parts: Parts, targets: Targets, recipe: Recipe, accelerator) -> None:
+    """Check the checkpoint that ``train.resume`` continues against this launch and give the
+    plain modules its weights (G, D, EMA, regularizers' state), or start from the weights of
+    the one ``train.init_from`` names. Called before a backend wraps or shards the modules."""
+    checkpoint, source = targets.resumed, targets.initial
+    if checkpoint is not None:
+        _check_continuable(checkpoint, recipe, accelerator)
+        models, where = checkpoint.tensors("models"), checkpoint.path
+        for name, module in parts.state_modules().items():
+            load_module(module, strip_prefix(models, f"{name}."), f"the {name} weights in {where}")
+    elif source is not None:
+        _initialise_from(parts, source)
+
+
+def _check_continuable(checkpoint: Checkpoint, recipe: Recipe, accelerator) -> None:
+    check_resumable(checkpoint.state["recipe"], recipe, checkpoint.path)
+    saved_precision = checkpoint.state.get("mixed_precision", accelerator.mixed_precision)
+    if saved_precision != accelerator.mixed_precision:
+        raise CheckpointError(
+            f"{checkpoint.path} was trained with mixed precision {saved_precision!r}, this "
+            f"launch uses {accelerator.mixed_precision!r}: set run.mixed_precision = "
+            f'"{saved_precision}" (or launch with --mixed_precision {saved_precision})'
+        )
+    steps = recipe.get("train.steps")
+    if checkpoint.step > steps:
+        raise CheckpointError(
+            f"{checkpoint.path} is at step {checkpoint.step}, past train.steps = "
+            f"{steps}: raise train.steps to continue it, or choose another run.out_dir"
+        )
+
+
+def _initialise_from(parts: Parts, checkpoint: Checkpoint) -> None:
+    """Start from another run's G, D (and EMA) weights, with fresh optimizers and counters."""
+    models, where = checkpoint.tensors("models"), checkpoint.path
+    load_module(parts.generator, strip_prefix(models, "generator."), f"generator in {where}")
+    load_module(
+        parts.discriminator, strip_prefix(models, "discriminator."), f"discriminator in {where}"
+    )
+    if parts.ema is not None:
+        ema = strip_prefix(models, "ema.") or parts.generator.state_dict()
+        load_module(parts.ema.module, ema, f"EMA generator in {where}")
+
+
+def restore(
+    parts: Parts, execution: Execution, progress: Progress, targets: Targets, seed: int
+) -> str:
+    """Give the run every piece of state in the checkpoint ``train.resume`` continues but the
+    weights, which :func:`load_weights` gave the plain modules (on every process); say what
+    happened. Nothing in the run directory changes here."""
+    checkpoint = targets.resumed
+    if checkpoint is None:
+        if targets.initial is not None:
+            source = targets.initial
+            return f"new run, initialised from the weights of {source.path} (step {source.step})"
+        return "new run"
+    state, acc = checkpoint.state, execution.acc
     optim = checkpoint.tensors("optimizers")
     for name in ROLES:
         live = {"param_groups": execution.param_groups(name)}  # JSON types back (betas)
         document = state["optimizers"][name]
         saved = unflatten_optimizer(strip_prefix(optim, f"{name}."), document, live)
         execution.load_optimizer_state(name, saved)
-    if trainer.acc.scaler is not None and state["scaler"] is not None:
-        trainer.acc.scaler.load_state_dict(state["scaler"])
-    trainer.sampler.load_state_dict(state["sampler"])
-    if state["data_size"] != len(trainer.data):
+    if acc.scaler is not None and state["scaler"] is not None:
+        acc.scaler.load_state_dict(state["scaler"])
+    progress.sampler.load_state_dict(state["sampler"])
+    if state["data_size"] != len(parts.data):
         warn(
-            f"the data has {len(trainer.data)} samples, the checkpoint's had "
+            f"the data has {len(parts.data)} samples, the checkpoint's had "
             f"{state['data_size']}: training continues, but not in the original data order"
         )
-    rank, world = trainer.acc.process_index, trainer.acc.num_processes
-    reseed = rank + 1 + checkpoint.step * 104729
-    if state["world_size"] == world:
+    _restore_streams(progress, checkpoint, acc, seed)
+    progress.skipped.fill_(state["skipped_steps"])
+    progress.skipped_in_a_row.fill_(state.get("skipped_in_a_row", 0))  # older: none
+    if parts.augmenter is not None and state.get("augment"):
+        parts.augmenter.load_state_dict(state["augment"])
+    progress.step = checkpoint.step
+    return f"resumed from {checkpoint.path} at step {checkpoint.step}"
+
+
+def _restore_streams(progress: Progress, checkpoint: Checkpoint, accelerator, seed: int) -> None:
+    """This process's saved random streams, or new ones from the seed and step where they
+    cannot be mapped onto this launch (another number of processes, another device)."""
+    rank, world, step = accelerator.process_index, accelerator.num_processes, checkpoint.step
+    restart = stream_seed("latents", seed, rank, step)
+    if checkpoint.state["world_size"] == world:
         own = strip_prefix(checkpoint.tensors("rng"), f"rank{rank}.")
-        if not restore_rng(own, trainer.latent_rng, trainer.acc.device):
+        if not restore_rng(own, progress.latent_rng, accelerator.device):
             warn(
                 f"the checkpoint was written on another kind of device than "
-                f"{trainer.acc.device.type}: the training latents restart from the seed at "
-                f"step {checkpoint.step}"
+                f"{accelerator.device.type}: the training latents restart from the seed at "
+                f"step {step}"
             )
-            trainer.latent_rng.manual_seed(trainer.seed * 7919 + reseed)
-    else:
-        # Per-process streams cannot be mapped onto another number of processes: derive new
-        # ones from the seed and step, so the resumed run is still reproducible.
-        warn(
-            f"the checkpoint was written by {state['world_size']} process(es), this launch has "
-            f"{world}: random streams restart from the seed at step {checkpoint.step}"
-        )
-        trainer.latent_rng.manual_seed(trainer.seed * 7919 + reseed)
-        torch.manual_seed(trainer.seed + rank + checkpoint.step * 104729)
-    trainer.skipped.fill_(state["skipped_steps"])
-    trainer.skipped_in_a_row.fill_(state.get("skipped_in_a_row", 0))  # older checkpoints: none
-    if trainer.augmenter is not None and state.get("augment"):
-        trainer.augmenter.load_state_dict(state["augment"])
-    trainer.step = checkpoint.step
-
-
-def targets(trainer: Trainer) -> tuple[Checkpoint | None, Checkpoint | None]:
-    """The checkpoint ``train.resume`` continues, or else the one ``train.init_from`` starts
-    from (at most one of the two)."""
-    train = trainer.recipe.section("train")
-    resumed = resume_target(train["resume"], trainer.run_dir)
-    if resumed is None and train["init_from"]:
-        return None, find_checkpoint(train["init_from"])
-    return resumed, None
-
-
-def saved_clusters(checkpoint: Checkpoint | None, k: int, size: int) -> np.ndarray | None:
-    """The clusters a run on ``data.clusters = k`` trained on, from its checkpoint, when they
-    fit this data: a resume (or ``init_from``) continues on them, where k-means run again
-    (another CPU, another scikit-learn) could number or split them differently."""
-    if checkpoint is None or "data.safetensors" not in checkpoint.state.get("files", {}):
-        return None
-    if checkpoint.state["recipe"].get("data", {}).get("clusters") != k:
-        return None
-    labels = checkpoint.tensors("data")["cluster_labels"]
-    if len(labels) != size:
-        warn(f"the data changed size since {checkpoint.path}: its clusters are computed again")
-        return None
-    return labels.numpy()
-
-
-def load_weights(trainer: Trainer) -> None:
-    """Check the checkpoint that ``train.resume`` continues against this launch and give the
-    plain modules its weights (G, D, EMA, regularizers' state), or start from the weights of
-    the one ``train.init_from`` names. Called before a backend wraps or shards the modules."""
-    checkpoint, source = trainer.targets
-    if checkpoint is not None:
-        _check_continuable(trainer, checkpoint)
-        models, where = checkpoint.tensors("models"), checkpoint.path
-        for name, module in modules(trainer).items():
-            load_module(module, strip_prefix(models, f"{name}."), f"the {name} weights in {where}")
-    elif source is not None:
-        initialise_from(trainer, source)
-
-
-def _check_continuable(trainer: Trainer, checkpoint: Checkpoint) -> None:
-    acc = trainer.acc
-    check_resumable(checkpoint.state["recipe"], trainer.recipe, checkpoint.path)
-    saved_precision = checkpoint.state.get("mixed_precision", acc.mixed_precision)
-    if saved_precision != acc.mixed_precision:
-        raise CheckpointError(
-            f"{checkpoint.path} was trained with mixed precision {saved_precision!r}, this "
-            f"launch uses {acc.mixed_precision!r}: set run.mixed_precision = "
-            f'"{saved_precision}" (or launch with --mixed_precision {saved_precision})'
-        )
-    if checkpoint.step > trainer.steps:
-        raise CheckpointError(
-            f"{checkpoint.path} is at step {checkpoint.step}, past train.steps = "
-            f"{trainer.steps}: raise train.steps to continue it, or choose another run.out_dir"
-        )
-
-
-def initialise_from(trainer: Trainer, checkpoint: Checkpoint) -> None:
-    """Start from another run's G, D (and EMA) weights, with fresh optimizers and counters."""
-    models, where = checkpoint.tensors("models"), checkpoint.path
-    load_module(trainer.generator, strip_prefix(models, "generator."), f"generator in {where}")
-    load_module(
-        trainer.discriminator, strip_prefix(models, "discriminator."), f"discriminator in {where}"
+            progress.latent_rng.manual_seed(restart)
+        return
+    # Per-process streams cannot be mapped onto another number of processes: derive new ones
+    # from the seed and step, so the resumed run is still reproducible.
+    warn(
+        f"the checkpoint was written by {checkpoint.state['world_size']} process(es), this "
+        f"launch has {world}: random streams restart from the seed at step {step}"
     )
-    if trainer.ema is not None:
-        ema = strip_prefix(models, "ema.") or trainer.generator.state_dict()
-        load_module(trainer.ema.module, ema, f"EMA generator in {where}")
-
-
-def start(trainer: Trainer) -> str:
-    """Apply ``train.resume`` / ``train.init_from`` to a new trainer; say what happened.
-    Nothing in the run directory changes here: :func:`take_run_dir` does that, in ``fit``."""
-    checkpoint, source = trainer.targets  # found before anything was built from the data
-    if checkpoint is not None:
-        restore(trainer, checkpoint)
-        return f"resumed from {checkpoint.path} at step {checkpoint.step}"
-    if source is not None:
-        return f"new run, initialised from the weights of {source.path} (step {source.step})"
-    return "new run"
-
-
-def take_run_dir(trainer: Trainer) -> str:
-    """What a run changes in its directory before training, once it holds its lock: with
-    ``train.resume = "never"`` an earlier run is moved aside; a resumed run sets aside the
-    checkpoints past the one it continues. Returns what to add to the start message."""
-    acc, checkpoint = trainer.acc, trainer.targets[0]
-    note = ""
-    # Every process is past its own look at the folder before the main one renames anything.
-    acc.wait_for_everyone()
-    if acc.is_main_process:
-        never = trainer.recipe.get("train.resume") == "never"
-        if never and list_checkpoints(trainer.run_dir):
-            note = f"; the earlier run was moved to {set_aside(trainer.run_dir, 'before')}"
-        if checkpoint is not None:
-            for moved in set_aside_newer(checkpoint, trainer.run_dir):
-                warn(f"resuming from step {checkpoint.step}: set aside {moved}")
-    acc.wait_for_everyone()
-    return note
+    progress.latent_rng.manual_seed(restart)
+    torch.manual_seed(stream_seed("modules", seed, rank, step))

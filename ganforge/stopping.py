@@ -1,7 +1,10 @@
-"""Stopping a run early and cleanly: Ctrl-C or SIGTERM, and too many non-finite steps in a row.
+"""Stopping a run early and cleanly: Ctrl-C or SIGTERM, a lifecycle hook that raised, and too
+many non-finite steps in a row.
 
-Both stops raise :class:`~ganforge.errors.TrainingStopped` from the training loop at a step
-boundary, where the state is whole: a checkpoint written there resumes exactly.
+Each stop is raised from the training loop at a step boundary, where the state is whole: a
+checkpoint written there resumes exactly. :class:`StopSignals` notes a signal,
+:class:`LifecycleHooks` notes a plugin's failure, and :func:`stop_reason` is the one decision
+every process takes together.
 """
 
 from __future__ import annotations
@@ -10,9 +13,18 @@ import signal
 import sys
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from ganforge.checkpoint import newest_checkpoint
-from ganforge.errors import INTERRUPTED, NON_FINITE, TERMINATED, TrainingStopped
+from ganforge.distributed import decide_together
+from ganforge.errors import INTERRUPTED, NON_FINITE, TERMINATED, PluginError, TrainingStopped
+
+if TYPE_CHECKING:
+    from ganforge.hookspecs import RunInfo
+    from ganforge.plugins import Plugins
+
+#: :func:`stop_reason` for a lifecycle hook that raised (above a signal's 1).
+PLUGIN_FAILED = 2.0
 
 
 class StopSignals:
@@ -28,7 +40,7 @@ class StopSignals:
       checkpoint.
     - Several processes: each receives the signal at its own step, so the processes agree on
       the stop at the next step where the loop reads values anyway (logged and checkpoint
-      steps: ``Trainer._stop_requested``), and write the checkpoint there together. Later
+      steps: :func:`stop_reason`), and write the checkpoint there together. Later
       signals are ignored, because the launcher forwards the same signal to every process; it
       ends them itself 30 s later (torchrun's grace period).
 
@@ -79,6 +91,57 @@ class StopSignals:
             )
         if self.announce:
             print(f"\nganforge: {name}: {message}", file=sys.stderr, flush=True)
+
+
+class LifecycleHooks:
+    """The lifecycle hooks a run calls while it trains (``ganforge_log``,
+    ``ganforge_checkpoint``), all under one failure rule: a plugin that raises does not end the
+    run on the spot, where the steps since the last checkpoint would be lost. Its failure is
+    kept, later calls are skipped, and :func:`stop_reason` stops the run at this step's
+    boundary, after its checkpoint."""
+
+    def __init__(self, plugins: Plugins, run: RunInfo):
+        self.plugins, self.run = plugins, run
+        self.failure: PluginError | None = None
+
+    def log(self, step: int, values: dict[str, Any]) -> None:
+        self._call(self.plugins.log, step, values)
+
+    def checkpoint(self, step: int, path: str) -> None:
+        self._call(self.plugins.checkpoint, step, path)
+
+    def _call(self, hook, *args) -> None:
+        if self.failure is None:
+            try:
+                hook(self.run, *args)
+            except PluginError as err:
+                self.failure = err
+
+    def stopped(self, step: int, path: Path | None) -> PluginError:
+        """The error a run stopped for a plugin's failure ends with, once ``path`` (the
+        checkpoint of ``step``; None on the other processes) is written."""
+        failure = self.failure or "a plugin failed on the main process"
+        return PluginError(
+            f"{failure}\nThe run stopped at step {step}; its checkpoint was written "
+            f"first ({path or 'by the main process'}), and the same command continues it."
+        )
+
+
+def stop_reason(signals: StopSignals, hooks: LifecycleHooks, accelerator, reading: bool) -> float:
+    """*Collective* under several processes. Whether to stop after this step: 0 no, 1 for a
+    signal, :data:`PLUGIN_FAILED` for a lifecycle hook that raised.
+
+    Several processes decide together, on steps where the loop reads values anyway
+    (``reading``: logged, checkpoint and evaluation steps), so that every process writes the
+    same checkpoint: any process that got the signal (or a plugin's failure: the main process
+    calls them) stops them all.
+    """
+    local = float(signals.requested is not None)
+    if hooks.failure is not None:
+        local = PLUGIN_FAILED
+    if accelerator.num_processes == 1:
+        return local
+    return decide_together(local, accelerator) if reading else 0.0
 
 
 def interrupted(

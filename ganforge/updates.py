@@ -1,11 +1,28 @@
 """What each optimizer update needs beside backward: the optimizer, the gradient norm and the
-device-side non-finite check (no host synchronisation in any of them)."""
+device-side non-finite check (no host synchronisation in any of them), and the record of what
+one phase of a step leaves for logging (:class:`Phase`)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+from ganforge.components import CriticOutput
+
+
+@dataclass
+class Phase:
+    """Tensors one phase of a step leaves for logging; read on the host only every
+    ``log_every`` steps."""
+
+    loss: torch.Tensor
+    grad_norm: torch.Tensor | None  # measured on logged steps (and always when clipping)
+    skipped: torch.Tensor
+    logs: dict[str, torch.Tensor]
+    real: CriticOutput | None = None
+    fake: CriticOutput | None = None
 
 
 def build_optimizer(params, config: dict[str, Any]) -> torch.optim.Optimizer:

@@ -186,7 +186,7 @@ def backend(out: Path, reference: str, *overrides: str) -> None:
     save_file(full_state(loaded), str(out / f"loaded_{tag}.safetensors"))
     runs = (straight, resumed, poisoned, no_ema, loaded)
     info = {"backends": sorted({r.backend_name for r in runs})}
-    info["skipped"] = int(poisoned.skipped.item())
+    info["skipped"] = int(poisoned.progress.skipped.item())
     (out / f"info_{tag}.json").write_text(json.dumps(info))
 
 
@@ -244,21 +244,23 @@ def precision(out: Path, mixed_precision: str) -> None:
 def quickstart(out: Path, *overrides: str) -> None:
     """The quickstart through the CLI, recording every rank's models at each checkpoint and
     at the end, and each rank's batch-norm statistics just before they are synchronised."""
+    from ganforge import state
     from ganforge.cli import main
     from ganforge.trainer import Trainer
 
-    sync, save, fit = Trainer.sync_buffers, Trainer.save_checkpoint, Trainer.fit
+    sync, save, fit = state.sync_buffers, Trainer.save_checkpoint, Trainer.fit
+    running = []  # the trainer of this process, once it fits
 
     def dump(trainer, tag):
         rank = trainer.acc.process_index
         save_file(model_state(trainer), str(out / f"{tag}_rank{rank}.safetensors"))
-        if trainer.label_prior is not None:  # data.clusters: the labels this rank trains on
+        if trainer.parts.label_prior is not None:  # data.clusters: the labels this rank trains on
             labels = {"labels": trainer.batches.labels.contiguous()}
             save_file(labels, str(out / f"{tag}_clusters_rank{rank}.safetensors"))
 
-    def recording_sync(trainer):
-        dump(trainer, f"before_sync_{trainer.step}")
-        sync(trainer)
+    def recording_sync(parts, accelerator):
+        dump(running[0], f"before_sync_{running[0].step}")
+        sync(parts, accelerator)
 
     def recording_save(trainer):
         path = save(trainer)
@@ -266,11 +268,12 @@ def quickstart(out: Path, *overrides: str) -> None:
         return path
 
     def recording_fit(trainer):
+        running.append(trainer)
         path = fit(trainer)
         dump(trainer, "end")
         return path
 
-    Trainer.sync_buffers, Trainer.save_checkpoint, Trainer.fit = (
+    state.sync_buffers, Trainer.save_checkpoint, Trainer.fit = (
         recording_sync,
         recording_save,
         recording_fit,

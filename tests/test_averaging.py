@@ -176,7 +176,7 @@ def test_standing_statistics_change_what_a_run_samples_not_how_it_trains(tiny, t
 
     # Sampling in the run, the export, and an export of the checkpoint all agree.
     z = latents(info, 4, seed=1)
-    assert torch.equal(generator(z, None), standing.generate(z, None))
+    assert torch.equal(generator(z, None), standing.outputs.generate(z, None))
     assert main(["export", str(standing.run_dir), "--out", "again.safetensors"]) == 0
     again = load_file("again.safetensors")
     assert all(torch.equal(again[k], exported[k]) for k in exported)

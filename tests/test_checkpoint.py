@@ -63,11 +63,14 @@ def full_state(trainer) -> dict[str, torch.Tensor]:
         ("EMA", trainer.ema.module),
     ):
         out.update({f"{name}.{k}": v.clone() for k, v in module.state_dict().items()})
-    for name, optimizer in (("opt_g.", trainer.opt_g), ("opt_d.", trainer.opt_d)):
+    for name, optimizer in (
+        ("opt_g.", trainer.execution.optimizers["generator"]),
+        ("opt_d.", trainer.execution.optimizers["discriminator"]),
+    ):
         out.update(flatten_optimizer(optimizer.state_dict(), name)[0])
     out["step"] = torch.tensor(trainer.step)
     out["sampler"] = torch.tensor([trainer.sampler.epoch, trainer.sampler.offset])
-    out["latent_rng"] = trainer.latent_rng.get_state()
+    out["latent_rng"] = trainer.progress.latent_rng.get_state()
     out["torch_rng"] = torch.get_rng_state()
     augmenter = trainer.augmenter
     out.update({f"augment.{name}": getattr(augmenter, name).clone() for name in augmenter.STATE})
@@ -143,7 +146,7 @@ def test_a_latent_stream_from_another_kind_of_device_restarts_from_the_seed(
     expected = resumed.latents(4)
     saved_elsewhere = {"latent": torch.zeros(16, dtype=torch.uint8)}
     assert not ganforge.checkpoint.restore_rng(
-        {**rng_of(short), **saved_elsewhere}, resumed.latent_rng, resumed.acc.device
+        {**rng_of(short), **saved_elsewhere}, resumed.progress.latent_rng, resumed.acc.device
     )
 
     real = ganforge.checkpoint.restore_rng
@@ -162,7 +165,7 @@ def test_a_latent_stream_from_another_kind_of_device_restarts_from_the_seed(
 
 
 def rng_of(trainer) -> dict[str, torch.Tensor]:
-    return ganforge.checkpoint.rng_states(trainer.latent_rng, trainer.acc.device)
+    return ganforge.checkpoint.rng_states(trainer.progress.latent_rng, trainer.acc.device)
 
 
 class RunningMean(torch.nn.Module):
@@ -197,7 +200,7 @@ def test_a_regularizers_state_is_checkpointed_and_resumed_exactly(tmp_path, tiny
     saved = latest_checkpoint(first.run_dir).tensors("models")
     assert saved["regularizers.running_mean.calls"] == 2
     resumed = tiny(lazy, "train.steps=4", extra=extra)
-    regularizer = resumed.regularizers[0][2]
+    regularizer = resumed.parts.regularizers[0][2]
     assert regularizer.calls == 2
     assert torch.equal(regularizer.mean, saved["regularizers.running_mean.mean"])
     resumed.fit()
@@ -418,7 +421,7 @@ def test_init_from_takes_weights_but_not_optimizer_state_or_counters(tmp_path, t
         "optim.generator.lr=0.001",  # a new run: the optimisation may change
         f"run.out_dir={tmp_path / 'tuned'}",
     )
-    assert tuned.step == 0 and not tuned.opt_g.state_dict()["state"]
+    assert tuned.step == 0 and not tuned.execution.optimizers["generator"].state_dict()["state"]
     for mine, theirs in (
         (tuned.generator, source.generator),
         (tuned.discriminator, source.discriminator),

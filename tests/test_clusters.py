@@ -12,7 +12,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-import ganforge.trainer
+import ganforge.builder
 from ganforge.cli import main
 from ganforge.clusters import cluster_labels, draw_labels, label_prior
 from ganforge.data import ImageData
@@ -122,9 +122,9 @@ def test_a_clustered_run_conditions_on_clusters_and_exports_their_share(tiny):
         "eval.extractor=probe",
         extra=[("probe", ProbePlugin())],
     )
-    classes = trainer.loaded_data.labels
-    clusters = trainer.data.labels
-    assert trainer.num_classes == 3 and same_partition(clusters, classes)
+    classes = trainer.parts.loaded.labels
+    clusters = trainer.parts.data.labels
+    assert trainer.parts.num_classes == 3 and same_partition(clusters, classes)
     seen = []
     trainer.generator.register_forward_pre_hook(lambda m, args: seen.append(args[1]))
     export = trainer.fit()
@@ -172,11 +172,11 @@ def test_a_resume_continues_on_the_checkpoints_clusters(tiny, tmp_path, monkeypa
     def k_means_again(*args):
         raise AssertionError("clustered again")
 
-    monkeypatch.setattr(ganforge.trainer, "cluster_labels", k_means_again)
+    monkeypatch.setattr(ganforge.builder, "cluster_labels", k_means_again)
     resumed = tiny(*CLUSTERED, "train.steps=4")
     assert resumed.step == 2
-    assert np.array_equal(resumed.data.labels, straight.data.labels)
-    assert torch.equal(resumed.batches.labels, torch.from_numpy(straight.data.labels))
+    assert np.array_equal(resumed.parts.data.labels, straight.parts.data.labels)
+    assert torch.equal(resumed.batches.labels, torch.from_numpy(straight.parts.data.labels))
     resumed.fit()
     for model in ("generator", "discriminator"):
         a, b = getattr(resumed, model).state_dict(), getattr(straight, model).state_dict()
@@ -186,7 +186,7 @@ def test_a_resume_continues_on_the_checkpoints_clusters(tiny, tmp_path, monkeypa
         f"run.out_dir={tmp_path / 'started'}",
         f"train.init_from={first.run_dir / 'checkpoints' / 'step_000002'}",
     )
-    assert started.step == 0 and np.array_equal(started.data.labels, first.data.labels)
+    assert started.step == 0 and np.array_equal(started.parts.data.labels, first.parts.data.labels)
 
 
 @pytest.fixture

@@ -11,10 +11,10 @@ import torch
 import torch.nn.functional as F
 from torch.nn.utils import parametrize
 
+import ganforge.builder
 from ganforge.components import CriticOutput
 from ganforge.errors import GanforgeError, RecipeError
 from ganforge.plugins import Plugins
-from ganforge.trainer import Trainer
 from ganforge_plugins._layers import ConditionalBatchNorm2d
 from ganforge_plugins.dcgan import DCGANDiscriminator, DCGANGenerator
 from ganforge_plugins.resnet import ResNetDiscriminator, ResNetGenerator
@@ -287,7 +287,7 @@ def test_acgan_without_class_logits_or_labels_names_the_fix():
     ],
 )
 def test_acgan_rejects_bad_options(options, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(RecipeError, match=f"loss: loss 'acgan' rejected its options: {message}"):
         acgan(**options)
 
 
@@ -321,7 +321,7 @@ def test_a_conditional_run_trains_every_label_parameter(tiny, overrides):
     trainer = tiny(*CONDITIONAL, *overrides)
     before = {model: label_parameters(model) for model in (trainer.G, trainer.D)}
     trainer.train_step(0)
-    assert trainer.skipped.item() == 0
+    assert trainer.progress.skipped.item() == 0
     for model, params in before.items():
         assert params  # the run built conditional models
         after = label_parameters(model)
@@ -351,7 +351,7 @@ def test_checking_the_class_head_changes_no_state(tiny, monkeypatch):
     overrides = (*CONDITIONAL, "discriminator.norm=spectral", "discriminator.condition=auxiliary")
     overrides += ("loss.name=acgan",)
     checked = tiny(*overrides).discriminator.state_dict()
-    monkeypatch.setattr(Trainer, "_check_class_head", lambda self, name: None)
+    monkeypatch.setattr(ganforge.builder, "_check_class_head", lambda *args: None)
     unchecked = tiny(*overrides).discriminator.state_dict()
     assert checked.keys() == unchecked.keys()
     assert all(torch.equal(checked[k], unchecked[k]) for k in checked)

@@ -38,7 +38,7 @@ def test_readme_plugin_example_registers_a_working_loss(tiny):
     assert Plugins(extra=[("mygan", module)]).registry.get("loss", "my_lsgan").plugin == "mygan"
     trainer = tiny("loss.name=my_lsgan", "train.steps=2", extra=[("mygan", module)])
     trainer.fit()
-    assert trainer.skipped.item() == 0
+    assert trainer.progress.skipped.item() == 0
 
 
 def test_hookimpl_marker_is_the_public_entry():

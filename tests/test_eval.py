@@ -216,7 +216,7 @@ def test_conditional_runs_evaluate_per_class_with_their_labels(tiny):
     )
     seen = []
     trainer.generator.register_forward_pre_hook(lambda m, args: seen.append(args[1]))
-    trainer.ema = None  # sample the hooked generator itself
+    trainer.parts.ema = None  # sample the hooked generator itself
     trainer.fit()
     record = [r for r in read_metrics(trainer.run_dir) if "eval/fd" in r][0]
     assert {"eval/intra_fd", "eval/intra_fd/classes", "eval/accuracy", "eval/is"} <= set(record)

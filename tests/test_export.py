@@ -29,7 +29,9 @@ def test_generate_gives_the_samples_of_the_in_training_generator(tmp_path, tiny)
     assert not generator.training and not any(p.requires_grad for p in generator.parameters())
     assert info.latent_shape == (8,) and info.latent_prior == "normal" and info.ema
     z = latents(info, 6, seed=3)
-    assert torch.equal(ganforge.generate(generator, info, 6, seed=3), trainer.generate(z, None))
+    assert torch.equal(
+        ganforge.generate(generator, info, 6, seed=3), trainer.outputs.generate(z, None)
+    )
 
     # The CLI writes the same samples, and the same seed gives the same files.
     for name in ("a", "b"):
@@ -39,7 +41,7 @@ def test_generate_gives_the_samples_of_the_in_training_generator(tmp_path, tiny)
         assert (
             main(["generate", str(path), "--num", "6", "--seed", "3", "--out", f"{name}.png"]) == 0
         )
-    assert np.array_equal(np.load("a.npy"), trainer.generate(z, None).numpy())
+    assert np.array_equal(np.load("a.npy"), trainer.outputs.generate(z, None).numpy())
     assert np.array_equal(np.load("a.npy"), np.load("b.npy"))
     assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()
     assert main(["generate", str(path), "--num", "2", "--seed", "4", "--out", "c.npy"]) == 0
@@ -130,12 +132,16 @@ def test_class_and_truncation_reach_generators_that_declare_them(tmp_path, tiny)
         write_samples(path, num=4, seed=0, out="s.npy", plugins=plugins, **kwargs)
         return torch.from_numpy(np.load("s.npy"))
 
-    z = latents(ganforge.load_generator(path, plugins=plugins)[1], 4, 0)
+    z = latents(ganforge.load_generator(path, registry=plugins.registry)[1], 4, 0)
     every_class = sample()  # rows follow the classes, as in training grids
-    assert torch.equal(every_class, trainer.generate(z, torch.tensor([0, 1, 2, 2])))
-    assert torch.equal(sample(label="1"), trainer.generate(z, torch.ones(4, dtype=torch.long)))
+    assert torch.equal(every_class, trainer.outputs.generate(z, torch.tensor([0, 1, 2, 2])))
+    assert torch.equal(
+        sample(label="1"), trainer.outputs.generate(z, torch.ones(4, dtype=torch.long))
+    )
     # Several classes (the CLI's repeated or comma-separated --class): a run of samples each.
-    assert torch.equal(sample(label="2, 0"), trainer.generate(z, torch.tensor([2, 2, 0, 0])))
+    assert torch.equal(
+        sample(label="2, 0"), trainer.outputs.generate(z, torch.tensor([2, 2, 0, 0]))
+    )
     truncated = trainer.generator(z * 0.5, torch.ones(4, dtype=torch.long))
     assert torch.allclose(sample(label="1", truncation=0.5), truncated)
     with pytest.raises(ganforge.errors.GanforgeError, match="out of range 0..2"):

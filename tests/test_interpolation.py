@@ -86,7 +86,7 @@ def test_a_conditional_interpolation_keeps_one_class_per_row(tiny):
     grid = np.asarray(Image.open("c.png"))
     assert grid.shape[0] == 3 * TILE + 2  # a row per class
     z = latents(ganforge.load_generator(path)[1], 6, 0)
-    expected = trainer.generate(z, torch.tensor([0, 0, 1, 1, 2, 2]))
+    expected = trainer.outputs.generate(z, torch.tensor([0, 0, 1, 1, 2, 2]))
     for row in range(3):
         for col in range(2):
             cell = expected[2 * row + col : 2 * row + col + 1]
@@ -110,7 +110,7 @@ def test_a_conditional_interpolation_keeps_one_class_per_row(tiny):
     )
     assert np.array_equal(
         tile(np.asarray(Image.open("one.png")), 0, 0),
-        image_grid(trainer.generate(z[:1], torch.tensor([2])), pad=0),
+        image_grid(trainer.outputs.generate(z[:1], torch.tensor([2])), pad=0),
     )
 
 

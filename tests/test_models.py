@@ -205,6 +205,6 @@ def test_dropout_outside_0_to_1_is_rejected(dropout):
 def test_each_option_trains_through_the_core(tiny, overrides):
     trainer = tiny("train.steps=2", "train.batch_size=4", "train.sample_count=2", *overrides)
     assert trainer.fit().exists()
-    assert trainer.step == trainer.steps and trainer.skipped.item() == 0
+    assert trainer.step == trainer.steps and trainer.progress.skipped.item() == 0
     for model in (trainer.G, trainer.D):
         assert all(torch.isfinite(t).all() for t in model.state_dict().values())

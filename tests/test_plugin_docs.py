@@ -98,7 +98,7 @@ def test_the_tutorial_plugin_registers_trains_by_name_and_generates(tutorial_pac
     overrides = ["train.steps=2", "train.batch_size=8", f"run.out_dir={tmp_path / 'run'}"]
     recipe = load_recipe("tutorial:tiny", overrides, registry)
     export = Trainer(recipe, plugins).fit()
-    generator, info = load_generator(export, plugins=plugins)
+    generator, info = load_generator(export, registry=registry)
     assert generate(generator, info, 3).shape == (3, 1, 16, 16)
 
 

@@ -101,7 +101,7 @@ def test_regularizers_are_registered_with_their_recipe_options():
     "name, option", [("gradient_penalty", "weight"), ("r1", "gamma"), ("consistency", "margin")]
 )
 def test_a_negative_weight_is_a_recipe_error_naming_it(tiny, name, option):
-    with pytest.raises(ValueError, match=f"{option} = -1"):
+    with pytest.raises(RecipeError, match=f"regularizers.{name}: .*{option} = -1"):
         build(name, **{option: -1.0})
     with pytest.raises(RecipeError, match=f"{name}.*{option} = -1"):
         tiny(f"regularizers.{name}.{option}=-1.0")
@@ -265,7 +265,7 @@ def test_gradient_penalty_trains_a_wgan_and_is_logged(tiny):
 
 def test_a_lazy_regularizer_runs_every_k_steps(tiny):
     trainer = tiny("regularizers.r1.gamma=1.0", "regularizers.r1.every=2", "train.steps=3")
-    name, every, r1 = trainer.regularizers[0]
+    name, every, r1 = trainer.parts.regularizers[0]
     assert (name, every) == ("r1", 2)
     steps = []
 
@@ -276,7 +276,7 @@ def test_a_lazy_regularizer_runs_every_k_steps(tiny):
             steps.append(ctx.step)
             return r1(ctx)
 
-    trainer.regularizers[0] = (name, every, Spy())
+    trainer.parts.regularizers[0] = (name, every, Spy())
     logged = [("r1" in trainer.train_step(step)[0].logs) for step in range(3)]
     assert steps == [0, 2]
     assert logged == [True, False, True]

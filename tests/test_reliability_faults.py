@@ -20,7 +20,7 @@ from test_checkpoint import EXACT, assert_same_state, full_state
 
 import ganforge
 import ganforge.checkpoint
-from conftest import ROOT, tiny_tables
+from conftest import ROOT, TOY_EVAL_RUN, tiny_tables
 from ganforge.checkpoint import latest_checkpoint, list_checkpoints, open_checkpoint
 from ganforge.cli import main
 from ganforge.errors import INTERRUPTED, NON_FINITE, TERMINATED, TrainingStopped
@@ -86,7 +86,7 @@ def test_a_run_of_non_finite_steps_stops_and_keeps_the_last_good_checkpoint(
 
     # Resuming from it restores the streak, so the limit still counts from step 6.
     resumed = tiny(*settings, "train.steps=30", extra=[("nan", NaNPlugin())])
-    assert resumed.step == 6 and resumed.skipped_in_a_row.item() == 1
+    assert resumed.step == 6 and resumed.progress.skipped_in_a_row.item() == 1
     reliability_report["non-finite steps"]["runs stopped after a streak"] += 1
 
 
@@ -99,7 +99,7 @@ def test_max_skipped_in_a_row_0_never_stops(tiny):
         extra=[("nan", NaNPlugin())],
     )
     assert trainer.fit() is not None and trainer.step == 6
-    assert trainer.skipped_in_a_row.item() == 6
+    assert trainer.progress.skipped_in_a_row.item() == 6
 
 
 class CtrlCAt:
@@ -634,7 +634,7 @@ def test_a_full_disk_as_safetensors_reports_it_is_one_message_for_every_write(
     cases = [
         (ganforge.checkpoint, "save_file", full, "could not write checkpoint"),
         (ganforge.export, "save_file", full, "could not write in the run directory"),
-        (ganforge.trainer, "append_jsonl", full_os, "could not write in the run directory"),
+        (ganforge.outputs, "append_jsonl", full_os, "could not write in the run directory"),
     ]
     for module, name, failing, message in cases:
         real = getattr(module, name)
@@ -842,3 +842,40 @@ def test_an_export_with_weights_that_are_not_finite_says_so(tiny, tmp_path, caps
         assert main(command) == 2
         err = capsys.readouterr().err
         assert "holds weights that are not finite" in err and name in err, err
+
+
+class FailingOnRecord:
+    """A plugin whose ``ganforge_log`` raises on the first record of one kind: an evaluation's
+    (``eval/...`` values) or a training step's."""
+
+    def __init__(self, evaluation: bool):
+        self.evaluation = evaluation
+
+    @ganforge.hookimpl
+    def ganforge_log(self, run, step, values):
+        if any(k.startswith("eval/") for k in values) == self.evaluation:
+            raise RuntimeError(f"log broke at step {step}")
+
+
+@pytest.mark.parametrize("evaluation", [True, False], ids=["eval record", "training record"])
+def test_a_failing_log_hook_stops_the_same_way_from_an_evaluation_or_a_step(
+    tiny, evaluation, one_thread
+):
+    """The eval-time ``ganforge_log`` once escaped before the step's checkpoint was written;
+    both records now go through one failure rule: checkpoint first, then one message."""
+    toy = [o for o in TOY_EVAL_RUN if not o.startswith(("train.steps", "eval.every"))]
+    # Step 3 is logged (log_every 3) and evaluated (eval.every 3), and no checkpoint step.
+    settings = (*toy, "train.steps=9", "train.log_every=3", "eval.every=3")
+    trainer = tiny(
+        *settings, "train.checkpoint_every=0", extra=[("broken", FailingOnRecord(evaluation))]
+    )
+    with pytest.raises(ganforge.errors.PluginError) as failed:
+        trainer.fit()
+    message = str(failed.value)
+    assert "plugin 'broken'" in message and "failed in ganforge_log" in message
+    assert "log broke at step 3" in message and "stopped at step 3" in message
+    assert trainer.step == 3
+    assert [p.name for p in list_checkpoints(trainer.run_dir)] == ["step_000003"]
+    records = [json.loads(line) for line in (trainer.run_dir / "metrics.jsonl").open()]
+    assert [r["step"] for r in records] == [3, 3]  # the step's log and its eval, both kept
+    assert tiny(*settings).step == 3  # the same command continues from it

@@ -53,7 +53,7 @@ def test_a_point_run_gets_a_panel_per_eval_metric_and_its_final_eval(tiny, one_t
     trainer.fit()
     with Image.open(trainer.run_dir / "curves.png") as picture:
         width, height = picture.size
-    evals = [k for k in trainer.last_eval if k.startswith("eval/")]
+    evals = [k for k in trainer.outputs.last_eval if k.startswith("eval/")]
     panels = 4 + len(evals)
     assert (width, height) == (PANEL_SIZE[0] * COLUMNS, PANEL_SIZE[1] * math.ceil(panels / 2))
     page = (trainer.run_dir / "report.html").read_text()

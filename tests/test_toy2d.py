@@ -63,7 +63,7 @@ def test_point_data_trains_samples_a_scatter_and_exports(tiny):
         "regularizers.gradient_penalty.weight=0.1",
         "train.n_critic=2",
     )
-    assert trainer.data.channels == 2 and trainer.data.resolution == 0
+    assert trainer.parts.data.channels == 2 and trainer.parts.data.resolution == 0
     path = trainer.fit()
     picture = Image.open(trainer.run_dir / "samples" / "step_000002.png")
     assert picture.size == (384, 384)
@@ -76,7 +76,7 @@ def test_point_data_trains_samples_a_scatter_and_exports(tiny):
 
     assert main(["generate", str(path), "--num", "5", "--out", "points.npy"]) == 0
     z = latents(read_export(path)[1], 5, seed=0)
-    assert np.array_equal(np.load("points.npy"), trainer.generate(z, None).numpy())
+    assert np.array_equal(np.load("points.npy"), trainer.outputs.generate(z, None).numpy())
     assert main(["generate", str(path), "--out", "points.png"]) == 0
     assert Image.open("points.png").size == (384, 384)
     assert main(["generate", str(path), "--out-dir", "each"]) == 2

@@ -36,13 +36,14 @@ def test_each_update_touches_only_its_own_model(tiny):
     calls = []
     original = trainer._update
 
-    def checked_update(model, optimizer, loss, *rest):
+    def checked_update(role, loss, *rest):
+        model = trainer.D if role == "discriminator" else trainer.G
         other = trainer.G if model is trainer.D else trainer.D
         other_names = g_params if other is trainer.G else d_params
         before_other, before_self = snapshot(other), snapshot(model)
         if model is trainer.G:  # no gradient may reach the frozen critic
             assert all(not p.requires_grad for p in trainer.D.parameters())
-        norm = original(model, optimizer, loss, *rest)
+        norm = original(role, loss, *rest)
         assert params_equal(snapshot(other), before_other, other_names)
         assert not params_equal(
             snapshot(model), before_self, g_params if model is trainer.G else d_params
@@ -64,9 +65,9 @@ def test_the_d_phase_puts_no_gradient_into_g(tiny):
     trainer = tiny("train.n_critic=2")
     original, g_grads = trainer._update, []
 
-    def recording_update(model, optimizer, loss, *rest):
-        result = original(model, optimizer, loss, *rest)
-        if model is trainer.D:  # after D's backward and step: nothing reached G
+    def recording_update(role, loss, *rest):
+        result = original(role, loss, *rest)
+        if role == "discriminator":  # after D's backward and step: nothing reached G
             g_grads.append([p.grad for p in trainer.G.parameters()])
         return result
 
@@ -115,7 +116,7 @@ def test_labels_travel_from_data_to_both_models(tiny):
         "discriminator.name=cstub",
         extra=[("stub", StubPlugin())],
     )
-    assert trainer.num_classes == 3
+    assert trainer.parts.num_classes == 3
     trainer.D.seen.clear()  # the class-head check before training called D once, in eval mode
     sampler_state = trainer.sampler.state_dict()
     trainer.train_step(0)
@@ -125,7 +126,7 @@ def test_labels_travel_from_data_to_both_models(tiny):
     assert len(g_seen) == 1 and len(d_seen) == 3  # one G forward; D: real, fake, then fake
     for y in g_seen + d_seen:
         assert torch.equal(y, expected)
-    assert len(trainer.save_samples().read_bytes()) > 0
+    assert len(trainer.outputs.save_samples(trainer.step).read_bytes()) > 0
     assert trainer.G.seen[-1].tolist() == [0, 1, 2, 2]  # grid rows follow classes
 
 
@@ -143,21 +144,21 @@ def test_sampling_leaves_training_state_untouched(tiny):
     state = (
         snapshot(trainer.G),
         snapshot(trainer.D),
-        copy.deepcopy(trainer.opt_g.state_dict()),
+        copy.deepcopy(trainer.execution.optimizers["generator"].state_dict()),
         trainer.sampler.state_dict(),
         torch.get_rng_state(),
-        trainer.latent_rng.get_state(),
+        trainer.progress.latent_rng.get_state(),
     )
-    first = trainer.save_samples().read_bytes()
-    second = trainer.save_samples().read_bytes()
+    first = trainer.outputs.save_samples(trainer.step).read_bytes()
+    second = trainer.outputs.save_samples(trainer.step).read_bytes()
     assert first == second  # a fixed latent batch
     after = (
         snapshot(trainer.G),
         snapshot(trainer.D),
-        trainer.opt_g.state_dict(),
+        trainer.execution.optimizers["generator"].state_dict(),
         trainer.sampler.state_dict(),
         torch.get_rng_state(),
-        trainer.latent_rng.get_state(),
+        trainer.progress.latent_rng.get_state(),
     )
     for x, y in zip(state[:2], after[:2], strict=True):
         assert params_equal(x, y, x)
@@ -244,7 +245,10 @@ def test_a_non_finite_update_is_skipped_and_counted(tiny, poison, measure, scale
     if scaler:
         trainer.acc.scaler = torch.amp.GradScaler("cpu", init_scale=16.0)
     trainer.train_step(0, measure=measure)
-    before, opt_before = snapshot(trainer.D), copy.deepcopy(trainer.opt_d.state_dict())
+    before, opt_before = (
+        snapshot(trainer.D),
+        copy.deepcopy(trainer.execution.optimizers["discriminator"].state_dict()),
+    )
     d, g = trainer.train_step(1, measure=measure)  # the poisoned step
     assert torch.isfinite(d.loss) == (poison == "gradient")
     assert all(torch.isfinite(p.grad).all() for p in trainer.D.parameters()) == (
@@ -252,8 +256,10 @@ def test_a_non_finite_update_is_skipped_and_counted(tiny, poison, measure, scale
     )
     assert (d.grad_norm is not None) == measure
     assert params_equal(snapshot(trainer.D), before, dict(trainer.D.named_parameters()))
-    assert str(trainer.opt_d.state_dict()["state"]) == str(opt_before["state"])
-    assert (d.skipped.item(), g.skipped.item(), trainer.skipped.item()) == (1, 0, 1)
+    assert str(trainer.execution.optimizers["discriminator"].state_dict()["state"]) == str(
+        opt_before["state"]
+    )
+    assert (d.skipped.item(), g.skipped.item(), trainer.progress.skipped.item()) == (1, 0, 1)
     trainer.step = 2
     trainer.fit()
     assert all(torch.isfinite(p).all() for p in trainer.D.parameters())
@@ -336,7 +342,7 @@ def test_export_is_self_describing(tiny):
     rebuilt.load_state_dict(tensors)
     z = torch.randn(2, 8)
     with torch.no_grad():
-        assert torch.equal(rebuilt.eval()(z), trainer.generate(z, None))
+        assert torch.equal(rebuilt.eval()(z), trainer.outputs.generate(z, None))
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)

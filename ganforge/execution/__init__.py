@@ -69,6 +69,30 @@ class Execution:
         """A context in which ``role``'s gradients are not synchronised (its frozen phase)."""
         return contextlib.nullcontext()
 
+    @contextlib.contextmanager
+    def float32(self, model: Callable) -> Iterator[None]:
+        """Calls of ``model`` (as :meth:`prepare` returned it) in the block run with autocast
+        off, for penalties on input gradients: under mixed precision their double backward
+        would lose precision and overflow, and the loss scaler must only scale the final
+        backward.
+
+        Under mixed precision Accelerate (and :func:`autocast_forward`) replace the inner
+        module's forward with an autocast wrapper, inside any DDP wrapper: the original is
+        swapped back in for the block, calls still going through DDP and the module's hooks.
+        """
+        inner = self.acc.unwrap_model(model)
+        original = inner.__dict__.get("_original_forward")
+        wrapped = inner.__dict__.get("forward")
+        with torch.autocast(device_type=self.acc.device.type, enabled=False):
+            if original is None or wrapped is None:
+                yield
+                return
+            inner.forward = original
+            try:
+                yield
+            finally:
+                inner.forward = wrapped
+
     def param_groups(self, role: str) -> list[dict[str, Any]]:
         """The optimizer's groups, whose ``lr`` the step sets (decay) and logs."""
         return self.optimizers[role].param_groups
@@ -151,6 +175,17 @@ def autocast_forward(module: nn.Module, accelerator) -> None:
 
     module._original_forward = original
     module.forward = convert_outputs_to_fp32(forward)
+
+
+def configure_device(accelerator, tf32: str, cudnn_benchmark: bool) -> None:
+    """``train.tf32`` and ``train.cudnn_benchmark`` on a GPU (process-wide, as PyTorch keeps
+    them; "auto" leaves PyTorch's TF32 default)."""
+    if accelerator.device.type != "cuda":
+        return
+    if tf32 != "auto":
+        torch.backends.cuda.matmul.allow_tf32 = tf32 == "on"
+        torch.backends.cudnn.allow_tf32 = tf32 == "on"
+    torch.backends.cudnn.benchmark = cudnn_benchmark
 
 
 def make_execution(

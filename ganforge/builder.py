@@ -1,0 +1,267 @@
+"""Building a run's parts from a validated recipe: data, clusters, G, D, loss, regularizers,
+augmentation and the EMA.
+
+:func:`build_parts` is the one place a recipe becomes objects. Every component comes from the
+registry (``Registry.build``: one error rule for all), on the accelerator's device, with
+identical initial weights on every process. What it returns, :class:`Parts`, is what the
+training step, the state (checkpoints) and the outputs (samples, evaluation, export) share;
+none of them builds anything.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+from torch import nn
+
+from ganforge.augment import Augmentation, Augmenter
+from ganforge.averaging import EMA
+from ganforge.checkpoint import Checkpoint, warn
+from ganforge.clusters import cluster_labels, cluster_names, label_prior
+from ganforge.components import Loss, Regularizer, as_critic_output, eval_mode
+from ganforge.data import DataSource, ImageData, open_store, to_model_range
+from ganforge.distributed import main_decides
+from ganforge.errors import DataError, RecipeError
+from ganforge.recipe import Component, Recipe
+from ganforge.registry import Registry
+from ganforge.streams import stream_seed
+
+
+@dataclass
+class Parts:
+    """What a run trains, as :func:`build_parts` made it.
+
+    ``generator`` and ``discriminator`` are plain modules until the execution wraps them;
+    the trainer then puts the modules as the backend holds them here (sharded under ZeRO-3 and
+    FSDP2), so checkpoints and the EMA read them through the execution.
+    """
+
+    source: DataSource  # the data plugin's description of the data set
+    loaded: ImageData  # its store as the source gives it: the data's own labels, or none
+    data: ImageData  # what training draws: under data.clusters, clusters as the labels
+    num_classes: int  # classes G and D condition on (0: unconditional)
+    label_prior: list[float] | None  # each cluster's share of the data (data.clusters)
+    g_spec: Component
+    d_spec: Component
+    generator: nn.Module
+    discriminator: nn.Module
+    loss: Loss
+    regularizers: list[tuple[str, int, Regularizer]]  # (name, every, regularizer)
+    augmenter: Augmenter | None
+    ema: EMA | None
+    memory_format: torch.memory_format | None  # channels_last, or None
+    # A whole copy of G (decay 0) where the backend shards G and no EMA is kept: samples and
+    # the export need the whole generator on one process. Set by the trainer.
+    mirror: EMA | None = None
+
+    def state_modules(self) -> dict[str, nn.Module]:
+        """Every module whose parameters and buffers are training state, by checkpoint prefix:
+        G, D, the EMA generator, and each regularizer that keeps state (an ``nn.Module``)."""
+        found = {"generator": self.generator, "discriminator": self.discriminator}
+        if self.ema is not None:
+            found["ema"] = self.ema.module
+        for name, _, regularizer in self.regularizers:
+            if isinstance(regularizer, nn.Module):
+                found[f"regularizers.{name}"] = regularizer
+        return found
+
+    @property
+    def sampling_generator(self) -> nn.Module:
+        """What samples and the export come from: the EMA generator when enabled, else G (its
+        whole copy where the backend shards G)."""
+        for average in (self.ema, self.mirror):
+            if average is not None:
+                return average.module
+        return self.generator
+
+
+def build_parts(
+    recipe: Recipe, registry: Registry, accelerator, resumed: Checkpoint | None
+) -> Parts:
+    """Everything the recipe trains, on ``accelerator.device``. ``resumed`` is the checkpoint
+    the run continues (or starts from, ``train.init_from``): a clustered run continues on its
+    checkpoint's clusters. Collective under ``data.clusters`` (the main process clusters)."""
+    data_cfg, device = recipe.section("data"), accelerator.device
+    source, loaded = open_data(recipe, registry)
+    data, prior = loaded, None
+    if data_cfg["clusters"]:
+        data, prior = _condition_on_clusters(
+            loaded, data_cfg["clusters"], recipe, accelerator, resumed
+        )
+    conditioned = data_cfg["conditional"] or data_cfg["clusters"] > 0
+    num_classes = data.num_classes if conditioned else 0
+    if data_cfg["conditional"] and num_classes < 2:
+        raise DataError(f"data.conditional = true, but data {data_cfg['name']!r} has no labels")
+
+    core = {"resolution": data.resolution, "channels": data.channels, "num_classes": num_classes}
+    build = _builder(recipe, registry)
+    torch.manual_seed(stream_seed("weights", recipe.get("run.seed")))
+    g_spec, d_spec = recipe.component("generator"), recipe.component("discriminator")
+    generator = build("generator", g_spec.name, core, g_spec.kwargs, nn.Module)
+    discriminator = build("discriminator", d_spec.name, core, d_spec.kwargs, nn.Module)
+    loss_spec = recipe.component("loss")
+    loss = build("loss", loss_spec.name, {}, loss_spec.kwargs, Loss)
+    regularizers = [
+        (name, every, build("regularizer", name, {}, kwargs, Regularizer))
+        for name, every, kwargs in recipe.regularizers()
+    ]
+    for _, _, regularizer in regularizers:
+        if isinstance(regularizer, nn.Module):  # its state (buffers) lives beside the models
+            regularizer.to(device)
+    augmenter = _augmenter(recipe, build, device)
+    memory_format = _memory_format(recipe, accelerator)
+    generator, discriminator = generator.to(device), discriminator.to(device)
+    if memory_format is not None and data.is_image:
+        generator.to(memory_format=memory_format)
+        discriminator.to(memory_format=memory_format)
+    _check_class_head(
+        loss, loss_spec.name, discriminator, d_spec.name, data, num_classes, recipe, device
+    )
+    ema_cfg = recipe.section("ema")
+    ema = EMA(generator, ema_cfg["decay"], ema_cfg["warmup_steps"]) if ema_cfg["decay"] else None
+    return Parts(
+        source=source,
+        loaded=loaded,
+        data=data,
+        num_classes=num_classes,
+        label_prior=prior,
+        g_spec=g_spec,
+        d_spec=d_spec,
+        generator=generator,
+        discriminator=discriminator,
+        loss=loss,
+        regularizers=regularizers,
+        augmenter=augmenter,
+        ema=ema,
+        memory_format=memory_format,
+    )
+
+
+def _builder(recipe: Recipe, registry: Registry):
+    """``build(kind, name, core, kwargs, expected)``: the registry's, with the recipe file
+    named in its errors."""
+
+    def build(kind, name, core, kwargs, expected):
+        return registry.build(kind, name, core, kwargs, expected, source=recipe.source)
+
+    return build
+
+
+def open_data(recipe: Recipe, registry: Registry) -> tuple[DataSource, ImageData]:
+    """The recipe's data source and its decoded store (cached by fingerprint)."""
+    spec, resolution = recipe.component("data"), recipe.get("data.resolution")
+    source = registry.build(
+        "dataset",
+        spec.name,
+        {"resolution": resolution},
+        spec.kwargs,
+        DataSource,
+        source=recipe.source,
+    )
+    return source, open_store(source, resolution)
+
+
+def _condition_on_clusters(
+    data: ImageData, k: int, recipe: Recipe, accelerator, resumed: Checkpoint | None
+) -> tuple[ImageData, list[float]]:
+    """Self-conditioning: k-means clusters of the data take the labels' place (the
+    checkpoint's on a resume or init_from), and sampling draws them with their share of the
+    data (the label prior)."""
+    labels = saved_clusters(resumed, k, len(data))
+    origin = ", as the checkpoint has them"
+    if labels is None:
+        origin = ""
+        # The main process clusters, the others receive (k-means on another machine's CPU
+        # could split a tie differently).
+        labels = main_decides(
+            accelerator,
+            lambda: torch.from_numpy(cluster_labels(data, k, recipe.get("run.seed"))),
+            "data.clusters: the main process could not cluster the data",
+            like=torch.full((len(data),), -1, dtype=torch.int64),
+        ).numpy()
+    sizes = np.bincount(labels, minlength=k)
+    accelerator.print(
+        f"ganforge: conditioning on {k} k-means clusters of the data "
+        f"({sizes.min()}-{sizes.max()} samples each{origin})"
+    )
+    return replace(data, labels=labels, class_names=cluster_names(k)), label_prior(labels, k)
+
+
+def saved_clusters(checkpoint: Checkpoint | None, k: int, size: int) -> np.ndarray | None:
+    """The clusters a run on ``data.clusters = k`` trained on, from its checkpoint, when they
+    fit this data: a resume (or ``init_from``) continues on them, where k-means run again
+    (another CPU, another scikit-learn) could number or split them differently."""
+    if checkpoint is None or "data.safetensors" not in checkpoint.state.get("files", {}):
+        return None
+    if checkpoint.state["recipe"].get("data", {}).get("clusters") != k:
+        return None
+    labels = checkpoint.tensors("data")["cluster_labels"]
+    if len(labels) != size:
+        warn(f"the data changed size since {checkpoint.path}: its clusters are computed again")
+        return None
+    return labels.numpy()
+
+
+def _augmenter(recipe: Recipe, build, device: torch.device) -> Augmenter | None:
+    settings = recipe.section("augment")
+    if not settings["name"]:
+        return None
+    spec = recipe.component("augment")
+    return Augmenter(
+        build("augmentation", spec.name, {}, spec.kwargs, Augmentation),
+        p=settings["p"],
+        adaptive=settings["adaptive"],
+        target=settings["target"],
+        interval=settings["interval"],
+        speed_images=settings["speed_images"],
+        batch_size=recipe.get("train.batch_size"),
+        device=device,
+    )
+
+
+def _memory_format(recipe: Recipe, accelerator) -> torch.memory_format | None:
+    if not recipe.get("train.channels_last"):
+        return None
+    # Under bf16 on a CPU, channels_last was 1.09x faster (AMD EPYC): no warning there.
+    if accelerator.device.type == "cpu" and accelerator.mixed_precision != "bf16":
+        accelerator.print(
+            "ganforge: warning: train.channels_last = true on a CPU without bf16: one "
+            "Intel CPU ran the quickstart about 5x slower that way, an AMD EPYC at the "
+            "same speed (docs/performance.md); measure before keeping it"
+        )
+    return torch.channels_last
+
+
+@torch.no_grad()
+def _check_class_head(
+    loss: Loss,
+    loss_name: str,
+    discriminator: nn.Module,
+    d_name: str,
+    data: ImageData,
+    num_classes: int,
+    recipe: Recipe,
+    device: torch.device,
+) -> None:
+    """The critic has a class head exactly when the loss trains one, checked on two real
+    images before training (eval mode: no statistics or power iterations move)."""
+    uses = bool(getattr(loss, "uses_class_logits", False))
+    x = to_model_range(torch.from_numpy(np.array(data.images[:2]))).to(device)
+    y = torch.from_numpy(np.array(data.labels[:2])).to(device) if num_classes else None
+    with eval_mode(discriminator) as critic:
+        has = as_critic_output(critic(x, y)).class_logits is not None
+    if uses and not has:
+        problem = (
+            f"loss {loss_name!r} trains the critic's class head, but discriminator "
+            f'{d_name!r} returned none: set discriminator.condition = "auxiliary"'
+        )
+        raise RecipeError([("discriminator", problem)], recipe.source)
+    if has and not uses:
+        problem = (
+            f"discriminator {d_name!r} has a class head that loss {loss_name!r} does not "
+            'train: use loss.name = "acgan", or drop discriminator.condition = '
+            '"auxiliary" (an untrained head\'s parameters also stop multi-process runs)'
+        )
+        raise RecipeError([("discriminator", problem)], recipe.source)
