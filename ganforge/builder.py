@@ -5,7 +5,8 @@ augmentation and the EMA.
 registry (``Registry.build``: one error rule for all), on the accelerator's device, with
 identical initial weights on every process. What it returns, :class:`Parts`, is what the
 training step, the state (checkpoints) and the outputs (samples, evaluation, export) share;
-none of them builds anything.
+what the run trains is built nowhere else (the execution then builds the optimizers, and the
+evaluation its extractor and metrics).
 """
 
 from __future__ import annotations
@@ -43,8 +44,7 @@ class Parts:
     data: ImageData  # what training draws: under data.clusters, clusters as the labels
     num_classes: int  # classes G and D condition on (0: unconditional)
     label_prior: list[float] | None  # each cluster's share of the data (data.clusters)
-    g_spec: Component
-    d_spec: Component
+    g_spec: Component  # the generator's registry name and options (for the export)
     generator: nn.Module
     discriminator: nn.Module
     loss: Loss
@@ -78,17 +78,18 @@ class Parts:
 
 
 def build_parts(
-    recipe: Recipe, registry: Registry, accelerator, resumed: Checkpoint | None
+    recipe: Recipe, registry: Registry, accelerator, weights_from: Checkpoint | None
 ) -> Parts:
-    """Everything the recipe trains, on ``accelerator.device``. ``resumed`` is the checkpoint
-    the run continues (or starts from, ``train.init_from``): a clustered run continues on its
-    checkpoint's clusters. Collective under ``data.clusters`` (the main process clusters)."""
+    """Everything the recipe trains, on ``accelerator.device``. ``weights_from`` is the
+    checkpoint the run continues (``train.resume``) or starts from (``train.init_from``): a
+    clustered run continues on its checkpoint's clusters. Collective under ``data.clusters``
+    (the main process clusters)."""
     data_cfg, device = recipe.section("data"), accelerator.device
     source, loaded = open_data(recipe, registry)
     data, prior = loaded, None
     if data_cfg["clusters"]:
         data, prior = _condition_on_clusters(
-            loaded, data_cfg["clusters"], recipe, accelerator, resumed
+            loaded, data_cfg["clusters"], recipe, accelerator, weights_from
         )
     conditioned = data_cfg["conditional"] or data_cfg["clusters"] > 0
     num_classes = data.num_classes if conditioned else 0
@@ -128,7 +129,6 @@ def build_parts(
         num_classes=num_classes,
         label_prior=prior,
         g_spec=g_spec,
-        d_spec=d_spec,
         generator=generator,
         discriminator=discriminator,
         loss=loss,
@@ -164,12 +164,12 @@ def open_data(recipe: Recipe, registry: Registry) -> tuple[DataSource, ImageData
 
 
 def _condition_on_clusters(
-    data: ImageData, k: int, recipe: Recipe, accelerator, resumed: Checkpoint | None
+    data: ImageData, k: int, recipe: Recipe, accelerator, weights_from: Checkpoint | None
 ) -> tuple[ImageData, list[float]]:
     """Self-conditioning: k-means clusters of the data take the labels' place (the
     checkpoint's on a resume or init_from), and sampling draws them with their share of the
     data (the label prior)."""
-    labels = saved_clusters(resumed, k, len(data))
+    labels = saved_clusters(weights_from, k, len(data))
     origin = ", as the checkpoint has them"
     if labels is None:
         origin = ""
@@ -180,6 +180,7 @@ def _condition_on_clusters(
             lambda: torch.from_numpy(cluster_labels(data, k, recipe.get("run.seed"))),
             "data.clusters: the main process could not cluster the data",
             like=torch.full((len(data),), -1, dtype=torch.int64),
+            error=DataError,
         ).numpy()
     sizes = np.bincount(labels, minlength=k)
     accelerator.print(

@@ -323,10 +323,12 @@ def main_decides(
     decide: Callable[[], torch.Tensor | None],
     failed: str,
     like: torch.Tensor | None = None,
+    error: type[GanforgeError] = GanforgeError,
 ) -> torch.Tensor | None:
     """*Collective.* The main process decides, the others follow: ``decide()`` runs on the main
     process only, and every process gets its result (a tensor shaped like ``like``, broadcast),
-    or raises: the main process its own GanforgeError, the others one saying ``failed``."""
+    or raises: the main process its own GanforgeError, the others an ``error`` saying
+    ``failed``."""
     result, problem = like, None
     if accelerator.is_main_process:
         try:
@@ -337,7 +339,7 @@ def main_decides(
         flag = torch.tensor(float(problem is not None), device=accelerator.device)
         torch.distributed.broadcast(flag, src=0)
         if flag.item() and problem is None:
-            problem = GanforgeError(failed)
+            problem = error(failed)
     if problem is not None:
         raise problem
     return result if like is None else broadcast_from_main(result, accelerator)

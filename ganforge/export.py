@@ -285,14 +285,20 @@ def _check_metadata(info: GeneratorInfo) -> None:
 
 
 def load_generator(
-    path: str | Path, device: str | torch.device = "cpu", registry: Registry | None = None
+    path: str | Path,
+    device: str | torch.device = "cpu",
+    registry: Registry | Plugins | None = None,
+    *,
+    plugins: Plugins | None = None,
 ) -> tuple[nn.Module, GeneratorInfo]:
     """Rebuild an exported generator through the plugin registry, ready to sample.
 
     Returns the module (eval mode, no gradients, on ``device``) and its :class:`GeneratorInfo`
     (latent shape and prior, output format, classes). No recipe is needed. ``registry``
-    defaults to the installed plugins'.
+    defaults to the installed plugins'; a ``Plugins`` (positional, or ``plugins=``, as before
+    the registry was the argument) gives its own.
     """
+    registry = getattr(plugins or registry, "registry", plugins or registry)
     tensors, info = read_export(path)
     generator = build_generator(tensors, info, path, registry)
     return generator.to(device), info
@@ -327,8 +333,8 @@ def build_generator(
     try:
         generator = registry.build("generator", info.name, core, info.kwargs, nn.Module)
         load_module(generator, tensors, f"the weights in {path}")
-    except (GanforgeError, MemoryError, RuntimeError) as err:
-        reason = err.problems[0][1] if isinstance(err, RecipeError) else err
+    except (GanforgeError, TypeError, ValueError, MemoryError, RuntimeError) as err:
+        reason = "; ".join(p for _, p in err.problems) if isinstance(err, RecipeError) else err
         raise ExportError(
             f"{path} was written with generator {info.name!r} of {provider}; the installed "
             f"{installed} cannot rebuild it: {reason}"

@@ -3,10 +3,11 @@ report, the log records and the end-of-run summary.
 
 :class:`RunOutputs` reads the run's parts (``builder.Parts``: models, data, classes) and
 changes no training state: sampling and evaluation use their own seeded streams
-(``streams.py``) and eval mode. It makes no collective call of its own beyond gathering
-evaluation samples; the trainer makes every process's buffers identical first
-(``state.sync_buffers``). Every record it writes reaches plugins through the run's
-:class:`~ganforge.stopping.LifecycleHooks`, under the same failure rule as the training log.
+(``streams.py``) and eval mode. Its only collective calls are the evaluation's (preparing it
+main process first, gathering every process's samples); the trainer makes every process's
+buffers identical before it (``state.sync_buffers``). Every record it writes reaches
+plugins through the run's :class:`~ganforge.stopping.LifecycleHooks`, under the same failure
+rule as the training log.
 """
 
 from __future__ import annotations

@@ -159,9 +159,6 @@ class Plugins:
         info = self.info.get(name, PluginInfo(name, None, None))
         return plugin_origin(info.name, info.distribution, info.version)
 
-    def is_blocked(self, name: str) -> bool:
-        return self.pm.is_blocked(name)
-
     def names(self) -> list[str]:
         return [name for name, plugin in self.pm.list_name_plugin() if plugin is not None]
 

@@ -14,6 +14,7 @@ record. They never see the trainer.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -123,13 +124,13 @@ def save_checkpoint(
     *,
     recipe: Recipe,
     launch: Launch,
-    export: dict[str, Any],
+    export: Callable[[], dict[str, Any]],
 ) -> Path | None:
     """*Collective.* Write the state as ``checkpoints/step_NNNNNN`` (buffers already synced).
 
     The main process gathers every process's random states and writes; it returns the
-    checkpoint folder there and None elsewhere. ``export`` is the export metadata an export
-    of this checkpoint will carry.
+    checkpoint folder there and None elsewhere. ``export()`` gives the metadata an export of
+    this checkpoint will carry (called on the main process only).
     """
     acc = execution.acc
     rng = gather_rank_states(rng_states(progress.latent_rng, acc.device), acc)
@@ -159,7 +160,7 @@ def save_checkpoint(
             "scaler": acc.scaler.state_dict() if acc.scaler is not None else None,
             "optimizers": optim_json,
             "recipe": recipe.tables,
-            "export": export,
+            "export": export(),
             "augment": parts.augmenter.state_dict() if parts.augmenter else None,
         }
         groups = {"models": models, "optimizers": optim_tensors, "rng": rng}

@@ -39,8 +39,8 @@ class StopSignals:
       would without ganforge (Ctrl-C: KeyboardInterrupt; SIGTERM: the process ends), without a
       checkpoint.
     - Several processes: each receives the signal at its own step, so the processes agree on
-      the stop at the next step where the loop reads values anyway (logged and checkpoint
-      steps: :func:`stop_reason`), and write the checkpoint there together. Later
+      the stop at the next step where the loop reads values anyway (logged, evaluation and
+      checkpoint steps: :func:`stop_reason`), and write the checkpoint there together. Later
       signals are ignored, because the launcher forwards the same signal to every process; it
       ends them itself 30 s later (torchrun's grace period).
 
@@ -86,7 +86,7 @@ class StopSignals:
             )
         else:
             message = (
-                "the processes stop together at the next logged or checkpoint step "
+                "the processes stop together at the next logged, evaluation or checkpoint step "
                 "(train.log_every) and write a checkpoint there"
             )
         if self.announce:

@@ -1,7 +1,7 @@
 """Every random stream of a run, and the one function that derives its seed.
 
 The promise that sampling, evaluation and export never disturb training rests on each of them
-drawing from its own stream, seeded from ``run.seed`` here and nowhere else:
+drawing from its own stream. Every stream a run derives from ``run.seed`` is seeded here:
 
 - ``"weights"``: the global stream while the models are built (identical on every process).
 - ``"modules"``: the global stream during training (dropout and other module randomness),
@@ -12,8 +12,10 @@ drawing from its own stream, seeded from ``run.seed`` here and nowhere else:
 
 Where a resume cannot restore a process's saved streams (another number of processes, another
 kind of device), ``"modules"`` and ``"latents"`` restart from the seed and the step
-(``step``), so the resumed run is still reproducible. The data order is the sampler's own
-(``data.ShardedSampler``, from ``run.seed``), and k-means clusters take ``run.seed`` as it is.
+(``step``), so the resumed run is still reproducible. Some consumers take ``run.seed`` as it
+is and derive within their own code: the data order (``data.ShardedSampler``), k-means
+clusters and the evaluation's real split. Standing statistics and the export's samples use
+fixed seeds of their own, the same in a run and in ``ganforge export``/``generate``.
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ FSDP2), recorded by ``outputs.py`` (samples, evaluation, export, logs) and check
 from __future__ import annotations
 
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -432,7 +433,7 @@ class Trainer:
             self.progress,
             recipe=self.recipe,
             launch=self.launch,
-            export=self.outputs.export_metadata(self.step),
+            export=partial(self.outputs.export_metadata, self.step),
         )
         if path is not None:
             self.hooks.checkpoint(self.step, str(path))

@@ -99,26 +99,38 @@ def _known(name: str) -> str | None:
     return name or None
 
 
+def _targets(node: ast.Import | ast.ImportFrom, package: str) -> set[str]:
+    """The package modules one import statement imports, in ``package`` (relative imports
+    resolved; ``from ganforge import state`` imports the module ``ganforge.state``)."""
+    if isinstance(node, ast.Import):
+        names = [alias.name for alias in node.names]
+    else:
+        base = node.module or ""
+        if node.level:
+            anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+            base = ".".join([*anchor, *([node.module] if node.module else [])])
+        names = [base, *(f"{base}.{alias.name}" for alias in node.names)]
+    found = {_known(n) for n in names if n.split(".")[0] == "ganforge"}
+    return found - {None}
+
+
+def edges(name: str, source: str, top_level_only: bool = True) -> set[str]:
+    """The package modules module ``name`` (whose text is ``source``) imports: at module
+    level (``TYPE_CHECKING`` included), or anywhere with ``top_level_only=False``."""
+    is_package = MODULES.get(name, Path()).name == "__init__.py"
+    package = name if is_package else name.rpartition(".")[0]
+    tree = ast.parse(source)
+    nodes = (
+        _top_level_imports(tree.body)
+        if top_level_only
+        else (n for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom)))
+    )
+    return set().union(*(_targets(node, package) for node in nodes)) - {name}
+
+
 def imports_of(name: str) -> set[str]:
     """The package modules ``name`` imports at module level (``TYPE_CHECKING`` included)."""
-    path = MODULES[name]
-    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-    found = set()
-    for node in _top_level_imports(ast.parse(path.read_text()).body):
-        if isinstance(node, ast.Import):
-            targets = [alias.name for alias in node.names]
-        else:
-            base = node.module or ""
-            if node.level:
-                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
-                base = ".".join([*anchor, *([node.module] if node.module else [])])
-            # `from ganforge import state` imports the module ganforge.state.
-            targets = [base, *(f"{base}.{alias.name}" for alias in node.names)]
-        for target in targets:
-            module = _known(target) if target.split(".")[0] == "ganforge" else None
-            if module is not None and module != name:
-                found.add(module)
-    return found
+    return edges(name, MODULES[name].read_text())
 
 
 GRAPH = {name: imports_of(name) for name in MODULES}
@@ -142,21 +154,12 @@ def test_no_module_imports_from_a_higher_layer():
 def test_only_the_entry_layer_imports_the_trainer():
     # Here imports inside functions count too: nothing below the entry layer may reach the
     # loop, even lazily.
-    def imports_trainer(path: Path) -> bool:
-        for node in ast.walk(ast.parse(path.read_text())):
-            from_package = isinstance(node, ast.ImportFrom) and node.module == "ganforge"
-            if from_package and any(alias.name == "trainer" for alias in node.names):
-                return True
-            names = [node.module] if isinstance(node, ast.ImportFrom) else []
-            if isinstance(node, ast.Import):
-                names = [alias.name for alias in node.names]
-            if any(n and n.startswith("ganforge.trainer") for n in names):
-                return True
-        return False
-
-    importers = {name for name, path in MODULES.items() if imports_trainer(path)}
-    importers.discard("ganforge.trainer")
-    assert {"ganforge.cli", "ganforge.testing"} <= importers  # the reader sees them
+    importers = {
+        name
+        for name, path in MODULES.items()
+        if "ganforge.trainer" in edges(name, path.read_text(), top_level_only=False)
+    }
+    assert {"ganforge.cli", "ganforge.testing"} <= importers  # the reader sees lazy imports
     assert importers <= LAYERS["entry"], sorted(importers - LAYERS["entry"])
 
 
@@ -200,9 +203,20 @@ def test_the_circle_finder_finds_circles(graph, circle):
     assert find_cycle(graph) == circle
 
 
-def test_the_reader_sees_type_checking_and_relative_imports():
-    # The edges this test relies on reading: a TYPE_CHECKING import, a `from ganforge import
-    # module`, and a relative import inside a subpackage.
-    assert "ganforge.builder" in GRAPH["ganforge.state"]  # under TYPE_CHECKING
-    assert "ganforge.state" in GRAPH["ganforge.trainer"]  # from ganforge import state
-    assert "ganforge.execution" in GRAPH["ganforge.execution.ddp"]
+def test_the_reader_sees_type_checking_relative_and_lazy_imports():
+    source = """
+from typing import TYPE_CHECKING
+from . import ddp
+from ..trainer import Trainer
+if TYPE_CHECKING:
+    from ganforge import state
+def later():
+    from ganforge.outputs import RunOutputs
+"""
+    found = edges("ganforge.execution.zero", source)
+    # `from ganforge import state` runs the package's __init__ too: an edge to it.
+    expected = {"ganforge", "ganforge.state", "ganforge.trainer"}
+    assert found == expected | {"ganforge.execution", "ganforge.execution.ddp"}
+    lazy = edges("ganforge.execution.zero", source, top_level_only=False)
+    assert lazy == found | {"ganforge.outputs"}
+    assert "ganforge.builder" in GRAPH["ganforge.state"]  # a real TYPE_CHECKING import
