@@ -9,12 +9,14 @@ sampling (:class:`ShardedSampler`) and the uint8 → [-1, 1] float conversion on
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -119,51 +121,125 @@ def check_image_data(data: ImageData, resolution: int, where: str) -> None:
             raise DataError(
                 f"{where}: labels must be N integers, got {labels.dtype} {labels.shape}"
             )
-        if labels.min() < 0 or (data.class_names and labels.max() >= len(data.class_names)):
+        classes = len(data.class_names) if data.class_names else MAX_CLASSES
+        if len(labels) and (labels.min() < 0 or labels.max() >= classes):
             raise DataError(f"{where}: labels out of range for {data.num_classes} classes")
 
 
+#: More class names than this is a damaged store (an export refuses more classes, too).
+MAX_CLASSES = 100_000
+
+
 def open_store(source: DataSource, resolution: int, cache_dir: Path | None = None) -> ImageData:
-    """Decode ``source`` once and keep it on disk; later calls memory-map the stored arrays."""
+    """Decode ``source`` once and keep it on disk; later calls memory-map the stored arrays.
+
+    A store is trusted only after it is checked: its ``meta.json`` names this source's
+    fingerprint, and its arrays keep the data contract at ``resolution`` (dtype, shape,
+    channels, labels in range). A damaged store is rebuilt with a warning. Processes opening
+    one store at once (every process of a launch) take turns on a lock beside it, so one of
+    them decodes and the others read what it wrote; none removes another's fresh store.
+    """
+    where = source.description or source.fingerprint
     if not source.cache:
         data = source.load()
-        check_image_data(data, resolution, source.description or source.fingerprint)
+        check_image_data(data, resolution, where)
         return data
     key = hashlib.sha256(source.fingerprint.encode()).hexdigest()[:24]
     store = (cache_dir or cache_root()) / "data" / key
-    if (store / "meta.json").exists():
-        try:
-            return _read_store(store)
-        except (OSError, ValueError, KeyError) as err:  # a damaged store is rebuilt, not trusted
-            shutil.rmtree(store, ignore_errors=True)
-            print(f"warning: rebuilding damaged data cache {store}: {err}")
-    data = source.load()
-    check_image_data(data, resolution, source.description or source.fingerprint)
-    _write_store(store, data, source.fingerprint)
+    with _store_lock(store):
+        data = _checked_store(store, source.fingerprint, resolution, where)
+        if data is not None:
+            return data
+        data = source.load()
+        check_image_data(data, resolution, where)
+        _write_store(store, data, source.fingerprint)
     return _read_store(store)
+
+
+def _checked_store(store: Path, fingerprint: str, resolution: int, where: str) -> ImageData | None:
+    """The store at ``store`` if it is there and sound, else None (a damaged one is moved
+    aside and removed, with a warning)."""
+    if not store.exists():
+        return None
+    try:
+        data = _read_store(store)
+        meta = json.loads((store / "meta.json").read_text())
+        if meta.get("fingerprint") != fingerprint:
+            raise ValueError(f"it holds {meta.get('fingerprint')!r}, not {fingerprint!r}")
+        check_image_data(data, resolution, where)
+        return data
+    except (OSError, EOFError, ValueError, KeyError, TypeError, AttributeError, DataError) as err:
+        print(f"ganforge: warning: rebuilding the damaged data cache {store}: {err}", flush=True)
+        aside = store.with_name(f"{store.name}.damaged.{os.getpid()}")
+        try:
+            os.replace(store, aside)
+        except OSError as moved:
+            raise _cache_error(store, moved) from None
+        shutil.rmtree(aside, ignore_errors=True)
+        return None
+
+
+@contextlib.contextmanager
+def _store_lock(store: Path) -> Iterator[None]:
+    """An exclusive ``flock`` on ``.<store>.lock`` beside the store, for the block. Where the
+    cache cannot hold a lock file (a read-only cache prepared elsewhere), a sound store is
+    still read; only writing one fails, with one message."""
+    try:
+        store.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(store.with_name(f".{store.name}.lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as err:
+        if (store / "meta.json").exists():  # read only: nobody writes here
+            yield
+            return
+        raise _cache_error(store, err) from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # another process decoding the same data: wait
+        yield
+    finally:
+        os.close(fd)
+
+
+def _cache_error(store: Path, err: OSError) -> DataError:
+    return DataError(
+        f"cannot write the data cache {store.parent} ({err.strerror or err}): decoded data "
+        "sets are kept there; set GANFORGE_CACHE_DIR to a writable folder (default "
+        "~/.cache/ganforge)"
+    )
 
 
 def _write_store(store: Path, data: ImageData, fingerprint: str) -> None:
     # Written into a temporary sibling and renamed, so a crash never leaves half a store.
-    store.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=store.name + ".", dir=store.parent))
-    np.save(tmp / "images.npy", np.ascontiguousarray(data.images))
-    if data.labels is not None:
-        np.save(tmp / "labels.npy", data.labels.astype(np.int64))
-    meta = {"fingerprint": fingerprint, "class_names": list(data.class_names or []) or None}
-    (tmp / "meta.json").write_text(json.dumps(meta))
     try:
+        tmp = Path(tempfile.mkdtemp(prefix=store.name + ".", dir=store.parent))
+    except OSError as err:
+        raise _cache_error(store, err) from None
+    try:
+        np.save(tmp / "images.npy", np.ascontiguousarray(data.images))
+        if data.labels is not None:
+            np.save(tmp / "labels.npy", data.labels.astype(np.int64))
+        meta = {"fingerprint": fingerprint, "class_names": list(data.class_names or []) or None}
+        (tmp / "meta.json").write_text(json.dumps(meta))
         os.replace(tmp, store)
-    except OSError:  # another process stored the same data first
+    except OSError as err:
         shutil.rmtree(tmp, ignore_errors=True)
+        raise _cache_error(store, err) from None
 
 
 def _read_store(store: Path) -> ImageData:
     meta = json.loads((store / "meta.json").read_text())
-    images = np.load(store / "images.npy", mmap_mode="r", allow_pickle=False)
+    names = meta["class_names"]
+    if names is not None and not (
+        isinstance(names, list)
+        and len(names) <= MAX_CLASSES
+        and all(isinstance(n, str) for n in names)
+    ):
+        raise ValueError(f"meta.json's class_names is not a list of at most {MAX_CLASSES} names")
+    # Copy-on-write: writable for torch.from_numpy, never written; its pages stay the file's,
+    # shared through the page cache by every process on the node (not private memory).
+    images = np.load(store / "images.npy", mmap_mode="c", allow_pickle=False)
     labels_path = store / "labels.npy"
     labels = np.load(labels_path, allow_pickle=False) if labels_path.exists() else None
-    return ImageData(images=images, labels=labels, class_names=meta["class_names"])
+    return ImageData(images=images, labels=labels, class_names=names)
 
 
 class ShardedSampler:
@@ -212,6 +288,14 @@ class ShardedSampler:
         self.epoch, self.offset = int(state["epoch"]), int(state["offset"])
 
 
+def _in_place(array: np.ndarray) -> np.ndarray:
+    """``array`` itself where torch can wrap it (C-contiguous and writable: memory maps of a
+    store are), else a copy."""
+    if array.flags.c_contiguous and array.flags.writeable:
+        return array
+    return np.array(array, copy=True, order="C")
+
+
 def to_model_range(x: torch.Tensor) -> torch.Tensor:
     """Samples as the models see them: uint8 images as floats in [-1, 1], points as floats."""
     return x.float().div_(127.5).sub_(1.0) if x.dtype == torch.uint8 else x.float()
@@ -227,8 +311,10 @@ class BatchSource:
         device: torch.device,
         memory_format: torch.memory_format = torch.contiguous_format,
     ):
-        # One contiguous uint8 tensor: a gather is one index_select, ~1M images/s at 64×64.
-        self.images = torch.from_numpy(np.array(data.images, copy=True))
+        # One uint8 tensor over the store itself, no copy: a memory-mapped store stays mapped,
+        # so N processes on a node share its pages instead of holding N private copies. A
+        # gather is one index_select (~1M images/s at 64×64 from the page cache).
+        self.images = torch.from_numpy(_in_place(data.images))
         self.labels = None if data.labels is None else torch.from_numpy(np.array(data.labels))
         self.sampler, self.device = sampler, torch.device(device)
         self.memory_format = memory_format if self.images.dim() == 4 else torch.contiguous_format

@@ -115,13 +115,11 @@ def no_unpickling(monkeypatch):
 
 @pytest.fixture(scope="session")
 def _trained_digits_classifier(tmp_path_factory):
-    from ganforge_plugins.digits import train_digits_classifier
+    from ganforge_plugins.digits import keep_classifier, train_digits_classifier
 
     net, accuracy = train_digits_classifier()
     path = tmp_path_factory.mktemp("digits") / "digits-cnn-v1.safetensors"
-    from safetensors.torch import save_file
-
-    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(path))
+    keep_classifier(path, net, accuracy)
     return path, accuracy
 
 

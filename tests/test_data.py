@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -77,13 +81,105 @@ def test_the_store_decodes_once_and_memory_maps_after(tmp_path):
     assert second.num_classes == 2
 
 
-def test_a_damaged_store_is_rebuilt(tmp_path, capsys):
-    source = DataSource("unit-test-v2", lambda: ImageData(np.zeros((2, 1, 4, 4), np.uint8)))
+def stored(tmp_path, labels=None, class_names=None, key="unit-test-v2"):
+    """A store of two 4×4 images (and ``labels``) in ``tmp_path``'s cache, and its folder."""
+    images = np.arange(32, dtype=np.uint8).reshape(2, 1, 4, 4)
+    source = DataSource(key, lambda: ImageData(images.copy(), labels, class_names))
     open_store(source, 4, cache_dir=tmp_path)
-    (store,) = (tmp_path / "data").iterdir()
+    (store,) = [p for p in (tmp_path / "data").iterdir() if p.is_dir()]
+    return source, store
+
+
+def test_a_damaged_store_is_rebuilt(tmp_path, capsys):
+    source, store = stored(tmp_path)
     (store / "images.npy").write_bytes(b"garbage")
     assert open_store(source, 4, cache_dir=tmp_path).images.shape == (2, 1, 4, 4)
-    assert "rebuilding damaged data cache" in capsys.readouterr().out
+    assert "rebuilding the damaged data cache" in capsys.readouterr().out
+
+
+def _replace_images(store, array):
+    np.save(store / "images.npy", array)
+
+
+def _write_meta(store, text):
+    (store / "meta.json").write_text(text)
+
+
+@pytest.mark.parametrize(
+    "damage, reason",
+    [
+        (lambda s: _replace_images(s, np.zeros((2, 1, 2, 2), np.uint8)), "expected 4×4"),
+        (lambda s: _replace_images(s, np.zeros((2, 1, 4, 4), np.float32) + 255), "uint8"),
+        (lambda s: _replace_images(s, np.zeros((2, 2, 4, 4), np.uint8)), "channels"),
+        (lambda s: _replace_images(s, np.zeros((0, 1, 4, 4), np.uint8)), "no images"),
+        (lambda s: (s / "images.npy").write_bytes(b""), ""),
+        (lambda s: _write_meta(s, "[]"), ""),
+        (lambda s: _write_meta(s, '{"fingerprint": "unit-test-v2", "class_names": 5}'), "names"),
+        (lambda s: _write_meta(s, '{"fingerprint": "other", "class_names": null}'), "other"),
+        (lambda s: np.save(s / "labels.npy", np.array([0, 7])), "out of range"),
+        (lambda s: np.save(s / "labels.npy", np.array([0, 1, 1])), "labels must be N"),
+        (lambda s: np.save(s / "labels.npy", np.array([0, -1])), "out of range"),
+    ],
+)
+def test_a_store_is_checked_against_the_recipe_and_its_fingerprint(
+    tmp_path, capsys, damage, reason
+):
+    """Found by breaking the cache: a replaced store once trained a 16-px generator under a
+    32-px recipe, fed D float pixels of 0-255, or crashed with a traceback. Every store is
+    checked when it is opened, and damage is rebuilt from the source with a warning."""
+    source, store = stored(tmp_path, labels=np.array([0, 1]), class_names=["a", "b"])
+    damage(store)
+    data = open_store(source, 4, cache_dir=tmp_path)
+    assert data.images.dtype == np.uint8 and data.images.shape == (2, 1, 4, 4)
+    assert data.labels.tolist() == [0, 1] and list(data.class_names) == ["a", "b"]
+    assert np.array_equal(data.images, np.arange(32, dtype=np.uint8).reshape(2, 1, 4, 4))
+    out = capsys.readouterr().out
+    assert "rebuilding the damaged data cache" in out and reason in out
+
+
+def test_processes_opening_one_damaged_store_at_once_all_read_a_sound_one(tmp_path):
+    """Every process of a launch opens the store; with damage, each once removed the store it
+    found, sometimes another's fresh rebuild just before that one read it."""
+    import multiprocessing
+
+    source, store = stored(tmp_path, key="unit-test-concurrent")
+    (store / "images.npy").write_bytes(b"garbage")
+    context = multiprocessing.get_context("fork")
+    with context.Pool(4) as pool:
+        shapes = pool.starmap(_open_shape, [(str(tmp_path),)] * 8)
+    assert shapes == [(2, 1, 4, 4)] * 8
+    assert [p.name for p in (tmp_path / "data").iterdir() if p.is_dir()] == [store.name]
+
+
+def _open_shape(cache: str) -> tuple[int, ...]:
+    images = np.arange(32, dtype=np.uint8).reshape(2, 1, 4, 4)
+    source = DataSource("unit-test-concurrent", lambda: ImageData(images.copy()))
+    return tuple(open_store(source, 4, cache_dir=Path(cache)).images.shape)
+
+
+def test_a_read_only_cache_says_it_is_the_data_cache_and_still_reads_a_prepared_store(
+    tmp_path, monkeypatch
+):
+    import errno
+
+    import ganforge.data
+
+    source, _ = stored(tmp_path, key="unit-test-prepared")
+    real_open, real_mkdtemp = os.open, tempfile.mkdtemp
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+    # As a read-only file system answers (the tests may run as root, whom chmod does not stop).
+    monkeypatch.setattr(ganforge.data.os, "open", read_only)
+    monkeypatch.setattr(ganforge.data.tempfile, "mkdtemp", read_only)
+    assert open_store(source, 4, cache_dir=tmp_path).images.shape == (2, 1, 4, 4)
+    fresh = DataSource("unit-test-ro", lambda: ImageData(np.zeros((2, 1, 4, 4), np.uint8)))
+    with pytest.raises(DataError, match="cannot write the data cache .*Read-only file system"):
+        open_store(fresh, 4, cache_dir=tmp_path)
+    monkeypatch.setattr(ganforge.data.os, "open", real_open)
+    monkeypatch.setattr(ganforge.data.tempfile, "mkdtemp", real_mkdtemp)
+    assert "GANFORGE_CACHE_DIR" in str(ganforge.data._cache_error(tmp_path, OSError("x")))
 
 
 @pytest.mark.parametrize(

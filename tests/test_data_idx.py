@@ -109,6 +109,8 @@ def test_classes_fraction_and_labels_options(tmp_path):
         (lambda b: b[:10], "truncated in its header"),
         (lambda b: b + b"\0", "holds more data than its header"),
         (lambda b: b[:4] + struct.pack(">I", 2**31) + b[8:], "implausible dimensions"),
+        # Found by trying: a header of 10,000,000 × 1024 × 1024 was an immediate MemoryError.
+        (lambda b: b[:4] + struct.pack(">3I", 10**7, 1024, 1024) + b[16:], "more than the"),
     ],
 )
 def test_a_damaged_idx_file_is_one_clear_error(tmp_path, damage, message):
@@ -116,6 +118,21 @@ def test_a_damaged_idx_file_is_one_clear_error(tmp_path, damage, message):
     path = folder / "train-images-idx3-ubyte"
     path.write_bytes(damage(path.read_bytes()))
     with pytest.raises(DataError, match=message):
+        idx_source(resolution=28, path=str(folder)).load()
+
+
+def test_a_small_gzip_whose_header_promises_gigabytes_is_refused_before_reading(tmp_path):
+    """A 34 MB gzip whose header said 10,000,000 × 28 × 28 once expanded to 7.8 GB and ended
+    in a traceback after 105 s; the header is now checked before anything is read."""
+    import gzip
+
+    folder = write_set(tmp_path / "set", gz=False)
+    path = folder / "train-images-idx3-ubyte"
+    body = path.read_bytes()
+    path.unlink()
+    bomb = body[:4] + struct.pack(">3I", 10**7, 28, 28) + body[16:]
+    (folder / "train-images-idx3-ubyte.gz").write_bytes(gzip.compress(bomb))
+    with pytest.raises(DataError, match="7,840,000,000 bytes, more than the"):
         idx_source(resolution=28, path=str(folder)).load()
 
 

@@ -241,3 +241,38 @@ def test_a_planted_or_damaged_converted_inception_file_is_never_used(tmp_path, m
     (tmp_path / "aside.pth").rename(weights)
     assert torch.equal(loaded_weights(), source["fc.weight"])
     assert inception.load_converted() is not None
+
+
+def test_a_planted_or_damaged_cached_classifier_is_trained_again(tmp_path, monkeypatch, capsys):
+    """A randomly initialised digits-cnn-v1.safetensors planted in the cache once gave
+    `ganforge eval` an Inception Score of 1.0001 with exit 0: a cached classifier must carry
+    the digest of its tensors, recorded when it was trained."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    import ganforge_plugins.digits as digits
+
+    trained = []
+
+    def train(epochs=12, log=None):  # stands in for the minute of real training
+        torch.manual_seed(len(trained))
+        trained.append(1)
+        return digits.DigitsClassifier().eval(), 0.97
+
+    monkeypatch.setattr(digits, "train_digits_classifier", train)
+    path = tmp_path / "cache" / "eval" / "digits-cnn-v1.safetensors"
+    path.parent.mkdir(parents=True)
+    planted = {k: v.contiguous() for k, v in digits.DigitsClassifier().state_dict().items()}
+    save_file(planted, str(path))  # random weights, no digest
+    first = digits.digits_extractor()
+    err = capsys.readouterr().err
+    assert trained == [1] and "is unusable" in err and "training the digits classifier" in err
+    assert digits.digits_extractor().fingerprint == first.fingerprint and trained == [1]
+
+    tampered = load_file(str(path))
+    tampered["head.2.bias"] += 1.0  # the recorded digest stays, the weights change
+    with safe_open(str(path), "pt") as f:
+        metadata = f.metadata()
+    save_file(tampered, str(path), metadata=metadata)
+    digits.digits_extractor()
+    assert trained == [1, 1] and "do not match the digest" in capsys.readouterr().err

@@ -7,10 +7,15 @@ logits give an Inception Score for digit generators, offline.
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 from torch import nn
 
 from ganforge import hookimpl
@@ -104,15 +109,18 @@ def _digits_split():
     return x[~test], y[~test], x[test], y[test]
 
 
-def train_digits_classifier(epochs: int = 12) -> tuple[DigitsClassifier, float]:
-    """Adam with ±2 px shifts; returns the network (eval mode) and its held-out accuracy."""
+def train_digits_classifier(epochs: int = 12, log=None) -> tuple[DigitsClassifier, float]:
+    """Adam with ±2 px shifts; returns the network (eval mode) and its held-out accuracy.
+    ``log(message)`` hears of each epoch."""
     x, y, x_test, y_test = _digits_split()
     gen = torch.Generator().manual_seed(0)
     with torch.random.fork_rng(devices=[]):  # leaves the caller's random streams alone
         torch.manual_seed(0)
         net = DigitsClassifier()
         opt = torch.optim.Adam(net.parameters(), 2e-3)
-        for _ in range(epochs):
+        for epoch in range(epochs):
+            if log is not None:
+                log(f"ganforge: digits classifier: epoch {epoch + 1}/{epochs}")
             for idx in torch.randperm(len(x), generator=gen).split(64):
                 shift = tuple(torch.randint(-2, 3, (2,), generator=gen).tolist())
                 _, logits = net(torch.roll(x[idx], shift, (2, 3)))
@@ -129,19 +137,48 @@ def train_digits_classifier(epochs: int = 12) -> tuple[DigitsClassifier, float]:
 def digits_extractor() -> DigitsClassifier:
     """The digits classifier, trained at first use and cached (safetensors)."""
     path = cache_root() / "eval" / "digits-cnn-v1.safetensors"
-    net = DigitsClassifier()
-    try:
-        net.load_state_dict(load_file(str(path)))
-    except Exception:  # noqa: BLE001 - missing or damaged: train it again
-        net, _ = train_digits_classifier()
-        keep_classifier(path, net)
+    train = lambda log: train_digits_classifier(log=log)  # noqa: E731
+    net, _ = cached_classifier(path, DigitsClassifier(), train, "digits")
     return ready_classifier(net, "digits-cnn-v1")
 
 
-def keep_classifier(path, net: nn.Module, metadata: dict[str, str] | None = None) -> None:
-    """Write a trained classifier's weights to the cache (safetensors, atomically)."""
+def keep_classifier(path, net: nn.Module, accuracy: float) -> None:
+    """Write a trained classifier's weights to the cache (safetensors, atomically), with its
+    held-out accuracy and the digest of its tensors, which :func:`cached_classifier` checks."""
     tensors = {k: v.contiguous() for k, v in net.state_dict().items()}
+    metadata = {"test_accuracy": repr(accuracy), "digest": tensors_digest(tensors)}
     atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def cached_classifier(
+    path: Path, net: nn.Module, train: Callable, what: str, tested_on: str = "held-out"
+) -> tuple[nn.Module, float]:
+    """A classifier trained at first use: from the cache when its file is whole, else trained
+    by ``train(log) -> (net, accuracy)`` and cached. A cached file must carry the digest of
+    its tensors recorded when it was trained: a damaged or replaced file (a randomly
+    initialised one once gave an Inception Score of 1.0 without a word) is trained again,
+    with a warning."""
+    try:
+        with safe_open(str(path), "pt") as f:
+            metadata = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+        if metadata.get("digest") != tensors_digest(tensors):
+            raise ValueError("its weights do not match the digest recorded when it was trained")
+        net.load_state_dict(tensors)
+        return net, float(metadata["test_accuracy"])
+    except FileNotFoundError:
+        pass
+    except (OSError, KeyError, ValueError, RuntimeError, SafetensorError) as err:
+        _log(f"ganforge: warning: the cached {what} classifier {path} is unusable ({err})")
+    _log(f"ganforge: training the {what} classifier for evaluation (once; about a minute)")
+    net, accuracy = train(_log)
+    keep_classifier(path, net, accuracy)
+    _log(f"ganforge: {what} classifier: {tested_on} accuracy {accuracy:.2%}, kept in {path}")
+    return net, accuracy
 
 
 def ready_classifier(net: nn.Module, name: str) -> nn.Module:

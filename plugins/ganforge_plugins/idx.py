@@ -19,19 +19,17 @@ import gzip
 import hashlib
 import json
 import struct
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError, safe_open
 from torch import nn
 
 from ganforge import hookimpl
 from ganforge.data import DataSource, ImageData, cache_root, open_store
 from ganforge.errors import DataError
-from ganforge_plugins.digits import keep_classifier, ready_classifier, stratified_subset
+from ganforge_plugins.digits import cached_classifier, ready_classifier, stratified_subset
 
 FASHION_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_CLASSES = (
@@ -49,6 +47,9 @@ FASHION_CLASSES = (
 SPLITS = {"train": ("train",), "test": ("t10k", "test")}
 MAX_ITEMS = 10_000_000  # larger than any IDX set (EMNIST "by class": 814,255 images)
 MAX_SIDE = 1024
+#: The most an IDX file may expand to (2 GiB; EMNIST "by class", the largest, is 0.64 GB):
+#: checked on the header, before anything is allocated.
+MAX_BYTES = 2 << 30
 
 
 def read_idx(path: Path, ndim: int) -> np.ndarray:
@@ -71,6 +72,16 @@ def read_idx(path: Path, ndim: int) -> np.ndarray:
             if dims[0] > MAX_ITEMS or any(d == 0 or d > MAX_SIDE for d in dims[1:]):
                 raise DataError(f"{path}: implausible dimensions {dims}")
             expected = int(np.prod(dims))
+            if expected > MAX_BYTES:
+                raise DataError(
+                    f"{path}: its header promises {dims} = {expected:,} bytes, more than the "
+                    f"{MAX_BYTES:,} an IDX data set holds; the file is damaged or not IDX"
+                )
+            if not gzipped and path.stat().st_size < f.tell() + expected:
+                raise DataError(
+                    f"{path} is truncated: its header promises {dims} = {expected:,} bytes of "
+                    f"data, the file holds {path.stat().st_size - f.tell():,}"
+                )
             body = f.read(expected + 1)
     except (OSError, EOFError, gzip.BadGzipFile) as err:  # unreadable, or a torn .gz
         raise DataError(f"cannot read {path}: {err}") from None
@@ -385,17 +396,8 @@ def fashion_extractor(path: str = "", epochs: int = 6) -> FashionClassifier:
     files = [*find_split(folder, "train"), *find_split(folder, "test")]
     name = f"fashion-mnist-cnn-v1-e{epochs}-{_contents_digest(files)}.safetensors"
     cache = cache_root() / "eval" / name
-    net = FashionClassifier()
-    try:
-        with safe_open(str(cache), "pt") as f:
-            accuracy = float(f.metadata()["test_accuracy"])
-            net.load_state_dict({k: f.get_tensor(k) for k in f.keys()})  # noqa: SIM118
-    except (OSError, KeyError, ValueError, RuntimeError, SafetensorError):  # train it (again)
-        log = lambda message: print(message, file=sys.stderr, flush=True)  # noqa: E731
-        log("ganforge: training the fashion_mnist classifier on the training split (once)")
-        net, accuracy = train_fashion_classifier(path, epochs, log)
-        keep_classifier(cache, net, {"test_accuracy": repr(accuracy)})
-        log(f"ganforge: fashion_mnist classifier: test accuracy {accuracy:.2%}, kept in {cache}")
+    train = lambda log: train_fashion_classifier(path, epochs, log)  # noqa: E731
+    net, accuracy = cached_classifier(cache, FashionClassifier(), train, "fashion_mnist", "test")
     net.test_accuracy = accuracy
     return ready_classifier(net, "fashion-mnist-cnn-v1")
 
