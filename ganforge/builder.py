@@ -91,6 +91,7 @@ def build_parts(
         data, prior = _condition_on_clusters(
             loaded, data_cfg["clusters"], recipe, accelerator, weights_from
         )
+    _check_size(data, recipe, accelerator)
     conditioned = data_cfg["conditional"] or data_cfg["clusters"] > 0
     num_classes = data.num_classes if conditioned else 0
     if data_cfg["conditional"] and num_classes < 2:
@@ -187,7 +188,28 @@ def _condition_on_clusters(
         f"ganforge: conditioning on {k} k-means clusters of the data "
         f"({sizes.min()}-{sizes.max()} samples each{origin})"
     )
+    if sizes.min() < 2:
+        accelerator.print(
+            f"ganforge: warning: {int((sizes < 2).sum())} of the {k} clusters hold one sample "
+            f"or none: data.clusters = {k} is too many for {len(data)} samples (try "
+            f"{max(2, len(data) // 50)} or fewer)"
+        )
     return replace(data, labels=labels, class_names=cluster_names(k)), label_prior(labels, k)
+
+
+def _check_size(data: ImageData, recipe: Recipe, accelerator) -> None:
+    """data.xflip needs images; tiny data (fewer samples than a batch) trains, with a word
+    on what to change."""
+    if recipe.get("data.xflip") and not data.is_image:
+        problem = "point data has no left and right to mirror: remove data.xflip"
+        raise RecipeError([("data.xflip", problem)], recipe.source)
+    batch = recipe.get("train.batch_size")
+    if len(data) < batch:
+        accelerator.print(
+            f"ganforge: warning: the data has {len(data)} samples, fewer than one batch "
+            f"(train.batch_size = {batch}): every batch repeats samples. A batch of at most "
+            f"{len(data)}{' (and data.xflip = true)' if data.is_image else ''} suits it better"
+        )
 
 
 def saved_clusters(checkpoint: Checkpoint | None, k: int, size: int) -> np.ndarray | None:

@@ -126,7 +126,8 @@ def _check_fields(path: Path, state: dict[str, Any]) -> None:
         value = state.get(key, 0)
         if type(value) is not int or not 0 <= value <= max(state["step"], 0) * 64 + 64:
             problems.append(f"{key} {value!r} is out of range")
-    sampler, size = state["sampler"], state["data_size"]
+    # The data order covers the data twice under data.xflip (older checkpoints: once).
+    sampler, size = state["sampler"], state.get("samples", state["data_size"])
     epoch, offset = sampler.get("epoch"), sampler.get("offset")
     if type(epoch) is not int or type(offset) is not int or epoch < 0 or not 0 <= offset <= size:
         problems.append(f"sampler {sampler!r} does not fit {size} samples")

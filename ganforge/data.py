@@ -310,6 +310,7 @@ class BatchSource:
         sampler: ShardedSampler,
         device: torch.device,
         memory_format: torch.memory_format = torch.contiguous_format,
+        xflip: bool = False,
     ):
         # One uint8 tensor over the store itself, no copy: a memory-mapped store stays mapped,
         # so N processes on a node share its pages instead of holding N private copies. A
@@ -317,6 +318,8 @@ class BatchSource:
         self.images = torch.from_numpy(_in_place(data.images))
         self.labels = None if data.labels is None else torch.from_numpy(np.array(data.labels))
         self.sampler, self.device = sampler, torch.device(device)
+        # data.xflip: the sampler draws from 2N samples, the last N the mirrored copies.
+        self.xflip, self.size = xflip, len(data)
         self.memory_format = memory_format if self.images.dim() == 4 else torch.contiguous_format
         # On a GPU the gather lands in pinned staging buffers, so that the copy to the device
         # is asynchronous. Two alternate; an event per buffer keeps the host from overwriting
@@ -346,7 +349,13 @@ class BatchSource:
     def next(self, with_labels: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The next shard on the device (images as floats in [-1, 1]), and labels or None."""
         idx = self.sampler.next_indices()
+        mirrored = None
+        if self.xflip:
+            mirrored, idx = idx >= self.size, idx % self.size
         x = self._gather(idx)
+        if mirrored is not None:  # on the device, without a host read
+            flip = mirrored.to(self.device, non_blocking=True).view(-1, *[1] * (x.dim() - 1))
+            x = torch.where(flip, x.flip(-1), x)
         if self.memory_format is not torch.contiguous_format:  # on the uint8 copy: 4× less
             x = x.contiguous(memory_format=self.memory_format)
         x = to_model_range(x)  # .float() keeps the memory format

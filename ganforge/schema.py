@@ -157,6 +157,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "clusters": Key(
             int, 0, MODEL, lambda v: None if v == 0 or 2 <= v <= 10_000 else "must be 0 or 2..10000"
         ),
+        # Mirrored copies (left-right) of every image as further samples: twice the data for
+        # StyleGAN-style recipes on small sets. The data order covers both; exact on resume.
+        "xflip": Key(bool, False, OPTIM),
     },
     "generator": {"name": Key(str, REQUIRED, MODEL)},
     "discriminator": {"name": Key(str, REQUIRED, MODEL)},

@@ -63,15 +63,16 @@ class Progress:
     skipped_in_a_row: torch.Tensor  # steps in a row with a skipped update
 
     @classmethod
-    def start(cls, data_size: int, batch_size: int, seed: int, accelerator) -> Progress:
-        """Step 0 of a new run: per-process streams, so that data order and latents differ
-        across processes and repeat across runs. Seeds the global stream for training."""
+    def start(cls, samples: int, batch_size: int, seed: int, accelerator) -> Progress:
+        """Step 0 of a new run over ``samples`` samples (the data, twice under data.xflip):
+        per-process streams, so that data order and latents differ across processes and
+        repeat across runs. Seeds the global stream for training."""
         rank, world, device = (
             accelerator.process_index,
             accelerator.num_processes,
             accelerator.device,
         )
-        sampler = ShardedSampler(data_size, batch_size, seed, rank, world)
+        sampler = ShardedSampler(samples, batch_size, seed, rank, world)
         # On the training device: drawing on the host costs host time every step (a staged
         # copy from pageable memory after it), and a CUDA graph can only capture device draws.
         latent_rng = torch.Generator(device).manual_seed(stream_seed("latents", seed, rank))
@@ -163,6 +164,8 @@ def save_checkpoint(
             "export": export(),
             "augment": parts.augmenter.state_dict() if parts.augmenter else None,
         }
+        if progress.sampler.size != len(parts.data):  # data.xflip: the order covers 2N
+            state["samples"] = progress.sampler.size
         groups = {"models": models, "optimizers": optim_tensors, "rng": rng}
         if parts.label_prior is not None:  # data.clusters: the clusters trained on
             groups["data"] = {"cluster_labels": torch.from_numpy(parts.data.labels)}

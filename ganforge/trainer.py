@@ -81,13 +81,12 @@ class Trainer:
         state.load_weights(self.parts, self.targets, recipe, self.acc)
         self._prepare_execution()
 
-        data = self.parts.data
-        self.progress = Progress.start(len(data), self.batch_size, run["seed"], self.acc)
+        data, xflip = self.parts.data, recipe.get("data.xflip")
+        samples = len(data) * (2 if xflip else 1)
+        self.progress = Progress.start(samples, self.batch_size, run["seed"], self.acc)
+        memory_format = self.parts.memory_format or torch.contiguous_format
         self.batches = BatchSource(
-            data,
-            self.progress.sampler,
-            self.acc.device,
-            self.parts.memory_format or torch.contiguous_format,
+            data, self.progress.sampler, self.acc.device, memory_format, xflip
         )
         self.start_message = state.restore(
             self.parts, self.execution, self.progress, self.targets, run["seed"]

@@ -125,6 +125,20 @@ def test_an_interrupted_run_resumes_bit_for_bit(tiny, uninterrupted):
     assert len({m["augment/p"] for m in straight}) > 2  # p moved during the run
 
 
+def test_a_run_on_mirrored_data_resumes_bit_for_bit(tmp_path, tiny):
+    """data.xflip doubles the samples the data order covers: a resume continues it exactly."""
+    mirrored = (*EXACT, "data.xflip=true")
+    straight = tiny(*mirrored, "train.steps=6", f"run.out_dir={tmp_path / 'straight'}")
+    straight.fit()
+    assert straight.sampler.size == 64  # 32 images and their mirrors
+    first = tiny(*mirrored, "train.steps=3")
+    first.fit()
+    resumed = tiny(*mirrored, "train.steps=6")
+    assert resumed.step == 3
+    resumed.fit()
+    assert_same_state(full_state(resumed), full_state(straight))
+
+
 def test_a_finished_run_extended_equals_the_longer_run(tiny, uninterrupted):
     short = tiny(*EXACT, f"train.steps={N}", "train.checkpoint_every=0")
     short.fit()

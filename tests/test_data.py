@@ -65,6 +65,30 @@ def test_batches_are_scaled_to_minus_one_one_with_labels():
     assert source.next(with_labels=False)[1] is None
 
 
+def test_xflip_draws_every_image_and_its_mirror_once_per_epoch_with_its_label():
+    images = np.arange(3 * 1 * 2 * 3, dtype=np.uint8).reshape(3, 1, 2, 3)  # 3 images, 2×3
+    data = ImageData(images, np.array([0, 1, 2]), ["a", "b", "c"])
+    source = BatchSource(data, ShardedSampler(6, 6, seed=0), torch.device("cpu"), xflip=True)
+    x, y = source.next(with_labels=True)
+    drawn = sorted(
+        (label, tuple(row.flatten().tolist())) for label, row in zip(y.tolist(), x, strict=True)
+    )
+    as_model = torch.from_numpy(images).float() / 127.5 - 1
+    expected = [(i, tuple(img.flatten().tolist())) for i, img in enumerate(as_model)]
+    expected += [(i, tuple(img.flip(-1).flatten().tolist())) for i, img in enumerate(as_model)]
+    assert drawn == sorted(expected)
+
+
+def test_xflip_is_refused_for_point_data_and_tiny_data_gets_a_warning(tiny, capsys):
+    from ganforge.errors import RecipeError
+
+    toy = ("data={name='toy2d', dataset='8gaussians', size=64}", "generator={name='mlp'}")
+    with pytest.raises(RecipeError, match="data.xflip: point data has no left and right"):
+        tiny(*toy, "discriminator={name='mlp'}", "data.xflip=true")
+    tiny("data.size=5", "train.batch_size=8", "data.xflip=true")
+    assert "the data has 5 samples, fewer than one batch" in capsys.readouterr().out
+
+
 def test_the_store_decodes_once_and_memory_maps_after(tmp_path):
     calls = []
 

@@ -128,6 +128,50 @@ def test_non_square_images_are_center_cropped_not_squashed(tmp_path):
     assert tall[:, 5:, :].max() < 30 and tall[:, :3, :].min() > 225
 
 
+def test_resize_pad_keeps_every_pixel_column_and_stretch_squashes(tmp_path, capsys):
+    """Photos of 3:1 lose two thirds to the default crop, which now says so; "pad" keeps the
+    whole image on black, "stretch" keeps it all squashed to a square."""
+    (tmp_path / "wide").mkdir()
+    split_image((60, 20)).save(tmp_path / "wide" / "a.png")
+
+    def red(img):  # where the image's red left third is
+        return (img[0] > 200) & (img[1] < 60) & (img[2] < 60)
+
+    def green(img):
+        return (img[1] > 200) & (img[0] < 60) & (img[2] < 60)
+
+    cropped = load(tmp_path / "wide", resolution=12).images[0].astype(int)
+    assert "1 of 1 images" in capsys.readouterr().err  # what the crop cost is said
+    assert not red(cropped).any() and not green(cropped).any()  # both sides cut away
+    padded = load(tmp_path / "wide", resolution=12, resize="pad").images[0].astype(int)
+    assert padded[:, :3].max() < 10 and padded[:, -3:].max() < 10  # black above and below
+    assert red(padded)[5:7, :2].all() and green(padded)[5:7, -2:].all()  # the whole width
+    stretched = load(tmp_path / "wide", resolution=12, resize="stretch").images[0].astype(int)
+    assert red(stretched)[:, :2].all() and green(stretched)[:, -2:].all()  # every row
+    with pytest.raises(ValueError, match="resize must be one of 'crop', 'pad', 'stretch'"):
+        hf_source(resolution=12, path=str(tmp_path / "wide"), resize="fit")
+    keys = {
+        hf_source(resolution=12, path=str(tmp_path / "wide"), resize=r).fingerprint
+        for r in ("crop", "pad", "stretch")
+    }
+    assert len(keys) == 3
+
+
+def test_a_file_name_that_is_not_utf8_is_named_in_one_message(tmp_path):
+    import os
+
+    (tmp_path / "pics").mkdir()
+    split_image().save(tmp_path / "pics" / "good.png")
+    bad = os.path.join(os.fsencode(tmp_path / "pics"), b"caf\xe9.png")
+    try:
+        with open(bad, "wb") as f:
+            f.write(b"")
+    except OSError:
+        pytest.skip("this file system refuses names that are not UTF-8")
+    with pytest.raises(DataError, match=r"caf\\xe9.png'.* not valid UTF-8.*rename it"):
+        hf_source(resolution=8, path=str(tmp_path / "pics"))
+
+
 def test_grayscale_becomes_rgb_and_channels_1_gives_grayscale(tmp_path):
     (tmp_path / "mix").mkdir()
     Image.new("L", (9, 9), 128).save(tmp_path / "mix" / "gray.png")

@@ -31,6 +31,15 @@ SPLIT_DIRS = {"train", "training", "test", "testing", "eval", "validation", "val
 HUB_ID = re.compile(r"^\w[\w.-]*(/\w[\w.-]*)?$")
 STRINGS = ("string", "large_string")
 BATCH = 256
+RESIZE = ("crop", "pad", "stretch")
+
+
+class _Shape(NamedTuple):
+    """What every image becomes: ``resolution`` square, ``channels``, made square by ``resize``."""
+
+    resolution: int
+    channels: int
+    resize: str
 
 
 def hf_source(
@@ -44,6 +53,7 @@ def hf_source(
     channels: int = 3,
     revision: str | None = None,
     max_broken_fraction: float = 0.01,
+    resize: str = "crop",
 ) -> DataSource:
     """Images from the Hugging Face `datasets` library: a hub name or a local path.
 
@@ -53,13 +63,18 @@ def hf_source(
     picks a split where the data has several (a single file is one split). Columns default to
     the first ``Image`` feature (else ``image``/``img``) and the first ``ClassLabel`` (else an
     integer or string ``label``/``labels`` column); ``labels = false`` ignores labels.
-    Images are converted to RGB (``channels = 3``) or grayscale (``1``), resized so the
-    shorter side is ``resolution`` and center-cropped (smaller images are scaled up).
+    Images are converted to RGB (``channels = 3``) or grayscale (``1``) and made square at
+    ``resolution`` by ``resize``: ``"crop"`` (the shorter side scaled to ``resolution``, the
+    longer one center-cropped: the default), ``"pad"`` (the longer side scaled to it, the rest
+    black) or ``"stretch"`` (both sides scaled, the aspect ratio lost). Smaller images are
+    scaled up.
     Images that cannot be decoded (corrupt, truncated, not an image) are skipped and counted;
     more than ``max_broken_fraction`` of them stops the run, naming the first.
     """
     if channels not in (1, 3):
         raise DataError(f"hf: channels must be 1 or 3, got {channels}")
+    if resize not in RESIZE:
+        raise ValueError(f"resize must be one of {', '.join(map(repr, RESIZE))}, not {resize!r}")
     if not 0 <= max_broken_fraction <= 1:
         raise DataError(f"hf: max_broken_fraction must be in [0, 1], got {max_broken_fraction}")
     kind, where, files = _locate(path)
@@ -74,6 +89,8 @@ def hf_source(
         "channels": channels,
         "resolution": resolution,
     }
+    if resize != "crop":  # the default keeps the fingerprints (and stores) of earlier runs
+        options["resize"] = resize
     if kind == "hub":
         options["revision"] = revision
     else:  # decoded images change whenever a file under the path does
@@ -81,7 +98,8 @@ def hf_source(
 
     def load() -> ImageData:
         ds = _open(kind, where, split, revision)
-        data = _decode(ds, where, resolution, channels, image_column, label_column, labels)
+        shape = _Shape(resolution, channels, resize)
+        data = _decode(ds, where, shape, image_column, label_column, labels)
         return _drop_broken(data, where, max_broken_fraction)
 
     return DataSource(
@@ -118,6 +136,14 @@ def _locate(path: str) -> tuple[str, str, list[Path]]:
             return local.suffix[1:], str(local), [local]
         raise DataError(f"hf: {local} is not a .parquet or .arrow file, nor a directory")
     files = sorted(f for f in local.rglob("*") if f.is_file())
+    for f in files:
+        try:
+            str(f).encode()
+        except UnicodeEncodeError:  # bytes the file system holds that are no UTF-8 name
+            raise DataError(
+                f"hf: the file {os.fsencode(f)!r} under {local} has a name that is not valid "
+                "UTF-8, which the datasets library cannot read: rename it (or move it out)"
+            ) from None
     if (local / "state.json").exists() or (local / "dataset_dict.json").exists():
         return "disk", str(local), files
     if any(f.suffix == ".parquet" for f in files):
@@ -209,7 +235,7 @@ def _pick_columns(ds, where: str, image_column, label_column, labels: bool):
     return image, None, None
 
 
-def _decode(ds, where, resolution, channels, image_column, label_column, labels) -> ImageData:
+def _decode(ds, where, shape: _Shape, image_column, label_column, labels) -> _Decoded:
     """Decode every image once, in batches, into one uint8 N×C×R×R array."""
     import datasets
 
@@ -219,12 +245,12 @@ def _decode(ds, where, resolution, channels, image_column, label_column, labels)
     ds = ds.select_columns([image] + ([label] if label else []))
     if isinstance(ds.features[image], datasets.Image):  # raw bytes/paths: we decode with PIL
         ds = ds.cast_column(image, datasets.Image(decode=False))
-    images = np.empty((len(ds), channels, resolution, resolution), np.uint8)
-    raw_labels, row, broken = [], 0, []
+    images = np.empty((len(ds), shape.channels, shape.resolution, shape.resolution), np.uint8)
+    raw_labels, row, broken, cropped = [], 0, [], 0
 
     def decode(value, index):
         try:
-            return _to_array(value, resolution, channels, where, index)
+            return _to_array(value, shape, where, index)
         except DataError as err:  # counted here, judged by _drop_broken
             return err
 
@@ -232,13 +258,22 @@ def _decode(ds, where, resolution, channels, image_column, label_column, labels)
     with ThreadPoolExecutor(min(16, os.cpu_count() or 1)) as pool:
         for batch in ds.iter(batch_size=BATCH):
             values = batch[image]
-            for array in pool.map(decode, values, range(row, row + len(values))):
-                if isinstance(array, DataError):
-                    broken.append((row, array))
+            for done in pool.map(decode, values, range(row, row + len(values))):
+                if isinstance(done, DataError):
+                    broken.append((row, done))
                 else:
-                    images[row] = array
+                    images[row] = done[0]
+                    cropped += not done[1] and shape.resize == "crop"
                 row += 1
             raw_labels += batch[label] if label else []
+    if cropped:
+        print(
+            f"ganforge: note: hf: {cropped} of {len(ds)} images of {where} are not square "
+            'and lose the ends of their longer side to the center crop; data.resize = "pad" '
+            'or "stretch" keeps all of each image',
+            file=sys.stderr,
+            flush=True,
+        )
     if not label:
         return _Decoded(ImageData(images=images), broken)
     class_names = list(feature.names) if isinstance(feature, datasets.ClassLabel) else None
@@ -285,8 +320,10 @@ def _drop_broken(decoded: _Decoded, where: str, max_fraction: float) -> ImageDat
     return ImageData(data.images[keep], labels, data.class_names)
 
 
-def _to_array(value, resolution: int, channels: int, where: str, row: int) -> np.ndarray:
-    """One image (bytes, path, datasets dict, PIL image or array) as uint8 C×R×R."""
+def _to_array(value, shape: _Shape, where: str, row: int) -> tuple[np.ndarray, bool]:
+    """One image (bytes, path, datasets dict, PIL image or array) as uint8 C×R×R, and whether
+    it was square."""
+    resolution, channels = shape.resolution, shape.channels
     try:
         if isinstance(value, dict):
             value = value.get("bytes") or value.get("path")
@@ -302,12 +339,17 @@ def _to_array(value, resolution: int, channels: int, where: str, row: int) -> np
         if img.mode == "P":  # palette transparency must go through RGBA to convert cleanly
             img = img.convert("RGBA")
         img = img.convert("RGB" if channels == 3 else "L")
-        # fit = crop the centered region of the target aspect ratio, then resize it
-        img = ImageOps.fit(img, (resolution, resolution), Image.Resampling.LANCZOS)
+        square, size, lanczos = img.width == img.height, (resolution, resolution), Image.LANCZOS
+        if shape.resize == "crop":  # the centered region of the target aspect ratio, resized
+            img = ImageOps.fit(img, size, lanczos)
+        elif shape.resize == "pad":  # all of it, resized to fit, centered on black
+            img = ImageOps.pad(img, size, lanczos, color=0)
+        else:
+            img = img.resize(size, lanczos)
     except (OSError, ValueError, TypeError, SyntaxError, Image.DecompressionBombError) as err:
         raise DataError(f"hf: cannot decode image {row} of {where}: {err}") from err
     array = np.asarray(img, dtype=np.uint8)
-    return array[None] if channels == 1 else array.transpose(2, 0, 1)
+    return (array[None] if channels == 1 else array.transpose(2, 0, 1)), square
 
 
 @hookimpl
