@@ -91,11 +91,7 @@ def build_parts(
         data, prior = _condition_on_clusters(
             loaded, data_cfg["clusters"], recipe, accelerator, weights_from
         )
-    _check_size(data, recipe, accelerator)
-    conditioned = data_cfg["conditional"] or data_cfg["clusters"] > 0
-    num_classes = data.num_classes if conditioned else 0
-    if data_cfg["conditional"] and num_classes < 2:
-        raise DataError(f"data.conditional = true, but data {data_cfg['name']!r} has no labels")
+    num_classes = _check_data(data, recipe, accelerator)
 
     core = {"resolution": data.resolution, "channels": data.channels, "num_classes": num_classes}
     build = _builder(recipe, registry)
@@ -197,9 +193,15 @@ def _condition_on_clusters(
     return replace(data, labels=labels, class_names=cluster_names(k)), label_prior(labels, k)
 
 
-def _check_size(data: ImageData, recipe: Recipe, accelerator) -> None:
-    """data.xflip needs images; tiny data (fewer samples than a batch) trains, with a word
-    on what to change."""
+def _check_data(data: ImageData, recipe: Recipe, accelerator) -> int:
+    """The classes G and D condition on (0: unconditional), after checking the data fits the
+    recipe: data.conditional needs labels, data.xflip images; tiny data (fewer samples than a
+    batch) trains, with a word on what to change."""
+    data_cfg = recipe.section("data")
+    conditioned = data_cfg["conditional"] or data_cfg["clusters"] > 0
+    num_classes = data.num_classes if conditioned else 0
+    if data_cfg["conditional"] and num_classes < 2:
+        raise DataError(f"data.conditional = true, but data {data_cfg['name']!r} has no labels")
     if recipe.get("data.xflip") and not data.is_image:
         problem = "point data has no left and right to mirror: remove data.xflip"
         raise RecipeError([("data.xflip", problem)], recipe.source)
@@ -210,6 +212,7 @@ def _check_size(data: ImageData, recipe: Recipe, accelerator) -> None:
             f"(train.batch_size = {batch}): every batch repeats samples. A batch of at most "
             f"{len(data)}{' (and data.xflip = true)' if data.is_image else ''} suits it better"
         )
+    return num_classes
 
 
 def saved_clusters(checkpoint: Checkpoint | None, k: int, size: int) -> np.ndarray | None:

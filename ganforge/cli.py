@@ -92,6 +92,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--out x.png writes the grid and x.gif (animated), --out x.gif only the GIF",
     )
     generate.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    generate.add_argument(
+        "--full",
+        action="store_true",
+        help="the whole output, with the padding a data set was trained with (default: "
+        "images at the data's own size, e.g. 28x28 Fashion-MNIST trained at 32)",
+    )
 
     evaluate = sub.add_parser("eval", help="score an exported generator against a data set")
     evaluate.add_argument("model", help="a .safetensors file written by ganforge")
@@ -284,6 +290,7 @@ def _generate(args) -> int:
         truncation=args.truncation,
         label=args.label,
         device=args.device,
+        full=args.full,
     )
     where = paths[0] if args.out else f"{len(paths)} files in {args.out_dir}"
     print(f"ganforge: wrote {num} samples (seed {args.seed}) to {where}")

@@ -70,8 +70,11 @@ class DataSource:
     """What a data plugin returns: how to decode its images, and a fingerprint naming them.
 
     ``fingerprint`` must change whenever the decoded images would (source, options,
-    resolution). ``cache=False`` skips the on-disk store for sources that are cheaper to
-    rebuild than to read (procedural data). ``reference``, where a data set has a held-out
+    resolution). ``metadata["native_crop"] = [top, left, height, width]`` says where the
+    data's own images lie in the training resolution, when a source pads them (28×28 digits
+    trained at 32): exports keep it, and ``ganforge generate`` writes images at that size.
+    ``cache=False`` skips the on-disk store for sources that are cheaper to rebuild than to
+    read (procedural data). ``reference``, where a data set has a held-out
     split, gives the source evaluation compares generated samples with (its test images);
     None: the training data itself, split in two.
     """

@@ -52,7 +52,15 @@ def export_metadata(
     step: int,
     label_prior: list[float] | None = None,
     standing_stats: dict[str, int] | None = None,
+    native_crop: list[int] | None = None,
 ) -> dict[str, Any]:
+    output = (
+        {"kind": "image", "channels": channels, "resolution": resolution, "range": [-1.0, 1.0]}
+        if resolution
+        else {"kind": "points", "channels": channels, "resolution": 0, "range": None}
+    )
+    if native_crop:  # [top, left, height, width] of the data's own images (padded in training)
+        output["native_crop"] = list(native_crop)
     return {
         "format_version": FORMAT_VERSION,
         "generator": {
@@ -66,11 +74,7 @@ def export_metadata(
             "shape": list(latent_shape(generator)),
             "prior": getattr(generator, "latent_prior", "normal"),
         },
-        "output": (
-            {"kind": "image", "channels": channels, "resolution": resolution, "range": [-1.0, 1.0]}
-            if resolution
-            else {"kind": "points", "channels": channels, "resolution": 0, "range": None}
-        ),
+        "output": output,
         "num_classes": num_classes,
         "class_names": class_names,
         # Clusters (data.clusters): each one's share of the data, what sampling draws them
@@ -166,6 +170,9 @@ class GeneratorInfo:
     step: int
     supports_truncation: bool
     metadata: dict[str, Any]  # everything, including the resolved recipe
+    # [top, left, height, width] of the data's own images within the output (a padded data
+    # set, e.g. 28×28 Fashion-MNIST trained at 32), or None: the whole output
+    native_crop: tuple[int, int, int, int] | None = None
 
     @classmethod
     def from_metadata(cls, meta: dict[str, Any]) -> GeneratorInfo:
@@ -187,7 +194,22 @@ class GeneratorInfo:
             step=int(meta["step"]),
             supports_truncation=meta.get("supports_truncation", False) is True,
             metadata=meta,
+            native_crop=_native_crop(output.get("native_crop"), int(output["resolution"])),
         )
+
+
+def _native_crop(crop, resolution: int) -> tuple[int, int, int, int] | None:
+    if crop is None:
+        return None
+    top, left, height, width = (int(v) for v in crop)
+    if (
+        min(top, left) < 0
+        or height < 1
+        or width < 1
+        or max(top + height, left + width) > resolution
+    ):
+        raise ValueError(f"output.native_crop: a region within {resolution}×{resolution}")
+    return top, left, height, width
 
 
 def _label_prior(prior, num_classes: int) -> list[float] | None:

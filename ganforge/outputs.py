@@ -260,6 +260,7 @@ class RunOutputs:
             standing_stats=self.standing_stats,
             recipe_toml=self.recipe.to_toml(),
             step=step,
+            native_crop=parts.source.metadata.get("native_crop"),
         )
 
     def export(self, step: int) -> Path:

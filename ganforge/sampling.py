@@ -61,6 +61,30 @@ def _device(name: str) -> torch.device:
     return device
 
 
+def native(samples: torch.Tensor, info: GeneratorInfo) -> torch.Tensor:
+    """Image samples at the data's own size, without the padding training added (as is where
+    the export records none)."""
+    if info.native_crop is None:
+        return samples
+    top, left, height, width = info.native_crop
+    return samples[..., top : top + height, left : left + width]
+
+
+def _sample_labels(
+    num: int, seed: int, label: str | None, info: GeneratorInfo
+) -> tuple[torch.Tensor | None, int]:
+    """The labels of ``num`` samples, and the classes a grid has a row of each for (0: none)."""
+    chosen = chosen_classes(label, info)
+    if chosen is not None:
+        return chosen[grid_labels(num, len(chosen))], len(chosen)
+    if info.label_prior is not None:  # clusters: as the data has them (rows are not classes)
+        rng = torch.Generator().manual_seed(seed + 1)
+        return draw_labels(num, info.num_classes, info.label_prior, rng), 0
+    if info.num_classes:
+        return grid_labels(num, info.num_classes), info.num_classes
+    return None, 0
+
+
 def write_samples(
     model: str | Path,
     *,
@@ -72,6 +96,7 @@ def write_samples(
     label: str | None = None,
     device: str = "cpu",
     plugins: Plugins | None = None,
+    full: bool = False,
 ) -> list[Path]:
     """Sample ``num`` outputs of an export and write them; return the files written.
 
@@ -79,6 +104,8 @@ def write_samples(
     (the raw samples, float32); ``out_dir`` one PNG per image. Conditional generators sample
     every class in turn unless ``label`` names some (comma-separated: a run of samples each);
     self-conditioned ones (``data.clusters``) draw clusters with their share of the data.
+    Images come at the data's own size where training padded it (``GeneratorInfo.native_crop``:
+    28×28 for Fashion-MNIST trained at 32); ``full`` keeps the whole output.
     """
     if num < 1:
         raise GanforgeError(f"--num must be at least 1, not {num}")
@@ -87,16 +114,9 @@ def write_samples(
         raise GanforgeError(f"--out {out}: write a .png (grid) or a .npy (array)")
     generator, info = load_generator(model, _device(device), plugins and plugins.registry)
     check_truncation(truncation, info)
-    labels, classes = None, info.num_classes
-    chosen = chosen_classes(label, info)
-    if chosen is not None:
-        labels, classes = chosen[grid_labels(num, len(chosen))], len(chosen)
-    elif info.label_prior is not None:  # clusters: as the data has them (rows are not classes)
-        rng = torch.Generator().manual_seed(seed + 1)
-        labels, classes = draw_labels(num, info.num_classes, info.label_prior, rng), 0
-    elif info.num_classes:
-        labels = grid_labels(num, info.num_classes)
+    labels, classes = _sample_labels(num, seed, label, info)
     samples = generate(generator, info, num, seed, labels=labels, truncation=truncation).cpu()
+    samples = samples if full else native(samples, info)
 
     if out_dir is not None:
         if info.output != "image":

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+import ganforge
 from conftest import run_command
 from ganforge.cli import main
 from ganforge.data import open_store
@@ -252,3 +253,37 @@ def test_the_fashion_classifier_trains_once_is_cached_and_scores_a_run(tmp_path,
     assert result["real_reference"] == 200  # the whole test split (a split in two: 100)
     generated, real = result["metrics"]["generated"], result["metrics"]["real (train split)"]
     assert real["fd"] < generated["fd"] and "real (held out)" not in result["metrics"]
+
+
+def test_an_export_of_padded_data_generates_at_the_datas_own_size(tmp_path, capsys):
+    """Fashion-MNIST trains at 32 with 2 black pixels of padding; `generate` once gave 32×32
+    samples with that border. The export remembers where the 28×28 images lie."""
+    from PIL import Image
+
+    folder = write_set(tmp_path / "set", train=64, test=16)
+    run_dir = tmp_path / "run"
+    recipe = tmp_path / "r.toml"
+    tables = {
+        "run": {"name": "f", "out_dir": str(run_dir)},
+        "data": {"name": "fashion_mnist", "resolution": 32, "path": str(folder)},
+        "generator": {"name": "dcgan", "latent_dim": 8, "width": 4},
+        "discriminator": {"name": "dcgan", "width": 4},
+        "loss": {"name": "hinge"},
+        "train": {"steps": 1, "batch_size": 8, "sample_every": 100},
+    }
+    recipe.write_text(dump_toml(tables), encoding="utf-8")
+    assert main(["train", str(recipe)]) == 0
+    export = run_dir / "generator.safetensors"
+    info = ganforge.load_generator(export)[1]
+    assert info.resolution == 32 and info.native_crop == (2, 2, 28, 28)
+    assert main(["generate", str(export), "--num", "2", "--out-dir", str(tmp_path / "own")]) == 0
+    full = ["generate", str(export), "--num", "2", "--full", "--out-dir", str(tmp_path / "full")]
+    assert main(full) == 0
+    with Image.open(tmp_path / "own" / "sample_00000.png") as own:
+        assert own.size == (28, 28)
+    with Image.open(tmp_path / "full" / "sample_00000.png") as whole:
+        assert whole.size == (32, 32)
+    assert main(["generate", str(export), "--num", "2", "--out", str(tmp_path / "s.npy")]) == 0
+    assert np.load(tmp_path / "s.npy").shape == (2, 1, 28, 28)
+    # At its own resolution nothing is padded, and nothing is cut.
+    assert "native_crop" not in idx.fashion_mnist_source(resolution=28, path=str(folder)).metadata

@@ -52,8 +52,9 @@ MAX_SIDE = 1024
 MAX_BYTES = 2 << 30
 
 
-def read_idx(path: Path, ndim: int) -> np.ndarray:
-    """The uint8 array of one IDX file (gzipped or not), checked against its header."""
+def read_idx(path: Path, ndim: int, header_only: bool = False) -> np.ndarray | tuple[int, ...]:
+    """The uint8 array of one IDX file (gzipped or not), checked against its header; with
+    ``header_only``, the dimensions its header gives (nothing else is read)."""
     try:
         with open(path, "rb") as raw:
             gzipped = raw.read(2) == b"\x1f\x8b"
@@ -71,6 +72,8 @@ def read_idx(path: Path, ndim: int) -> np.ndarray:
             dims = struct.unpack(f">{ndim}I", dims_raw)
             if dims[0] > MAX_ITEMS or any(d == 0 or d > MAX_SIDE for d in dims[1:]):
                 raise DataError(f"{path}: implausible dimensions {dims}")
+            if header_only:
+                return dims
             expected = int(np.prod(dims))
             if expected > MAX_BYTES:
                 raise DataError(
@@ -255,6 +258,10 @@ def _source(options: dict, *, default_path: str, what: str, extractor: str) -> D
     metadata = {}
     if extractor:  # its classifier learns from the same folder's training split
         metadata = {"eval_extractor": extractor, "eval_extractor_options": {"path": str(folder)}}
+    _, height, width = read_idx(images_file, 3, header_only=True)
+    if height == width and 0 < resolution - height <= 8:  # padded: exports give it back cut
+        before = (resolution - height) // 2
+        metadata["native_crop"] = [before, before, height, width]
     reference = None
     if split == "train":  # evaluation compares with the held-out test images, all of them
 
