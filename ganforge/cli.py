@@ -18,7 +18,7 @@ from pathlib import Path
 from ganforge import __version__
 from ganforge.errors import INTERRUPTED, GanforgeError, TrainingStopped
 
-COMMANDS = ("train", "validate", "plugins", "export", "generate", "eval", "report")
+COMMANDS = ("train", "validate", "data", "plugins", "export", "generate", "eval", "report")
 USAGE_ERROR = 2
 
 
@@ -54,6 +54,17 @@ def build_parser() -> argparse.ArgumentParser:
                 help="start a new run; an earlier run in the folder is moved aside "
                 '(train.resume = "never")',
             )
+    data = sub.add_parser(
+        "data", help="prepare a recipe's data set ahead of training, or say what is cached"
+    )
+    actions = data.add_subparsers(dest="action", metavar="{prepare,info}", required=True)
+    for name, help_ in (
+        ("prepare", "decode the recipe's data (and its held-out split) into the data cache"),
+        ("info", "what the data cache holds for the recipe: where, how big, its fingerprint"),
+    ):
+        action = actions.add_parser(name, help=help_, description=help_)
+        action.add_argument("recipe", help="path to a TOML recipe, or PLUGIN:NAME")
+        action.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="as for train")
     plugins = sub.add_parser("plugins", help="list plugins and what they register")
     plugins.add_argument("--json", action="store_true", help="machine-readable output")
 
@@ -145,6 +156,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         handlers = {
             "train": _train,
             "validate": _validate,
+            "data": _data,
             "plugins": _plugins,
             "export": _export,
             "generate": _generate,
@@ -225,6 +237,28 @@ def _validate(args) -> int:
     if source.metadata.get("note"):
         print(f"ganforge: note: {source.metadata['note']}", file=sys.stderr)
     print("ok")
+    return 0
+
+
+def _data(args) -> int:
+    from ganforge.data import DataSource, describe_store, open_store
+
+    plugins, recipe = _load(args)
+    spec, resolution = recipe.component("data"), recipe.get("data.resolution")
+    core = {"resolution": resolution}
+    source = plugins.registry.build(
+        "dataset", spec.name, core, spec.kwargs, DataSource, source=recipe.source
+    )
+    sources = [source] + ([source.scored_against()] if source.reference is not None else [])
+    for each in sources:
+        if args.action == "prepare":
+            open_store(each, resolution)
+        found = describe_store(each, resolution)
+        print(f"ganforge: {found.pop('source')}")
+        if "bytes" in found:
+            found["bytes"] = f"{found['bytes'] / 2**20:,.1f} MiB on disk"
+        for key, value in found.items():
+            print(f"  {key:<12} {value}")
     return 0
 
 

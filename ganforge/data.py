@@ -147,8 +147,7 @@ def open_store(source: DataSource, resolution: int, cache_dir: Path | None = Non
         data = source.load()
         check_image_data(data, resolution, where)
         return data
-    key = hashlib.sha256(source.fingerprint.encode()).hexdigest()[:24]
-    store = (cache_dir or cache_root()) / "data" / key
+    store = store_folder(source, cache_dir)
     with _store_lock(store):
         data = _checked_store(store, source.fingerprint, resolution, where)
         if data is not None:
@@ -157,6 +156,40 @@ def open_store(source: DataSource, resolution: int, cache_dir: Path | None = Non
         check_image_data(data, resolution, where)
         _write_store(store, data, source.fingerprint)
     return _read_store(store)
+
+
+def store_folder(source: DataSource, cache_dir: Path | None = None) -> Path:
+    """Where ``source``'s decoded store lives in the data cache (whether or not it exists)."""
+    key = hashlib.sha256(source.fingerprint.encode()).hexdigest()[:24]
+    return (cache_dir or cache_root()) / "data" / key
+
+
+def describe_store(source: DataSource, resolution: int) -> dict:
+    """What the data cache holds for ``source``, without decoding anything: where, whether it
+    is prepared (and sound), how many samples of what shape, how many bytes on disk."""
+    store = store_folder(source)
+    found = {"source": source.description or source.fingerprint, "store": str(store)}
+    found["fingerprint"] = source.fingerprint
+    if not source.cache:
+        return {**found, "store": None, "prepared": "not cached (decoded at every start)"}
+    data = None
+    if (store / "meta.json").exists():
+        try:
+            data = _read_store(store)
+            check_image_data(data, resolution, found["source"])
+        except (OSError, EOFError, ValueError, KeyError, TypeError, DataError) as err:
+            return {**found, "prepared": f"damaged ({err}): the next start rebuilds it"}
+    if data is None:
+        return {**found, "prepared": "no"}
+    size = sum(f.stat().st_size for f in store.iterdir() if f.is_file())
+    shape = "×".join(str(d) for d in data.images.shape[1:])
+    return {
+        **found,
+        "prepared": "yes",
+        "samples": f"{len(data):,} of {shape} {data.images.dtype}",
+        "classes": data.num_classes,
+        "bytes": size,
+    }
 
 
 def _checked_store(store: Path, fingerprint: str, resolution: int, where: str) -> ImageData | None:

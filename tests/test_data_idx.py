@@ -8,6 +8,7 @@ import json
 import shutil
 import struct
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -287,3 +288,30 @@ def test_an_export_of_padded_data_generates_at_the_datas_own_size(tmp_path, caps
     assert np.load(tmp_path / "s.npy").shape == (2, 1, 28, 28)
     # At its own resolution nothing is padded, and nothing is cut.
     assert "native_crop" not in idx.fashion_mnist_source(resolution=28, path=str(folder)).metadata
+
+
+def test_data_prepare_fills_the_cache_ahead_and_data_info_says_what_it_holds(tmp_path, capsys):
+    folder = write_set(tmp_path / "set", train=64, test=16)
+    recipe = tmp_path / "r.toml"
+    tables = {
+        "run": {"name": "f"},
+        "data": {"name": "fashion_mnist", "resolution": 32, "path": str(folder)},
+        "generator": {"name": "dcgan"},
+        "discriminator": {"name": "dcgan"},
+        "loss": {"name": "hinge"},
+        "train": {"steps": 1},
+    }
+    recipe.write_text(dump_toml(tables), encoding="utf-8")
+    assert main(["data", "info", str(recipe)]) == 0
+    before = capsys.readouterr().out
+    assert before.count("prepared     no") == 2  # the train split and the test split
+    assert main(["data", "prepare", str(recipe)]) == 0
+    after = capsys.readouterr().out
+    assert after.count("prepared     yes") == 2
+    assert "64 of 1×32×32 uint8" in after and "16 of 1×32×32 uint8" in after
+    assert "classes      10" in after and "MiB on disk" in after
+    stores = [line.split()[-1] for line in after.splitlines() if line.startswith("  store")]
+    assert all(Path(s, "images.npy").exists() for s in stores)
+    assert main(["data", "info", str(recipe), "data.path=/nowhere"]) == 2
+    assert "no such folder" in capsys.readouterr().err
+    assert main(["data"]) == 2  # an action is required

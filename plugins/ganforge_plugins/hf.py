@@ -254,8 +254,14 @@ def _decode(ds, where, shape: _Shape, image_column, label_column, labels) -> _De
         except DataError as err:  # counted here, judged by _drop_broken
             return err
 
+    from tqdm.auto import tqdm
+
     # PIL releases the GIL while decoding and resizing, so threads use every core.
-    with ThreadPoolExecutor(min(16, os.cpu_count() or 1)) as pool:
+    shown = {"unit": "img", "desc": f"ganforge: decoding {where}", "mininterval": 2.0}
+    with (
+        ThreadPoolExecutor(min(16, os.cpu_count() or 1)) as pool,
+        tqdm(total=len(ds), file=sys.stderr, dynamic_ncols=True, **shown) as bar,
+    ):
         for batch in ds.iter(batch_size=BATCH):
             values = batch[image]
             for done in pool.map(decode, values, range(row, row + len(values))):
@@ -265,6 +271,7 @@ def _decode(ds, where, shape: _Shape, image_column, label_column, labels) -> _De
                     images[row] = done[0]
                     cropped += not done[1] and shape.resize == "crop"
                 row += 1
+            bar.update(len(values))
             raw_labels += batch[label] if label else []
     if cropped:
         print(
