@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from ganforge.errors import DataError
+from ganforge.rows import PROGRESS, Rows, write_rows
 
 
 @dataclass(frozen=True)
@@ -80,11 +81,23 @@ class DataSource:
     """
 
     fingerprint: str
-    load: Callable[[], ImageData]
+    load: Callable[[], ImageData] | None = None
     description: str = ""
     cache: bool = True
     metadata: dict = field(default_factory=dict)
     reference: Callable[[], DataSource] | None = None
+    #: The incremental contract (``ganforge.rows``): a source that knows its size and sample
+    #: shape before decoding gives ``rows()``, and the store is written a chunk at a time, on
+    #: every core, resumably, in bounded memory. ``load`` is then optional.
+    rows: Callable[[], Rows] | None = None
+
+    def decode(self) -> ImageData:
+        """Every sample in memory: ``load()``, or every row of ``rows()``."""
+        if self.load is not None:
+            return self.load()
+        if self.rows is None:
+            raise DataError(f"{self.description or self.fingerprint}: gives neither load nor rows")
+        return load_rows(self.rows(), self.description or self.fingerprint)
 
     def scored_against(self) -> DataSource:
         """The source generated samples are scored against: the held-out split where there
@@ -144,7 +157,7 @@ def open_store(source: DataSource, resolution: int, cache_dir: Path | None = Non
     """
     where = source.description or source.fingerprint
     if not source.cache:
-        data = source.load()
+        data = source.decode()
         check_image_data(data, resolution, where)
         return data
     store = store_folder(source, cache_dir)
@@ -152,10 +165,44 @@ def open_store(source: DataSource, resolution: int, cache_dir: Path | None = Non
         data = _checked_store(store, source.fingerprint, resolution, where)
         if data is not None:
             return data
-        data = source.load()
-        check_image_data(data, resolution, where)
-        _write_store(store, data, source.fingerprint)
+        if source.rows is not None and source.load is None:
+            _prepare_rows(store, source, resolution, where)
+        else:
+            data = source.decode()
+            check_image_data(data, resolution, where)
+            _write_store(store, data, source.fingerprint)
     return _read_store(store)
+
+
+def _prepare_rows(store: Path, source: DataSource, resolution: int, where: str) -> None:
+    """Write ``source``'s rows into ``<store>.partial`` (continuing one an interrupted
+    preparation left), check it, and publish it as the store."""
+    partial = store.with_name(f"{store.name}.partial")
+    rows = source.rows()
+    try:
+        write_rows(partial, rows, source.fingerprint, where)
+        meta = {"fingerprint": source.fingerprint, "class_names": rows.class_names or None}
+        (partial / "meta.json").write_text(json.dumps(meta))
+        check_image_data(_read_store(partial), resolution, where)
+        os.replace(partial, store)
+    except OSError as err:
+        raise _cache_error(store, err) from None
+    except DataError:
+        if not (partial / PROGRESS).exists():  # complete but unusable: not to be continued
+            shutil.rmtree(partial, ignore_errors=True)
+        raise
+
+
+def load_rows(rows: Rows, what: str) -> ImageData:
+    """Every row of ``rows`` decoded into memory, under the store's rules (rows that cannot be
+    decoded left out, up to the source's limit)."""
+    with tempfile.TemporaryDirectory(prefix="ganforge-rows-") as tmp:
+        write_rows(Path(tmp), rows, "in memory", what)
+        images = np.array(np.load(Path(tmp) / "images.npy", allow_pickle=False))
+        labels = None
+        if rows.labelled:
+            labels = np.array(np.load(Path(tmp) / "labels.npy", allow_pickle=False))
+    return ImageData(images, labels, rows.class_names)
 
 
 def store_folder(source: DataSource, cache_dir: Path | None = None) -> Path:

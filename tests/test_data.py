@@ -257,3 +257,73 @@ def test_synthetic_data_is_reproducible_and_class_dependent():
     other = synthetic_source(resolution=32, channels=1, size=8, pattern="noise")
     assert other.fingerprint != a.fingerprint and other.load().images.shape == (8, 1, 32, 32)
     assert other.load().labels is None
+
+
+class Interrupted(Exception):
+    """Stands in for a preparation killed half-way."""
+
+
+def counted_rows(count=1000, fail_at=None, broken=(), calls=None, max_broken=0.0):
+    """Rows of 1×4×4 images whose pixels are their row number mod 251, labelled row mod 3."""
+    from ganforge.rows import Chunk, Rows
+
+    def decode(start, stop):
+        if calls is not None:
+            calls.append(start)
+        if fail_at is not None and start == fail_at:
+            raise Interrupted(f"killed at row {start}")
+        rows = np.arange(start, stop)
+        samples = np.broadcast_to(
+            (rows % 251).astype(np.uint8)[:, None, None, None], (len(rows), 1, 4, 4)
+        )
+        bad = [(r, f"row {r} is broken") for r in broken if start <= r < stop]
+        return Chunk(np.array(samples), rows % 3, bad)
+
+    return Rows(
+        count,
+        (1, 4, 4),
+        decode,
+        labelled=True,
+        class_names=["a", "b", "c"],
+        max_broken_fraction=max_broken,
+    )
+
+
+def test_a_source_of_rows_is_written_chunk_by_chunk_and_matches_loading_it_whole(tmp_path):
+    calls = []
+    source = DataSource("rows-v1", rows=lambda: counted_rows(calls=calls))
+    data = open_store(source, 4, cache_dir=tmp_path)
+    assert isinstance(data.images, np.memmap) and data.images.shape == (1000, 1, 4, 4)
+    assert sorted(calls) == [0, 256, 512, 768]  # chunks, each decoded once
+    whole = source.decode()  # the same rows in memory, through the same rules
+    assert np.array_equal(data.images, whole.images) and np.array_equal(data.labels, whole.labels)
+    assert data.images[300, 0, 0, 0] == 300 % 251 and data.labels[300] == 0
+    assert list(data.class_names) == ["a", "b", "c"]
+
+
+def test_an_interrupted_preparation_continues_where_it_stopped(tmp_path, capsys):
+    calls = []
+    failing = DataSource("rows-v2", rows=lambda: counted_rows(4000, fail_at=2048, calls=calls))
+    with pytest.raises(Interrupted):
+        open_store(failing, 4, cache_dir=tmp_path)
+    assert {0, 256, 2048} <= set(calls)  # decoded (or tried) before the stop
+    calls.clear()
+    source = DataSource("rows-v2", rows=lambda: counted_rows(4000, calls=calls))
+    data = open_store(source, 4, cache_dir=tmp_path)
+    assert 2048 in calls and len(calls) < 16  # what was done is not decoded again
+    assert 0 not in calls and 256 not in calls
+    assert "continuing an interrupted preparation" in capsys.readouterr().err
+    expected = DataSource("rows-v3", rows=lambda: counted_rows(4000)).decode()
+    assert np.array_equal(data.images, expected.images)
+    assert np.array_equal(data.labels, expected.labels)
+    assert not list(tmp_path.glob("data/*.partial"))
+
+
+def test_rows_that_cannot_be_decoded_are_left_out_up_to_the_sources_limit(tmp_path, capsys):
+    lenient = DataSource("rows-v4", rows=lambda: counted_rows(broken=(3, 700), max_broken=0.01))
+    data = open_store(lenient, 4, cache_dir=tmp_path)
+    assert len(data) == 998 and data.labels[3] == 4 % 3  # row 4 moved up, with its label
+    assert "skipped 2 of 1000 images" in capsys.readouterr().err
+    strict = DataSource("rows-v5", rows=lambda: counted_rows(broken=(3,), max_broken=0.0))
+    with pytest.raises(DataError, match="1 of 1000 images cannot be decoded.*row 3 is broken"):
+        open_store(strict, 4, cache_dir=tmp_path)

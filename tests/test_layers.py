@@ -30,6 +30,7 @@ LAYERS: dict[str, set[str]] = {
         "ganforge.diagnostics",
         "ganforge.augment",
         "ganforge.streams",
+        "ganforge.rows",
     },
     "config and plugin contract": {
         "ganforge.registry",
