@@ -88,16 +88,15 @@ class DataSource:
     reference: Callable[[], DataSource] | None = None
     #: The incremental contract (``ganforge.rows``): a source that knows its size and sample
     #: shape before decoding gives ``rows()``, and the store is written a chunk at a time, on
-    #: every core, resumably, in bounded memory. ``load`` is then optional.
+    #: every core, resumably, in bounded memory. ``load`` then defaults to every row in memory.
     rows: Callable[[], Rows] | None = None
 
-    def decode(self) -> ImageData:
-        """Every sample in memory: ``load()``, or every row of ``rows()``."""
-        if self.load is not None:
-            return self.load()
-        if self.rows is None:
-            raise DataError(f"{self.description or self.fingerprint}: gives neither load nor rows")
-        return load_rows(self.rows(), self.description or self.fingerprint)
+    def __post_init__(self):
+        if self.load is None and self.rows is None:
+            raise TypeError("a DataSource needs load or rows")
+        if self.load is None:
+            what = self.description or self.fingerprint
+            object.__setattr__(self, "load", lambda: load_rows(self.rows(), what))
 
     def scored_against(self) -> DataSource:
         """The source generated samples are scored against: the held-out split where there
@@ -157,7 +156,7 @@ def open_store(source: DataSource, resolution: int, cache_dir: Path | None = Non
     """
     where = source.description or source.fingerprint
     if not source.cache:
-        data = source.decode()
+        data = source.load()
         check_image_data(data, resolution, where)
         return data
     store = store_folder(source, cache_dir)
@@ -165,10 +164,10 @@ def open_store(source: DataSource, resolution: int, cache_dir: Path | None = Non
         data = _checked_store(store, source.fingerprint, resolution, where)
         if data is not None:
             return data
-        if source.rows is not None and source.load is None:
+        if source.rows is not None:  # a chunk at a time, in bounded memory
             _prepare_rows(store, source, resolution, where)
         else:
-            data = source.decode()
+            data = source.load()
             check_image_data(data, resolution, where)
             _write_store(store, data, source.fingerprint)
     return _read_store(store)

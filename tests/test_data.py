@@ -295,7 +295,7 @@ def test_a_source_of_rows_is_written_chunk_by_chunk_and_matches_loading_it_whole
     data = open_store(source, 4, cache_dir=tmp_path)
     assert isinstance(data.images, np.memmap) and data.images.shape == (1000, 1, 4, 4)
     assert sorted(calls) == [0, 256, 512, 768]  # chunks, each decoded once
-    whole = source.decode()  # the same rows in memory, through the same rules
+    whole = source.load()  # the same rows in memory, through the same rules
     assert np.array_equal(data.images, whole.images) and np.array_equal(data.labels, whole.labels)
     assert data.images[300, 0, 0, 0] == 300 % 251 and data.labels[300] == 0
     assert list(data.class_names) == ["a", "b", "c"]
@@ -313,7 +313,7 @@ def test_an_interrupted_preparation_continues_where_it_stopped(tmp_path, capsys)
     assert 2048 in calls and len(calls) < 16  # what was done is not decoded again
     assert 0 not in calls and 256 not in calls
     assert "continuing an interrupted preparation" in capsys.readouterr().err
-    expected = DataSource("rows-v3", rows=lambda: counted_rows(4000)).decode()
+    expected = DataSource("rows-v3", rows=lambda: counted_rows(4000)).load()
     assert np.array_equal(data.images, expected.images)
     assert np.array_equal(data.labels, expected.labels)
     assert not list(tmp_path.glob("data/*.partial"))

@@ -13,7 +13,7 @@ import json
 import os
 import re
 import sys
-from concurrent.futures import ThreadPoolExecutor
+import threading
 from pathlib import Path
 from typing import NamedTuple
 
@@ -21,8 +21,9 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from ganforge import hookimpl
-from ganforge.data import DataSource, ImageData
+from ganforge.data import DataSource
 from ganforge.errors import DataError
+from ganforge.rows import Chunk, Rows
 
 FORMAT_VERSION = "hf-v1"
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -30,7 +31,6 @@ SPLIT_DIRS = {"train", "training", "test", "testing", "eval", "validation", "val
 # A hub id is "name" or "owner/name"; anything else that does not exist is a mistyped path.
 HUB_ID = re.compile(r"^\w[\w.-]*(/\w[\w.-]*)?$")
 STRINGS = ("string", "large_string")
-BATCH = 256
 RESIZE = ("crop", "pad", "stretch")
 
 
@@ -96,17 +96,16 @@ def hf_source(
     else:  # decoded images change whenever a file under the path does
         options["files"] = _stat_digest(Path(where), files)
 
-    def load() -> ImageData:
+    def rows() -> Rows:
         ds = _open(kind, where, split, revision)
         shape = _Shape(resolution, channels, resize)
-        data = _decode(ds, where, shape, image_column, label_column, labels)
-        return _drop_broken(data, where, max_broken_fraction)
+        return _rows(ds, where, shape, image_column, label_column, labels, max_broken_fraction)
 
     return DataSource(
         fingerprint=json.dumps(options, sort_keys=True),
-        load=load,
         description=f"hf {where} [{split}]",
         metadata={"kind": kind, "note": _hub_note(path) if kind == "hub" else ""},
+        rows=rows,
     )
 
 
@@ -235,8 +234,9 @@ def _pick_columns(ds, where: str, image_column, label_column, labels: bool):
     return image, None, None
 
 
-def _decode(ds, where, shape: _Shape, image_column, label_column, labels) -> _Decoded:
-    """Decode every image once, in batches, into one uint8 N×C×R×R array."""
+def _rows(ds, where, shape: _Shape, image_column, label_column, labels, max_broken) -> Rows:
+    """The dataset as rows the core writes a chunk at a time (``ganforge.rows``): images
+    decoded by PIL from their raw bytes or paths, labels read from their column up front."""
     import datasets
 
     if len(ds) == 0:
@@ -245,86 +245,61 @@ def _decode(ds, where, shape: _Shape, image_column, label_column, labels) -> _De
     ds = ds.select_columns([image] + ([label] if label else []))
     if isinstance(ds.features[image], datasets.Image):  # raw bytes/paths: we decode with PIL
         ds = ds.cast_column(image, datasets.Image(decode=False))
-    images = np.empty((len(ds), shape.channels, shape.resolution, shape.resolution), np.uint8)
-    raw_labels, row, broken, cropped = [], 0, [], 0
+    class_names, label_values = _labels(ds, label, feature, where) if label else (None, None)
+    side, cropped, lock = shape.resolution, [0], threading.Lock()
 
-    def decode(value, index):
-        try:
-            return _to_array(value, shape, where, index)
-        except DataError as err:  # counted here, judged by _drop_broken
-            return err
+    def decode(start: int, stop: int) -> Chunk:
+        samples = np.zeros((stop - start, shape.channels, side, side), np.uint8)
+        broken, crops = [], 0
+        for i, value in enumerate(ds[start:stop][image]):
+            try:
+                samples[i], square = _to_array(value, shape, where, start + i)
+            except DataError as err:  # left out by the core, up to max_broken_fraction
+                broken.append((start + i, str(err)))
+                continue
+            crops += not square and shape.resize == "crop"
+        with lock:
+            cropped[0] += crops
+        return Chunk(samples, None if label is None else label_values[start:stop], broken)
 
-    from tqdm.auto import tqdm
+    def finished() -> None:
+        if cropped[0]:
+            print(
+                f"ganforge: note: hf: {cropped[0]} of {len(ds)} images of {where} are not "
+                "square and lose the ends of their longer side to the center crop; data.resize "
+                '= "pad" or "stretch" keeps all of each image',
+                file=sys.stderr,
+                flush=True,
+            )
 
-    # PIL releases the GIL while decoding and resizing, so threads use every core.
-    shown = {"unit": "img", "desc": f"ganforge: decoding {where}", "mininterval": 2.0}
-    with (
-        ThreadPoolExecutor(min(16, os.cpu_count() or 1)) as pool,
-        tqdm(total=len(ds), file=sys.stderr, dynamic_ncols=True, **shown) as bar,
-    ):
-        for batch in ds.iter(batch_size=BATCH):
-            values = batch[image]
-            for done in pool.map(decode, values, range(row, row + len(values))):
-                if isinstance(done, DataError):
-                    broken.append((row, done))
-                else:
-                    images[row] = done[0]
-                    cropped += not done[1] and shape.resize == "crop"
-                row += 1
-            bar.update(len(values))
-            raw_labels += batch[label] if label else []
-    if cropped:
-        print(
-            f"ganforge: note: hf: {cropped} of {len(ds)} images of {where} are not square "
-            'and lose the ends of their longer side to the center crop; data.resize = "pad" '
-            'or "stretch" keeps all of each image',
-            file=sys.stderr,
-            flush=True,
-        )
-    if not label:
-        return _Decoded(ImageData(images=images), broken)
+    return Rows(
+        len(ds),
+        (shape.channels, side, side),
+        decode,
+        labelled=label is not None,
+        class_names=class_names,
+        max_broken_fraction=max_broken,
+        finished=finished,
+    )
+
+
+def _labels(ds, label: str, feature, where: str) -> tuple[list[str] | None, np.ndarray]:
+    """Class names and every row's label, from the label column alone (no image is read)."""
+    import datasets
+
+    raw = ds[label]
     class_names = list(feature.names) if isinstance(feature, datasets.ClassLabel) else None
-    if feature.dtype in STRINGS:  # sorted names, so the encoding does not depend on row order
-        class_names = sorted(set(raw_labels))
-        raw_labels = np.searchsorted(np.array(class_names), np.array(raw_labels))
-    label_values = np.asarray(raw_labels, dtype=np.int64)
-    if label_values.min() < 0:
+    if not isinstance(feature, datasets.ClassLabel) and feature.dtype in STRINGS:
+        # Sorted names, so the encoding does not depend on row order.
+        class_names = sorted(set(raw))
+        raw = np.searchsorted(np.array(class_names), np.array(raw))
+    values = np.asarray(raw, dtype=np.int64)
+    if values.min() < 0:
         raise DataError(
             f"hf: column {label!r} of {where} has negative labels (unlabelled rows?); "
             "set labels = false to ignore labels"
         )
-    return _Decoded(ImageData(images, label_values, class_names), broken)
-
-
-class _Decoded(NamedTuple):
-    """Every row decoded, and the rows that could not be, with why."""
-
-    data: ImageData
-    broken: list[tuple[int, DataError]]
-
-
-def _drop_broken(decoded: _Decoded, where: str, max_fraction: float) -> ImageData:
-    """Leave out the rows that could not be decoded, or refuse when there are too many."""
-    data, broken = decoded
-    if not broken:
-        return data
-    total = len(data)
-    if len(broken) > max_fraction * total:
-        raise DataError(
-            f"hf: {len(broken)} of {total} images of {where} cannot be decoded, more than "
-            f"max_broken_fraction = {max_fraction} allows (data.max_broken_fraction); first: "
-            f"{broken[0][1]}"
-        )
-    print(
-        f"ganforge: warning: hf: skipped {len(broken)} of {total} images of {where} that cannot "
-        f"be decoded; first: {broken[0][1]}",
-        file=sys.stderr,
-        flush=True,
-    )
-    keep = np.ones(total, bool)
-    keep[[row for row, _ in broken]] = False
-    labels = data.labels[keep] if data.labels is not None else None
-    return ImageData(data.images[keep], labels, data.class_names)
+    return class_names, values
 
 
 def _to_array(value, shape: _Shape, where: str, row: int) -> tuple[np.ndarray, bool]:
