@@ -95,10 +95,15 @@ def hf_source(
         options["revision"] = revision
     else:  # decoded images change whenever a file under the path does
         options["files"] = _stat_digest(Path(where), files)
+    if kind == "imagefolder":  # read without datasets since 2026-12-06 (its own row order)
+        options["v"] = f"{FORMAT_VERSION}-folder"
 
     def rows() -> Rows:
-        ds = _open(kind, where, split, revision)
         shape = _Shape(resolution, channels, resize)
+        if kind == "imagefolder":  # PIL on the files themselves: no datasets in between
+            images, names = _folder(Path(where), files, split, labels)
+            return _folder_rows(images, names, where, shape, max_broken_fraction)
+        ds = _open(kind, where, split, revision)
         return _rows(ds, where, shape, image_column, label_column, labels, max_broken_fraction)
 
     return DataSource(
@@ -160,6 +165,77 @@ def _stat_digest(root: Path, files: list[Path]) -> str:
         name = f.name if f == root else f.relative_to(root)
         digest.update(f"{name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()[:16]
+
+
+def _folder(
+    root: Path, files: list[Path], split: str, labels: bool
+) -> tuple[list[Path], list[str] | None]:
+    """The image files of ``split`` (sorted) and each one's class, the name of the folder it
+    is in, or None where some image lies outside class folders or labels are off."""
+    base = Path(_image_files(root, split)[split]).parent
+    images = [f for f in files if f.suffix.lower() in IMAGE_SUFFIXES and f.is_relative_to(base)]
+    if not images:
+        raise DataError(f"hf: {base} holds no images")
+    if not labels or any(f.parent == base for f in images):
+        return images, None
+    return images, [f.parent.name for f in images]
+
+
+def _folder_rows(images, names, where: str, shape: _Shape, max_broken: float) -> Rows:
+    """Rows of image files decoded by PIL, labelled by their folder's name (sorted names)."""
+    class_names = sorted(set(names)) if names else None
+    values = None
+    if names:
+        values = np.searchsorted(np.array(class_names), np.array(names)).astype(np.int64)
+    counted = _Counted(shape)
+
+    def decode(start: int, stop: int) -> Chunk:
+        samples, broken = counted.decode((str(f) for f in images[start:stop]), start, where)
+        return Chunk(samples, None if values is None else values[start:stop], broken)
+
+    side = shape.resolution
+    return Rows(
+        len(images),
+        (shape.channels, side, side),
+        decode,
+        labelled=values is not None,
+        class_names=class_names,
+        max_broken_fraction=max_broken,
+        finished=lambda: counted.note(len(images), where),
+    )
+
+
+class _Counted:
+    """Decodes a chunk of images, counting (across threads) those the center crop cut."""
+
+    def __init__(self, shape: _Shape):
+        self.shape, self.cropped, self.lock = shape, 0, threading.Lock()
+
+    def decode(self, values, start: int, where: str) -> tuple[np.ndarray, list[tuple[int, str]]]:
+        values = list(values)
+        side = self.shape.resolution
+        samples = np.zeros((len(values), self.shape.channels, side, side), np.uint8)
+        broken, crops = [], 0
+        for i, value in enumerate(values):
+            try:
+                samples[i], square = _to_array(value, self.shape, where, start + i)
+            except DataError as err:  # left out by the core, up to max_broken_fraction
+                broken.append((start + i, str(err)))
+                continue
+            crops += not square and self.shape.resize == "crop"
+        with self.lock:
+            self.cropped += crops
+        return samples, broken
+
+    def note(self, total: int, where: str) -> None:
+        if self.cropped:
+            print(
+                f"ganforge: note: hf: {self.cropped} of {total} images of {where} are not "
+                "square and lose the ends of their longer side to the center crop; data.resize "
+                '= "pad" or "stretch" keeps all of each image',
+                file=sys.stderr,
+                flush=True,
+            )
 
 
 def _image_files(root: Path, split: str) -> dict[str, str]:
@@ -246,32 +322,13 @@ def _rows(ds, where, shape: _Shape, image_column, label_column, labels, max_brok
     if isinstance(ds.features[image], datasets.Image):  # raw bytes/paths: we decode with PIL
         ds = ds.cast_column(image, datasets.Image(decode=False))
     class_names, label_values = _labels(ds, label, feature, where) if label else (None, None)
-    side, cropped, lock = shape.resolution, [0], threading.Lock()
+    counted = _Counted(shape)
 
     def decode(start: int, stop: int) -> Chunk:
-        samples = np.zeros((stop - start, shape.channels, side, side), np.uint8)
-        broken, crops = [], 0
-        for i, value in enumerate(ds[start:stop][image]):
-            try:
-                samples[i], square = _to_array(value, shape, where, start + i)
-            except DataError as err:  # left out by the core, up to max_broken_fraction
-                broken.append((start + i, str(err)))
-                continue
-            crops += not square and shape.resize == "crop"
-        with lock:
-            cropped[0] += crops
+        samples, broken = counted.decode(ds[start:stop][image], start, where)
         return Chunk(samples, None if label is None else label_values[start:stop], broken)
 
-    def finished() -> None:
-        if cropped[0]:
-            print(
-                f"ganforge: note: hf: {cropped[0]} of {len(ds)} images of {where} are not "
-                "square and lose the ends of their longer side to the center crop; data.resize "
-                '= "pad" or "stretch" keeps all of each image',
-                file=sys.stderr,
-                flush=True,
-            )
-
+    side = shape.resolution
     return Rows(
         len(ds),
         (shape.channels, side, side),
@@ -279,7 +336,7 @@ def _rows(ds, where, shape: _Shape, image_column, label_column, labels, max_brok
         labelled=label is not None,
         class_names=class_names,
         max_broken_fraction=max_broken,
-        finished=finished,
+        finished=lambda: counted.note(len(ds), where),
     )
 
 
