@@ -12,6 +12,8 @@ process, so that memory is its own:
 - ``cached``: a second ``open_store`` of the same source (a cached start: the folder's
   fingerprint, the store's checks), seconds.
 
+Imports (torch, PIL) are outside every timing; the listing of the folder is inside both.
+
     python benchmarks/prepare.py --sizes 10000 100000
     python benchmarks/prepare.py --sizes 20000 --jpeg --resolution 128
 
@@ -66,6 +68,7 @@ if mode == "plain":
 else:
     from ganforge.data import open_store
     from ganforge_plugins.hf import hf_source
+    start = time.perf_counter()  # from the listing of the folder on, as for plain
     data = open_store(hf_source(resolution=resolution, path=folder), resolution, Path(cache))
     n = len(data)
 seconds = time.perf_counter() - start
@@ -124,14 +127,17 @@ def main() -> None:
         cached = run("ganforge", folder, args.resolution, cache)
         rows.append((n, made, plain, ours, cached))
     print(f"\nCPU: {os.cpu_count()} cores; images at {args.resolution} px")
-    header = "| N | ganforge img/s | plain img/s | ratio | ganforge peak RssAnon | plain peak | cached start |"
-    print(header)
+    print(
+        "| N | ganforge img/s | plain img/s | ratio | ganforge peak RssAnon | plain peak "
+        "| cached start |"
+    )
     print("|" + "---|" * 7)
     for n, _, plain, ours, cached in rows:
         rate, base = ours["n"] / ours["seconds"], plain["n"] / plain["seconds"]
         print(
             f"| {n:,} | {rate:,.0f} | {base:,.0f} | {rate / base:.2f} | "
-            f"{ours['peak_mib']:,.0f} MiB | {plain['peak_mib']:,.0f} MiB | {cached['seconds']:.1f} s |"
+            f"{ours['peak_mib']:,.0f} MiB | {plain['peak_mib']:,.0f} MiB | "
+            f"{cached['seconds']:.1f} s |"
         )
 
 
