@@ -327,3 +327,33 @@ def test_rows_that_cannot_be_decoded_are_left_out_up_to_the_sources_limit(tmp_pa
     strict = DataSource("rows-v5", rows=lambda: counted_rows(broken=(3,), max_broken=0.0))
     with pytest.raises(DataError, match="1 of 1000 images cannot be decoded.*row 3 is broken"):
         open_store(strict, 4, cache_dir=tmp_path)
+
+
+def _prepare_counting(cache: str, log: str) -> int:
+    """One process's open_store of a rows source; each chunk it decodes is a line in ``log``."""
+    from ganforge.rows import Chunk, Rows
+
+    def decode(start, stop):
+        with open(log, "a") as f:
+            f.write(f"{os.getpid()} {start}\n")
+        samples = np.full((stop - start, 1, 4, 4), start % 251, np.uint8)
+        return Chunk(samples, None, [])
+
+    source = DataSource("rows-concurrent", rows=lambda: Rows(2000, (1, 4, 4), decode))
+    return len(open_store(source, 4, cache_dir=Path(cache)))
+
+
+def test_processes_preparing_one_store_at_once_decode_it_once(tmp_path):
+    """Every process of a launch opens the store on its first start: one decodes, the others
+    wait for it and read what it wrote (none decodes the set again or writes its own copy)."""
+    import multiprocessing
+
+    log = tmp_path / "decoded.log"
+    with multiprocessing.get_context("fork").Pool(3) as pool:
+        sizes = pool.starmap(_prepare_counting, [(str(tmp_path), str(log))] * 3)
+    assert sizes == [2000] * 3
+    lines = log.read_text().split()
+    starts, pids = lines[1::2], set(lines[0::2])
+    assert sorted(map(int, starts)) == list(range(0, 2000, 256)) and len(pids) == 1
+    stores = [p.name for p in (tmp_path / "data").iterdir() if p.is_dir()]
+    assert len(stores) == 1 and "." not in stores[0]  # one store, no partial one left
