@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ import numpy as np
 import torch
 
 from ganforge.errors import DataError
-from ganforge.rows import PROGRESS, Rows, write_rows
+from ganforge.rows import Rows, write_rows
 
 
 @dataclass(frozen=True)
@@ -184,11 +185,10 @@ def _prepare_rows(store: Path, source: DataSource, resolution: int, where: str) 
         (partial / "meta.json").write_text(json.dumps(meta))
         check_image_data(_read_store(partial), resolution, where)
         os.replace(partial, store)
-    except OSError as err:
+    except OSError as err:  # the source's read errors are DataErrors (ganforge.rows)
         raise _cache_error(store, err) from None
-    except DataError:
-        if not (partial / PROGRESS).exists():  # complete but unusable: not to be continued
-            shutil.rmtree(partial, ignore_errors=True)
+    except DataError:  # final (too many broken rows, bad labels): the next try decodes anew
+        shutil.rmtree(partial, ignore_errors=True)
         raise
 
 
@@ -245,20 +245,31 @@ def _checked_store(store: Path, fingerprint: str, resolution: int, where: str) -
         return None
     try:
         data = _read_store(store)
+    except (FileNotFoundError, IsADirectoryError, EOFError, ValueError, KeyError, TypeError) as err:
+        return _set_aside(store, err)
+    except OSError as err:  # memory, descriptors, permissions: the store may well be sound
+        raise DataError(
+            f"cannot read the data cache {store} ({err.strerror or err}); it is left as it is"
+        ) from None
+    try:
         meta = json.loads((store / "meta.json").read_text())
         if meta.get("fingerprint") != fingerprint:
             raise ValueError(f"it holds {meta.get('fingerprint')!r}, not {fingerprint!r}")
         check_image_data(data, resolution, where)
         return data
-    except (OSError, EOFError, ValueError, KeyError, TypeError, AttributeError, DataError) as err:
-        print(f"ganforge: warning: rebuilding the damaged data cache {store}: {err}", flush=True)
-        aside = store.with_name(f"{store.name}.damaged.{os.getpid()}")
-        try:
-            os.replace(store, aside)
-        except OSError as moved:
-            raise _cache_error(store, moved) from None
-        shutil.rmtree(aside, ignore_errors=True)
-        return None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, DataError) as err:
+        return _set_aside(store, err)
+
+
+def _set_aside(store: Path, err: Exception) -> None:
+    """Move a damaged store aside and remove it, with a warning (it is rebuilt)."""
+    print(f"ganforge: warning: rebuilding the damaged data cache {store}: {err}", flush=True)
+    try:
+        aside = Path(tempfile.mkdtemp(prefix=f"{store.name}.damaged.", dir=store.parent))
+        os.replace(store, aside)
+    except OSError as moved:
+        raise _cache_error(store, moved) from None
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -275,7 +286,16 @@ def _store_lock(store: Path) -> Iterator[None]:
             return
         raise _cache_error(store, err) from None
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)  # another process decoding the same data: wait
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # another process decoding the same data: wait
+        except OSError as err:  # a file system without locks (Lustre without -o flock, ...)
+            print(
+                f"ganforge: warning: the data cache {store.parent} cannot be locked "
+                f"({err.strerror or err}): processes starting together may each decode the "
+                "data; prepare it first with `ganforge data prepare`",
+                file=sys.stderr,
+                flush=True,
+            )
         yield
     finally:
         os.close(fd)

@@ -5,7 +5,7 @@ A source that knows its size and sample shape before decoding (a folder listing,
 row count) gives :class:`Rows`; the writer decodes ``chunk`` rows at a time in a thread pool
 (image decoders release the GIL), writes each chunk straight into the store's memory-mapped
 arrays, and records which chunks are done, so a preparation killed half-way continues where
-it stopped. Memory stays a few chunks, whatever the data set's size.
+it stopped. At most two chunks per core are in flight, whatever the data set's size.
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ def write_rows(folder: Path, rows: Rows, key: str, what: str) -> tuple[int, list
     if done:
         print(
             f"ganforge: {what}: continuing an interrupted preparation "
-            f"({len(done) * CHUNK:,} of {rows.count:,} rows done)",
+            f"({min(len(done) * CHUNK, rows.count):,} of {rows.count:,} rows done)",
             file=sys.stderr,
             flush=True,
         )
@@ -94,13 +94,16 @@ def _progress(folder: Path, rows: Rows, key: str) -> tuple[set[int], dict[int, s
     data; else nothing."""
     try:
         saved = json.loads((folder / PROGRESS).read_text())
-        if (
-            saved["key"] == key
-            and saved["count"] == rows.count
-            and (folder / "images.npy").exists()
-        ):
+        same = (saved["key"], saved["count"], saved["chunk"]) == (key, rows.count, CHUNK)
+        # The arrays as this preparation would make them (a kill while broken rows were left
+        # out leaves them shorter: then it starts again).
+        shapes = [("images", (rows.count, *rows.shape))]
+        shapes += [("labels", (rows.count,))] if rows.labelled else []
+        for name, shape in shapes:
+            same = same and np.load(folder / f"{name}.npy", mmap_mode="r").shape == shape
+        if same:
             return set(saved["done"]), {int(k): v for k, v in saved["broken"].items()}
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, EOFError, ValueError, KeyError, TypeError):
         pass
     return set(), {}
 
@@ -113,25 +116,29 @@ def _decode_all(rows, todo, images, labels, done, broken, folder, key, what) -> 
     shown = {"unit": "img", "desc": f"ganforge: preparing {what}", "mininterval": 2.0}
     initial = min(len(done) * CHUNK, rows.count)
     workers = max(1, min(16, os.cpu_count() or 1))
-    with (
-        ThreadPoolExecutor(workers) as pool,
-        tqdm(total=rows.count, initial=initial, file=sys.stderr, **shown) as bar,
-    ):
-        pending, queue = set(), iter(todo)
-        for start in queue:  # a few chunks in flight: memory stays bounded
-            pending.add(pool.submit(_one, rows, start, images, labels))
-            if len(pending) < 2 * workers:
-                continue
-            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-            _record(finished, (images, labels), done, broken, folder, key, rows, bar)
-        while pending:
-            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-            _record(finished, (images, labels), done, broken, folder, key, rows, bar)
+    pool = ThreadPoolExecutor(workers)
+    try:
+        with tqdm(total=rows.count, initial=initial, file=sys.stderr, **shown) as bar:
+            pending = set()
+            for start in todo:  # a few chunks in flight: memory stays bounded
+                pending.add(pool.submit(_one, rows, start, images, labels, what))
+                if len(pending) < 2 * workers:
+                    continue
+                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                _record(finished, (images, labels), done, broken, folder, key, rows, bar)
+            while pending:
+                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                _record(finished, (images, labels), done, broken, folder, key, rows, bar)
+    finally:  # on Ctrl-C or a failure, chunks not started are not decoded
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _one(rows: Rows, start: int, images, labels) -> tuple[int, int, list[tuple[int, str]]]:
+def _one(rows: Rows, start: int, images, labels, what: str) -> tuple[int, int, list]:
     stop = min(start + CHUNK, rows.count)
-    chunk = rows.decode(start, stop)
+    try:
+        chunk = rows.decode(start, stop)
+    except OSError as err:  # the source's storage, not the cache: one message naming it
+        raise DataError(f"{what}: cannot read rows {start}-{stop - 1}: {err}") from None
     images[start:stop] = chunk.samples
     if labels is not None:
         labels[start:stop] = chunk.labels
@@ -151,7 +158,8 @@ def _record(finished, arrays, done, broken, folder, key, rows, bar) -> None:
         done.add(start)
         broken.update(dict(chunk_broken))
         bar.update(stop - start)
-    state = {"key": key, "count": rows.count, "done": sorted(done), "broken": broken}
+    state = {"key": key, "count": rows.count, "chunk": CHUNK, "done": sorted(done)}
+    state["broken"] = broken
     tmp = folder / f"{PROGRESS}.tmp"
     tmp.write_text(json.dumps(state))
     os.replace(tmp, folder / PROGRESS)

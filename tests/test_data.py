@@ -357,3 +357,41 @@ def test_processes_preparing_one_store_at_once_decode_it_once(tmp_path):
     assert sorted(map(int, starts)) == list(range(0, 2000, 256)) and len(pids) == 1
     stores = [p.name for p in (tmp_path / "data").iterdir() if p.is_dir()]
     assert len(stores) == 1 and "." not in stores[0]  # one store, no partial one left
+
+
+def test_a_cache_that_cannot_be_locked_still_works_with_a_warning(tmp_path, monkeypatch, capsys):
+    """Lustre without -o flock, NFS without lockd: flock fails; every start once failed too."""
+    import errno
+
+    import ganforge.data
+
+    def no_locks(*args):
+        raise OSError(errno.ENOSYS, os.strerror(errno.ENOSYS))
+
+    monkeypatch.setattr(ganforge.data.fcntl, "flock", no_locks)
+    source = DataSource("rows-nolock", rows=lambda: counted_rows(300))
+    assert len(open_store(source, 4, cache_dir=tmp_path)) == 300
+    assert "cannot be locked" in capsys.readouterr().err
+    assert len(open_store(source, 4, cache_dir=tmp_path)) == 300
+
+
+def test_a_partial_store_left_in_a_state_no_preparation_makes_is_started_again(tmp_path, capsys):
+    """Killed while broken rows were being left out, a partial store once failed every later
+    start with a traceback."""
+    failing = DataSource("rows-v6", rows=lambda: counted_rows(4000, fail_at=2048))
+    with pytest.raises(Interrupted):
+        open_store(failing, 4, cache_dir=tmp_path)
+    (partial,) = (tmp_path / "data").glob("*.partial")
+    np.save(partial / "images.npy", np.zeros((3990, 1, 4, 4), np.uint8))  # shorter than 4000
+    data = open_store(DataSource("rows-v6", rows=lambda: counted_rows(4000)), 4, cache_dir=tmp_path)
+    expected = DataSource("rows-v7", rows=lambda: counted_rows(4000)).load()
+    assert np.array_equal(data.images, expected.images)
+    assert "continuing" not in capsys.readouterr().err
+
+
+def test_a_preparation_stopped_for_broken_rows_decodes_them_again_next_time(tmp_path):
+    strict = DataSource("rows-v8", rows=lambda: counted_rows(broken=(3,), max_broken=0.0))
+    with pytest.raises(DataError, match="1 of 1000 images cannot be decoded"):
+        open_store(strict, 4, cache_dir=tmp_path)
+    fixed = DataSource("rows-v8", rows=lambda: counted_rows(max_broken=0.0))  # say, a decoder
+    assert len(open_store(fixed, 4, cache_dir=tmp_path)) == 1000  # installed since

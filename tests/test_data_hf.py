@@ -172,6 +172,18 @@ def test_a_file_name_that_is_not_utf8_is_named_in_one_message(tmp_path):
         hf_source(resolution=8, path=str(tmp_path / "pics"))
 
 
+def test_hidden_and_special_folders_are_not_classes_or_images(folder):
+    """As datasets' image folders: a notebook's checkpoints and a macOS archive's companions
+    are no classes, and no broken images either."""
+    (folder / ".ipynb_checkpoints").mkdir()
+    split_image().save(folder / ".ipynb_checkpoints" / "a.png")
+    (folder / "__MACOSX" / "cats").mkdir(parents=True)
+    (folder / "__MACOSX" / "cats" / "._a.png").write_bytes(b"\0\5\26\7")
+    (folder / "cats" / "._b.png").write_bytes(b"\0\5\26\7")
+    data = load(folder)
+    assert len(data) == 12 and list(data.class_names) == ["cats", "dogs"]
+
+
 def test_grayscale_becomes_rgb_and_channels_1_gives_grayscale(tmp_path):
     (tmp_path / "mix").mkdir()
     Image.new("L", (9, 9), 128).save(tmp_path / "mix" / "gray.png")

@@ -101,7 +101,8 @@ def hf_source(
     def rows() -> Rows:
         shape = _Shape(resolution, channels, resize)
         if kind == "imagefolder":  # PIL on the files themselves: no datasets in between
-            images, names = _folder(Path(where), files, split, labels)
+            # Listed again here: the run keeps no list of a million files it no longer needs.
+            images, names = _folder(Path(where), _walk(Path(where)), split, labels)
             return _folder_rows(Path(where), images, names, where, shape, max_broken_fraction)
         ds = _open(kind, where, split, revision)
         return _rows(ds, where, shape, image_column, label_column, labels, max_broken_fraction)
@@ -141,13 +142,17 @@ def _walk(root: Path) -> list[_File]:
     found, stack = [], [((), str(root))]
     while stack:
         parts, folder = stack.pop()
-        with os.scandir(folder) as entries:
-            for entry in entries:
-                if entry.is_dir(follow_symlinks=False):
-                    stack.append(((*parts, entry.name), entry.path))
-                elif entry.is_file():
-                    stat = entry.stat()
-                    found.append(_File((*parts, entry.name), stat.st_size, stat.st_mtime_ns))
+        try:
+            entries = list(os.scandir(folder))
+        except OSError as err:
+            problem = err.strerror or err
+            raise DataError(f"hf: cannot read the folder {folder}: {problem}") from None
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                stack.append(((*parts, entry.name), entry.path))
+            elif entry.is_file():
+                stat = entry.stat()
+                found.append(_File((*parts, entry.name), stat.st_size, stat.st_mtime_ns))
     return sorted(found)
 
 
@@ -208,7 +213,15 @@ def _folder(
     is in, or None where some image lies outside class folders or labels are off."""
     base = Path(_image_files(root, split)[split]).parent
     top = base.relative_to(root).parts
-    images = [f for f in files if f.suffix.lower() in IMAGE_SUFFIXES and f.parts[: len(top)] == top]
+    images = [
+        f
+        for f in files
+        if f.suffix.lower() in IMAGE_SUFFIXES
+        and f.parts[: len(top)] == top
+        # as datasets' image folders: no hidden or __special__ folders (.ipynb_checkpoints,
+        # __MACOSX) and no hidden files (macOS's ._ companions)
+        and not any(part.startswith((".", "__")) for part in f.parts[len(top) :])
+    ]
     if not images:
         raise DataError(f"hf: {base} holds no images")
     if not labels or any(len(f.parts) == len(top) + 1 for f in images):
@@ -380,8 +393,10 @@ def _labels(ds, label: str, feature, where: str) -> tuple[list[str] | None, np.n
     """Class names and every row's label, from the label column alone (no image is read)."""
     import datasets
 
-    raw = ds[label]
+    column = ds.with_format("arrow")[label]  # the whole column at once, not row by row
     class_names = list(feature.names) if isinstance(feature, datasets.ClassLabel) else None
+    strings = class_names is None and feature.dtype in STRINGS
+    raw = column.to_pylist() if strings else column.to_numpy()
     if not isinstance(feature, datasets.ClassLabel) and feature.dtype in STRINGS:
         # Sorted names, so the encoding does not depend on row order.
         class_names = sorted(set(raw))
