@@ -101,8 +101,9 @@ def write_samples(
     """Sample ``num`` outputs of an export and write them; return the files written.
 
     ``out`` takes one ``.png`` (an image grid, or a scatter plot for point data) or ``.npy``
-    (the samples as float32 in the generator's range); ``out_dir`` one PNG per image. Conditional generators sample
-    every class in turn unless ``label`` names some (comma-separated: a run of samples each);
+    (the samples as float32 in the generator's range); ``out_dir`` one PNG per image.
+    Conditional generators sample every class in turn unless ``label`` names some
+    (comma-separated: a run of samples each);
     self-conditioned ones (``data.clusters``) draw clusters with their share of the data.
     Images come at the data's own size where training padded it (``GeneratorInfo.native_crop``:
     28×28 for Fashion-MNIST trained at 32); ``full`` keeps the whole output.
