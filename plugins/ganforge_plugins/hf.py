@@ -235,22 +235,31 @@ def _folder_rows(root: Path, images, names, where: str, shape: _Shape, max_broke
     values = None
     if names:
         values = np.searchsorted(np.array(class_names), np.array(names)).astype(np.int64)
+
+    def paths(start: int, stop: int):
+        return (os.path.join(root, *f.parts) for f in images[start:stop])
+
+    return _image_rows(len(images), paths, values, class_names, where, shape, max_broken)
+
+
+def _image_rows(count, values, labels, class_names, where, shape: _Shape, max_broken) -> Rows:
+    """Rows of ``count`` images: ``values(start, stop)`` gives what :func:`_to_array` decodes
+    (paths, bytes), ``labels`` every row's class (or None)."""
     counted = _Counted(shape)
 
     def decode(start: int, stop: int) -> Chunk:
-        paths = (os.path.join(root, *f.parts) for f in images[start:stop])
-        samples, broken = counted.decode(paths, start, where)
-        return Chunk(samples, None if values is None else values[start:stop], broken)
+        samples, broken = counted.decode(values(start, stop), start, where)
+        return Chunk(samples, None if labels is None else labels[start:stop], broken)
 
     side = shape.resolution
     return Rows(
-        len(images),
+        count,
         (shape.channels, side, side),
         decode,
-        labelled=values is not None,
+        labelled=labels is not None,
         class_names=class_names,
         max_broken_fraction=max_broken,
-        finished=lambda: counted.note(len(images), where),
+        finished=lambda: counted.note(count, where),
     )
 
 
@@ -371,22 +380,8 @@ def _rows(ds, where, shape: _Shape, image_column, label_column, labels, max_brok
     if isinstance(ds.features[image], datasets.Image):  # raw bytes/paths: we decode with PIL
         ds = ds.cast_column(image, datasets.Image(decode=False))
     class_names, label_values = _labels(ds, label, feature, where) if label else (None, None)
-    counted = _Counted(shape)
-
-    def decode(start: int, stop: int) -> Chunk:
-        samples, broken = counted.decode(ds[start:stop][image], start, where)
-        return Chunk(samples, None if label is None else label_values[start:stop], broken)
-
-    side = shape.resolution
-    return Rows(
-        len(ds),
-        (shape.channels, side, side),
-        decode,
-        labelled=label is not None,
-        class_names=class_names,
-        max_broken_fraction=max_broken,
-        finished=lambda: counted.note(len(ds), where),
-    )
+    rows = lambda start, stop: ds[start:stop][image]  # noqa: E731
+    return _image_rows(len(ds), rows, label_values, class_names, where, shape, max_broken)
 
 
 def _labels(ds, label: str, feature, where: str) -> tuple[list[str] | None, np.ndarray]:
