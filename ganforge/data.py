@@ -221,9 +221,9 @@ def describe_store(source: DataSource, resolution: int) -> dict:
     data = None
     if (store / "meta.json").exists():
         try:
-            data = _read_store(store)
+            data = _read_store(store, source.fingerprint)
             check_image_data(data, resolution, found["source"])
-        except (OSError, EOFError, ValueError, KeyError, TypeError, DataError) as err:
+        except (*_DAMAGE, OSError) as err:
             return {**found, "prepared": f"damaged ({err}): the next start rebuilds it"}
     if data is None:
         return {**found, "prepared": "no"}
@@ -244,21 +244,15 @@ def _checked_store(store: Path, fingerprint: str, resolution: int, where: str) -
     if not store.exists():
         return None
     try:
-        data = _read_store(store)
-    except (FileNotFoundError, IsADirectoryError, EOFError, ValueError, KeyError, TypeError) as err:
+        data = _read_store(store, fingerprint)
+        check_image_data(data, resolution, where)
+        return data
+    except _DAMAGE as err:
         return _set_aside(store, err)
     except OSError as err:  # memory, descriptors, permissions: the store may well be sound
         raise DataError(
             f"cannot read the data cache {store} ({err.strerror or err}); it is left as it is"
         ) from None
-    try:
-        meta = json.loads((store / "meta.json").read_text())
-        if meta.get("fingerprint") != fingerprint:
-            raise ValueError(f"it holds {meta.get('fingerprint')!r}, not {fingerprint!r}")
-        check_image_data(data, resolution, where)
-        return data
-    except (OSError, ValueError, KeyError, TypeError, AttributeError, DataError) as err:
-        return _set_aside(store, err)
 
 
 def _set_aside(store: Path, err: Exception) -> None:
@@ -327,8 +321,25 @@ def _write_store(store: Path, data: ImageData, fingerprint: str) -> None:
         raise _cache_error(store, err) from None
 
 
-def _read_store(store: Path) -> ImageData:
+#: What reading a damaged store raises (it is rebuilt, never trusted); other OSErrors (memory,
+#: descriptors, permissions) say nothing about the store.
+_DAMAGE = (
+    FileNotFoundError,
+    IsADirectoryError,
+    EOFError,
+    ValueError,
+    KeyError,
+    TypeError,
+    DataError,
+)
+
+
+def _read_store(store: Path, fingerprint: str | None = None) -> ImageData:
+    """The store's arrays (memory-mapped), after its ``meta.json``: the ``fingerprint`` it
+    must name, when given, and its class names."""
     meta = json.loads((store / "meta.json").read_text())
+    if fingerprint is not None and meta["fingerprint"] != fingerprint:
+        raise ValueError(f"it holds {meta['fingerprint']!r}, not {fingerprint!r}")
     names = meta["class_names"]
     if names is not None and not (
         isinstance(names, list)
