@@ -15,8 +15,10 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -236,6 +238,64 @@ def describe_store(source: DataSource, resolution: int) -> dict:
         "classes": data.num_classes,
         "bytes": size,
     }
+
+
+#: How long a result :func:`node_once` shared stays usable by processes started before it.
+NODE_ONCE_FRESH = 120.0
+
+
+def node_once(key: str, compute: Callable[[], dict]) -> dict:
+    """``compute()`` (a JSON-able dict) once for the processes of a launch on this node.
+
+    Every process of a launch builds the data source at once; for a result that is costly to
+    reach and the same for all of them (the listing of a million-file folder: seconds of
+    ``stat`` calls each), the first process computes it under a lock in the data cache and
+    the others read what it wrote. A result is reused only by another process on the same
+    host that started before it was written, within :data:`NODE_ONCE_FRESH` seconds: the next
+    run, even a minute later, and the process that wrote it compute it afresh (so files
+    rewritten in between are seen). Where the cache cannot hold it, each process computes
+    its own.
+    """
+    name = hashlib.sha256(f"{socket.gethostname()}\0{key}".encode()).hexdigest()[:24]
+    path = cache_root() / "data" / "shared" / f"{name}.json"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path.with_suffix(".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:
+        return compute()
+    try:
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_EX)  # without locks, processes may compute it twice
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            written = path.stat().st_mtime
+            if _process_started() <= written and time.time() - written < NODE_ONCE_FRESH:
+                shared = json.loads(path.read_text())
+                if shared["key"] == key and shared["pid"] != os.getpid():
+                    return shared["result"]
+        result = compute()
+        with contextlib.suppress(OSError):
+            tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps({"key": key, "pid": os.getpid(), "result": result}))
+            os.replace(tmp, path)
+        return result
+    finally:
+        os.close(fd)
+
+
+def _process_started() -> float:
+    """When this process started (Unix time, from ``/proc``), or now where that is unknown
+    (so nothing written before it counts as this launch's)."""
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        boot = next(
+            int(line.split()[1])
+            for line in Path("/proc/stat").read_text().splitlines()
+            if line.startswith("btime ")
+        )
+        # btime is whole seconds: a second's margin, never a result from before the start.
+        return boot + int(fields[19]) / os.sysconf("SC_CLK_TCK") + 1.0
+    except (OSError, ValueError, IndexError, StopIteration):
+        return time.time()
 
 
 def _checked_store(store: Path, fingerprint: str, resolution: int, where: str) -> ImageData | None:

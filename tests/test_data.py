@@ -395,3 +395,48 @@ def test_a_preparation_stopped_for_broken_rows_decodes_them_again_next_time(tmp_
         open_store(strict, 4, cache_dir=tmp_path)
     fixed = DataSource("rows-v8", rows=lambda: counted_rows(max_broken=0.0))  # say, a decoder
     assert len(open_store(fixed, 4, cache_dir=tmp_path)) == 1000  # installed since
+
+
+def _listed_once(log: str, key: str) -> dict:
+    import time
+
+    from ganforge.data import node_once
+
+    def compute():
+        with open(log, "a") as f:
+            f.write(f"{os.getpid()}\n")
+        time.sleep(1.2)  # a walk of a large folder; longer than /proc's start-time margin
+        return {"digest": "d1", "pid": os.getpid()}
+
+    return node_once(key, compute)
+
+
+def test_a_listing_is_taken_once_per_launch_and_afresh_by_the_next_run(tmp_path):
+    """Every process of a launch once walked and stat'ed the whole image folder to fingerprint
+    it (seconds at 1M files, in each of 8 processes). Now the first process lists it and the
+    others starting with it read that; a run started later, or the process that wrote it,
+    lists again, so files rewritten in place between runs are seen."""
+    import multiprocessing
+
+    log = tmp_path / "listed.log"
+    fork = multiprocessing.get_context("fork")
+    with fork.Pool(3) as pool:
+        results = pool.starmap(_listed_once, [(str(log), "folder-a")] * 3)
+    assert len(log.read_text().split()) == 1  # one process walked, all three agree
+    assert len({r["pid"] for r in results}) == 1
+    with fork.Pool(1) as pool:  # the next run (started after the listing was written)
+        assert pool.starmap(_listed_once, [(str(log), "folder-a")])[0]["pid"] != results[0]["pid"]
+    assert len(log.read_text().split()) == 2
+    _listed_once(str(log), "folder-b")  # another key is its own listing
+    assert len(log.read_text().split()) == 3
+
+
+def test_a_listing_without_a_writable_cache_is_taken_by_each_process(tmp_path, monkeypatch):
+    import multiprocessing
+
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setenv("GANFORGE_CACHE_DIR", str(tmp_path / "a-file"))  # cannot hold folders
+    log = tmp_path / "listed.log"
+    with multiprocessing.get_context("fork").Pool(2) as pool:
+        results = pool.starmap(_listed_once, [(str(log), "folder-a")] * 2)
+    assert len(log.read_text().split()) == 2 and len({r["pid"] for r in results}) == 2
