@@ -345,6 +345,7 @@ def _interpolate(args) -> int:
         truncation=args.truncation,
         label=args.label,
         device=args.device,
+        full=args.full,
     )
     shown = " and ".join(str(p) for p in paths)
     print(f"ganforge: wrote a {args.interpolate}-step interpolation (seed {args.seed}) to {shown}")

@@ -375,3 +375,59 @@ def gather_rank_states(
         parts = torch.split(data.cpu()[: int(rank_sizes.sum())], rank_sizes.tolist())
         out.update({f"rank{rank}.{n}": p.clone() for n, p in zip(names, parts, strict=True)})
     return out
+
+
+def gather_json(value: Any, accelerator) -> list[Any]:
+    """*Collective.* Every process's JSON-able ``value``, in rank order, on every process
+    (JSON text in uint8 tensors: nothing another process sends is unpickled)."""
+    world = accelerator.num_processes
+    if world == 1:
+        return [value]
+    import torch.distributed as dist
+
+    device = accelerator.device
+    text = json.dumps(value, sort_keys=True).encode()
+    size = torch.tensor([len(text)], device=device)
+    sizes = [torch.empty_like(size) for _ in range(world)]
+    dist.all_gather(sizes, size)
+    padded = torch.zeros(max(int(s) for s in sizes), dtype=torch.uint8, device=device)
+    padded[: len(text)] = torch.frombuffer(bytearray(text), dtype=torch.uint8).to(device)
+    everyone = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(everyone, padded)
+    return [
+        json.loads(bytes(data[: int(n)].cpu().tolist()))
+        for data, n in zip(everyone, sizes, strict=True)
+    ]
+
+
+def agree(accelerator, facts: Mapping[str, Any], hints: Mapping[str, str] = {}) -> None:  # noqa: B006
+    """*Collective.* Stop every process together unless every process states the same
+    ``facts`` (one exchange at start-up, before anything costly): a GanforgeError (exit 2) on
+    every process, naming each key that differs and which ranks hold which value, followed by
+    ``hints[key]`` where given. Processes that started on different recipes, versions or
+    checkpoints would otherwise issue different collectives and hang, or diverge silently."""
+    everyone = gather_json(dict(facts), accelerator)
+    lines = []
+    for key in sorted(set().union(*everyone)):
+        values = [json.dumps(f.get(key), sort_keys=True) for f in everyone]
+        if len(set(values)) == 1:
+            continue
+        held: dict[str, list[int]] = {}
+        for rank, value in enumerate(values):
+            held.setdefault(value, []).append(rank)
+        said = "; ".join(
+            f"rank{'s' * (len(ranks) > 1)} {', '.join(map(str, ranks))}: {_shown(value)}"
+            for value, ranks in held.items()
+        )
+        lines.append(f"  {key}: {said}" + (f"\n    {hints[key]}" if key in hints else ""))
+    if lines:
+        raise GanforgeError(
+            f"the {accelerator.num_processes} processes of this launch do not agree; nothing "
+            "was changed:\n" + "\n".join(lines)
+        )
+
+
+def _shown(value: str) -> str:
+    """A JSON value as a message shows it: strings without their quotes."""
+    loaded = json.loads(value)
+    return loaded if isinstance(loaded, str) else value

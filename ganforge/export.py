@@ -394,7 +394,9 @@ def generate(
     """``num`` samples from a loaded generator; the same seed gives the same samples.
 
     Conditional generators take ``labels`` (``num`` class indices). ``truncation`` (ψ) is passed
-    to generators that declare ``supports_truncation``.
+    to generators that declare ``supports_truncation``. Samples are the whole output, with any
+    padding training added; ``ganforge.sampling.native(samples, info)`` cuts images to the
+    data's own size (``info.native_crop``), as ``ganforge generate`` does.
     """
     return forward(generator, latents(info, num, seed), labels, truncation)
 

@@ -13,7 +13,7 @@ from ganforge.errors import GanforgeError
 from ganforge.export import forward, latents, load_generator
 from ganforge.plugins import Plugins
 from ganforge.runfiles import atomic_write, image_grid, save_grid
-from ganforge.sampling import _device, check_truncation, chosen_classes
+from ganforge.sampling import _device, check_truncation, chosen_classes, native
 
 #: Each GIF frame is shown this long (milliseconds).
 FRAME_MS = 120
@@ -57,6 +57,7 @@ def write_interpolation(
     label: str | None = None,
     device: str = "cpu",
     plugins: Plugins | None = None,
+    full: bool = False,
 ) -> list[Path]:
     """Interpolate ``rows`` pairs of latents in ``steps`` steps each; return the files written.
 
@@ -64,6 +65,8 @@ def write_interpolation(
     beside it (same name, ``.gif``); ending in ``.gif`` writes only the GIF, whose frame ``k``
     shows every row at step ``k``. Conditional models keep one class per row: every class in
     turn unless ``label`` names some. ``rows`` defaults to the number of those classes, or 4.
+    Images come at the data's own size where training padded it, as ``ganforge generate``'s;
+    ``full`` keeps the whole output.
     """
     if steps < 2:
         raise GanforgeError(f"--interpolate needs at least 2 steps (the two ends), not {steps}")
@@ -87,6 +90,7 @@ def write_interpolation(
         y = classes[grid_labels(rows, len(classes))].repeat_interleave(steps)
     with torch.no_grad():
         images = forward(generator, z, y, truncation).cpu()
+    images = images if full else native(images, info)
     written = []
     if out.suffix.lower() == ".png":
         written.append(save_grid(out, images, nrow=steps))

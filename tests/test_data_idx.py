@@ -286,6 +286,11 @@ def test_an_export_of_padded_data_generates_at_the_datas_own_size(tmp_path, caps
         assert whole.size == (32, 32)
     assert main(["generate", str(export), "--num", "2", "--out", str(tmp_path / "s.npy")]) == 0
     assert np.load(tmp_path / "s.npy").shape == (2, 1, 28, 28)
+    walk = ["generate", str(export), "--interpolate", "3", "--num", "1"]
+    assert main([*walk, "--out", str(tmp_path / "walk.gif")]) == 0
+    assert main([*walk, "--full", "--out", str(tmp_path / "whole.gif")]) == 0
+    with Image.open(tmp_path / "walk.gif") as own, Image.open(tmp_path / "whole.gif") as whole:
+        assert (whole.size[0] - own.size[0], whole.size[1] - own.size[1]) == (4, 4)  # one image
     # At its own resolution nothing is padded, and nothing is cut.
     assert "native_crop" not in idx.fashion_mnist_source(resolution=28, path=str(folder)).metadata
 

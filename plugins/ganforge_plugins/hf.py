@@ -102,8 +102,10 @@ def hf_source(
         shape = _Shape(resolution, channels, resize)
         if kind == "imagefolder":  # PIL on the files themselves: no datasets in between
             # Listed again here: the run keeps no list of a million files it no longer needs.
-            images, names = _folder(Path(where), _walk(Path(where)), split, labels)
-            return _folder_rows(Path(where), images, names, where, shape, max_broken_fraction)
+            paths, values, names = _folder(Path(where), split, labels)
+            return _folder_rows(
+                Path(where), paths, values, names, where, shape, max_broken_fraction
+            )
         ds = _open(kind, where, split, revision)
         return _rows(ds, where, shape, image_column, label_column, labels, max_broken_fraction)
 
@@ -147,11 +149,6 @@ def _scan(folder: str, parts: tuple[str, ...] = ()):
             yield from _scan(entry.path, (*parts, entry.name))
         elif entry.is_file():
             yield (*parts, entry.name), entry.stat()
-
-
-def _walk(root: Path) -> list[_File]:
-    """Every file under ``root``, sorted as paths sort."""
-    return [_File(parts, st.st_size, st.st_mtime_ns) for parts, st in _scan(str(root))]
 
 
 def _listing(root: Path) -> dict:
@@ -217,39 +214,44 @@ def _stat_digest(files: list[_File]) -> str:
 
 
 def _folder(
-    root: Path, files: list[_File], split: str, labels: bool
-) -> tuple[list[_File], list[str] | None]:
-    """The image files of ``split`` (sorted) and each one's class, the name of the folder it
-    is in, or None where some image lies outside class folders or labels are off."""
+    root: Path, split: str, labels: bool
+) -> tuple[np.ndarray, np.ndarray | None, list[str] | None]:
+    """The image files of ``split`` under ``root`` in path order, compactly (a million files:
+    tens of MB, not a Python object each): their paths below ``root`` as one bytes array, and
+    each one's class (the name of the folder it is in) as an index into the sorted class
+    names, or None where some image lies outside class folders or labels are off."""
     base = Path(_image_files(root, split)[split]).parent
     top = base.relative_to(root).parts
-    images = [
-        f
-        for f in files
-        if f.suffix.lower() in IMAGE_SUFFIXES
-        and f.parts[: len(top)] == top
+    found, folders, folder_of = [], {}, []
+    for parts, _ in _scan(str(base), top):
         # as datasets' image folders: no hidden or __special__ folders (.ipynb_checkpoints,
         # __MACOSX) and no hidden files (macOS's ._ companions)
-        and not any(part.startswith((".", "__")) for part in f.parts[len(top) :])
-    ]
-    if not images:
+        below = parts[len(top) :]
+        if os.path.splitext(below[-1])[1].lower() not in IMAGE_SUFFIXES or any(
+            part.startswith((".", "__")) for part in below
+        ):
+            continue
+        found.append("/".join(parts).encode("utf-8", "surrogateescape"))
+        folder_of.append(folders.setdefault(below[-2] if len(below) > 1 else None, len(folders)))
+    if not found:
         raise DataError(f"hf: {base} holds no images")
-    if not labels or any(len(f.parts) == len(top) + 1 for f in images):
-        return images, None
-    return images, [f.parts[-2] for f in images]
+    paths = np.array(found, dtype=bytes)
+    del found
+    if not labels or None in folders:
+        return paths, None, None
+    names = sorted(folders)
+    rank = np.empty(len(folders), np.int64)
+    rank[list(folders.values())] = np.searchsorted(np.array(names), np.array(list(folders)))
+    return paths, rank[np.array(folder_of, np.int64)], names
 
 
-def _folder_rows(root: Path, images, names, where: str, shape: _Shape, max_broken) -> Rows:
+def _folder_rows(root: Path, paths, values, names, where: str, shape: _Shape, max_broken) -> Rows:
     """Rows of image files decoded by PIL, labelled by their folder's name (sorted names)."""
-    class_names = sorted(set(names)) if names else None
-    values = None
-    if names:
-        values = np.searchsorted(np.array(class_names), np.array(names)).astype(np.int64)
 
-    def paths(start: int, stop: int):
-        return (os.path.join(root, *f.parts) for f in images[start:stop])
+    def files(start: int, stop: int):
+        return (os.path.join(root, os.fsdecode(p)) for p in paths[start:stop])
 
-    return _image_rows(len(images), paths, values, class_names, where, shape, max_broken)
+    return _image_rows(len(paths), files, values, names, where, shape, max_broken)
 
 
 def _image_rows(count, values, labels, class_names, where, shape: _Shape, max_broken) -> Rows:
