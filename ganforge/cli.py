@@ -3,7 +3,9 @@
 
 Everything goes through :func:`main`, which returns the exit status: 0 on success, 2 for any
 mistake in what the user gave (recipe, path, plugin, data), printed as one message; a training
-run that stops early says why and exits 130 (Ctrl-C) or 3 (too many non-finite steps in a row).
+run that stops early says why and exits 128 + the signal's number (130 Ctrl-C, 143 SIGTERM,
+138 SIGUSR1, 140 SIGUSR2) or 3 (too many non-finite steps in a row); a process of a launch
+whose peers went away exits 4 with one line.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ganforge import __version__
-from ganforge.errors import INTERRUPTED, GanforgeError, TrainingStopped
+from ganforge.errors import INTERRUPTED, PEER_LOST, GanforgeError, TrainingStopped
 
 COMMANDS = ("train", "validate", "data", "plugins", "export", "generate", "eval", "report")
 USAGE_ERROR = 2
@@ -176,6 +178,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:  # Ctrl-C outside the training loop, or a second one inside it
         print("ganforge: interrupted", file=sys.stderr)
         return INTERRUPTED
+    except RuntimeError as err:  # a collective whose peers went away: one line, not gloo's
+        from ganforge.distributed import lost_peer
+
+        said = lost_peer(err)
+        if said is None:
+            raise
+        print(f"ganforge: error: {said}", file=sys.stderr)
+        return PEER_LOST
 
 
 def at_most(high: int, low: int | None = None):

@@ -150,18 +150,29 @@ def ensure_process_group(accelerator) -> None:
 
 
 def make_accelerator(
-    mixed_precision: str, log_with: Sequence[str] = (), run_dir: str | Path | None = None
+    mixed_precision: str,
+    log_with: Sequence[str] = (),
+    run_dir: str | Path | None = None,
+    timeout: float = 1800,
 ):
     """The run's Accelerator: DDP without per-forward buffer broadcasts, the recipe's precision
-    (or the launcher's, for "auto"), the recipe's trackers (writing under ``run_dir/logs``)
-    and a clear refusal of launch types ganforge cannot run."""
+    (or the launcher's, for "auto"), the recipe's trackers (writing under ``run_dir/logs``),
+    the process group's ``timeout`` (``distributed.timeout``, seconds) and a clear refusal of
+    launch types ganforge cannot run."""
+    from datetime import timedelta
+
     from accelerate import Accelerator  # lazy: keeps `ganforge validate` fast
-    from accelerate.utils import DistributedDataParallelKwargs, DistributedType
+    from accelerate.utils import (
+        DistributedDataParallelKwargs,
+        DistributedType,
+        InitProcessGroupKwargs,
+    )
 
     # Buffers (batch-norm statistics) are not broadcast at every forward: with two models and
     # several forwards per step that would overwrite each rank's train-mode statistics mid-step.
     ddp = DistributedDataParallelKwargs(broadcast_buffers=False)
-    kwargs: dict[str, Any] = {"kwargs_handlers": [ddp]}
+    group = InitProcessGroupKwargs(timeout=timedelta(seconds=timeout))
+    kwargs: dict[str, Any] = {"kwargs_handlers": [ddp, group]}
     if log_with:
         from accelerate.utils import ProjectConfiguration
 
@@ -202,6 +213,17 @@ def _warn_about_launch(accelerator) -> None:
             "ganforge: warning: this CPU has no native bfloat16 instructions (AVX512-BF16 or "
             "AMX): bf16 is emulated and slower than float32 here. Set "
             'run.mixed_precision = "no" unless memory is what bf16 is for.',
+            file=sys.stderr,
+            flush=True,
+        )
+    restarts = int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0") or 0)
+    shared = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    if restarts and shared and accelerator.is_main_process:
+        print(
+            "ganforge: warning: torchrun --max-restarts with its shared rendezvous store: a "
+            "restarted group can read the dead workers' addresses from it and fail again "
+            "(seen with gloo). Export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 before torchrun "
+            "(docs/distributed.md)",
             file=sys.stderr,
             flush=True,
         )
@@ -375,6 +397,25 @@ def gather_rank_states(
         parts = torch.split(data.cpu()[: int(rank_sizes.sum())], rank_sizes.tolist())
         out.update({f"rank{rank}.{n}": p.clone() for n, p in zip(names, parts, strict=True)})
     return out
+
+
+def lost_peer(err: BaseException) -> str | None:
+    """What a collective's failure says about the other processes, when it is one (a peer
+    that died, was killed, stopped with its own error, or stalled past the timeout); else
+    None. Only under several processes."""
+    if int(os.environ.get("WORLD_SIZE", "1")) < 2 or "torch.distributed" not in sys.modules:
+        return None
+    text = str(err)
+    signs = ("Connection closed by peer", "Connection reset by peer", "Timed out", "timed out")
+    if not isinstance(err, torch.distributed.DistError) and not any(s in text for s in signs):
+        return None
+    first = text.strip().splitlines()[0] if text.strip() else type(err).__name__
+    return (
+        f"another process of this launch stopped, was killed or stalled ({first[:200]}); its "
+        "own output says why (rank 0's error, a signal, the out-of-memory killer). If none "
+        "does, a process hung or a node was lost: each gives up after distributed.timeout "
+        "seconds"
+    )
 
 
 def gather_json(value: Any, accelerator) -> list[Any]:

@@ -34,6 +34,8 @@ class TrainingStopped(Exception):
 INTERRUPTED = 130
 TERMINATED = 143
 NON_FINITE = 3
+#: Exit status of a process whose peers of a launch went away (died, stopped or stalled).
+PEER_LOST = 4
 
 
 class RecipeError(GanforgeError):

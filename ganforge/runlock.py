@@ -26,15 +26,29 @@ from ganforge.runfiles import cut_jsonl, write_text
 
 
 class RunLock:
-    """An exclusive, non-blocking ``flock`` on ``run_dir``'s lock file."""
+    """An exclusive, non-blocking ``flock`` on ``run_dir``'s lock file.
+
+    Exclusive between processes; within one process, trainers built on the same directory
+    share it (a notebook or a test building a second one before the first is gone), and the
+    lock is dropped when the last of them releases it."""
+
+    #: This process's locks: the lock file's path -> [descriptor, holders].
+    _held: dict[Path, list[int]] = {}
 
     def __init__(self, run_dir: Path):
         run_dir = Path(run_dir).absolute()
         self.path = run_dir.with_name(f".{run_dir.name}.lock")
-        self.run_dir, self._fd = run_dir, None
+        self.run_dir, self._holding = run_dir, False
 
     def acquire(self) -> None:
         """Take the lock, or raise one clear error without touching anything else."""
+        if self._holding:
+            return
+        shared = self._held.get(self.path)
+        if shared is not None:
+            shared[1] += 1
+            self._holding = True
+            return
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -49,34 +63,50 @@ class RunLock:
             os.close(fd)
             raise GanforgeError(
                 f"another run is using {self.run_dir} (it holds {self.path}): a run started "
-                "twice, or a job submitted again? Wait for it to end, stop it, or choose "
-                "another run.out_dir"
+                "twice, a job submitted again, or workers whose launcher was killed? Wait for "
+                "it to end, stop it, or choose another run.out_dir"
             ) from None
-        self._fd = fd
+        self._held[self.path] = [fd, 1]
+        self._holding = True
+
+    @property
+    def held(self) -> bool:
+        return self._holding
 
     def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)  # closing the descriptor drops the lock
-            self._fd = None
+        if not self._holding:
+            return
+        self._holding = False
+        shared = self._held[self.path]
+        shared[1] -= 1
+        if not shared[1]:
+            del self._held[self.path]
+            os.close(shared[0])  # closing the descriptor drops the lock
 
     def __del__(self):
         self.release()
 
 
 class RunDirectory:
-    """A run's directory (``run.out_dir``), owned for the whole launch: building a run changes
-    no file in it; :meth:`take` does, once the main process holds its lock."""
+    """A run's directory (``run.out_dir``), owned for the whole launch: :meth:`lock_for` takes
+    it before anything in it is read; building a run changes no file in it; :meth:`take`
+    does."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
         self.lock = RunLock(self.path)
+        self.locked = False  # on every process: whether the launch holds the directory
+
+    def lock_for(self, accelerator) -> None:
+        """*Collective.* Lock the directory before anything reads it: the main process holds
+        the lock for the whole launch, and every process stops with one message when another
+        run holds it (a run started twice, a job submitted again, orphaned workers)."""
+        main_decides(accelerator, self.lock.acquire, f"the main process could not lock {self.path}")
 
     def take(self, accelerator, resume: str, resumed: Checkpoint | None) -> str:
-        """*Collective.* Lock the directory (the main process holds the lock for the whole
-        launch; the others stop with it), then: with ``train.resume = "never"`` move an earlier
-        run aside; a resumed run sets aside the checkpoints past the one it continues.
-        Returns what to add to the start message."""
-        main_decides(accelerator, self.lock.acquire, f"the main process could not lock {self.path}")
+        """*Collective.* With ``train.resume = "never"`` move an earlier run aside; a resumed
+        run sets aside the checkpoints past the one it continues. Returns what to add to the
+        start message."""
         note = ""
         # Every process is past its own look at the folder before the main one renames anything.
         accelerator.wait_for_everyone()
@@ -113,3 +143,4 @@ class RunDirectory:
     def release(self) -> None:
         """Free the directory again, however the run ended."""
         self.lock.release()
+        self.locked = False

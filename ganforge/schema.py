@@ -234,6 +234,11 @@ SCHEMA["distributed"] = {
     # ZeRO stage under "deepspeed": 1 shards optimizer state, 2 also gradients, 3 also
     # parameters; 0: the launcher's `--zero_stage`, else 2.
     "zero_stage": Key(int, 0, None, lambda v: None if 0 <= v <= 3 else "must be 0..3"),
+    # Seconds a process waits in a collective for the others (the process group's timeout)
+    # before it gives up with a message, instead of hanging on a peer that died or stalled.
+    # It must cover the longest a process waits for another: the main process writing a
+    # checkpoint, clustering the data, or preparing an evaluation's classifier.
+    "timeout": Key((int, float), 1800, None, positive),
 }
 EVAL_TABLES = ("extractor_options", "metrics")
 REGULARIZER_KEYS = {"every": Key(int, 1, OPTIM, positive)}

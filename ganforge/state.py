@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ganforge.checkpoint import (
+    STATE_DIGEST,
     Checkpoint,
     CheckpointError,
     check_resumable,
@@ -30,13 +31,15 @@ from ganforge.checkpoint import (
     restore_rng,
     resume_target,
     rng_states,
+    state_digest,
     strip_prefix,
     unflatten_optimizer,
     warn,
     write_checkpoint,
 )
 from ganforge.data import ShardedSampler
-from ganforge.distributed import broadcast_buffers, decide_together, gather_rank_states
+from ganforge.distributed import agree, broadcast_buffers, decide_together, gather_rank_states
+from ganforge.errors import GanforgeError
 from ganforge.execution import ROLES, Execution
 from ganforge.runfiles import cpu_tensors
 from ganforge.stopping import non_finite_weights
@@ -47,6 +50,7 @@ if TYPE_CHECKING:
 
     from ganforge.builder import Parts
     from ganforge.distributed import Launch
+    from ganforge.plugins import Plugins
     from ganforge.recipe import Recipe
 
 
@@ -103,6 +107,64 @@ def targets(recipe: Recipe) -> Targets:
     if resumed is None and train["init_from"]:
         return Targets(None, find_checkpoint(train["init_from"]))
     return Targets(resumed, None)
+
+
+#: Recipe keys the processes of a launch may hold different values of: where each node finds
+#: the data and the run directory (node-local copies, the same storage mounted elsewhere).
+PER_NODE_KEYS = ("data.path", "run.out_dir")
+
+
+def agree_on_start(recipe: Recipe, plugins: Plugins, launch: Launch, accelerator) -> Targets:
+    """*Collective.* :func:`targets`, once every process of the launch agrees on it and on
+    what it runs: the resolved recipe (but :data:`PER_NODE_KEYS`), the ganforge, torch and
+    plugin versions, the backend and precision, and the checkpoint it continues (step and
+    digest). Any difference stops every process at once with one message naming the keys and
+    the ranks (a node that sees no checkpoint where another resumes, a node launched with
+    other overrides), before anything is built or changed; processes that went on would issue
+    different collectives and hang, or train different things silently."""
+    found, problem = None, None
+    try:
+        found = targets(recipe)
+    except GanforgeError as err:  # a damaged checkpoint: every process says so together
+        problem = err
+    if accelerator.num_processes > 1:
+        import ganforge
+        from ganforge.recipe import flatten
+
+        facts = {
+            f"recipe {key}": value
+            for key, value in flatten(recipe.tables).items()
+            if key not in PER_NODE_KEYS
+        }
+        facts["ganforge version"] = ganforge.__version__
+        facts["torch version"] = torch.__version__
+        facts.update({f"plugin {name}": info.version for name, info in plugins.info.items()})
+        facts["backend"] = f"{launch.backend} {launch.zero_stage or ''}".strip()
+        facts["mixed precision"] = accelerator.mixed_precision
+        facts["checkpoint"] = _what_continues(found, problem)
+        where = recipe.run_dir.absolute()
+        agree(
+            accelerator,
+            facts,
+            hints={
+                "checkpoint": f"the run directory ({where} on this process) must be on storage "
+                "every node sees, with the same checkpoints"
+            },
+        )
+    if problem is not None:
+        raise problem
+    return found
+
+
+def _what_continues(found: Targets | None, problem: GanforgeError | None) -> str:
+    """What a process found to continue, as the disagreement message shows it."""
+    if problem is not None:
+        return f"cannot continue: {problem}"
+    for checkpoint, how in ((found.resumed, "resumes"), (found.initial, "starts from")):
+        if checkpoint is not None:
+            digest = checkpoint.state.get(STATE_DIGEST) or state_digest(checkpoint.state)
+            return f"{how} step {checkpoint.step} (checkpoint digest {digest[:12]})"
+    return "finds no checkpoint (starts at step 0)"
 
 
 def sync_buffers(parts: Parts, accelerator) -> None:

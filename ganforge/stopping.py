@@ -1,14 +1,16 @@
-"""Stopping a run early and cleanly: Ctrl-C or SIGTERM, a lifecycle hook that raised, and too
-many non-finite steps in a row.
+"""Stopping a run early and cleanly: Ctrl-C, SIGTERM, SIGUSR1 or SIGUSR2 (a scheduler's
+warning), a launcher that died, a lifecycle hook that raised, and too many non-finite steps in
+a row.
 
 Each stop is raised from the training loop at a step boundary, where the state is whole: a
 checkpoint written there resumes exactly. :class:`StopSignals` notes a signal,
-:class:`LifecycleHooks` notes a plugin's failure, and :func:`stop_reason` is the one decision
-every process takes together.
+:class:`LifecycleHooks` notes a plugin's failure, and :class:`StopVote` is the one decision
+every process takes together, at every step.
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -16,44 +18,60 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ganforge.checkpoint import newest_checkpoint
-from ganforge.distributed import decide_together
-from ganforge.errors import INTERRUPTED, NON_FINITE, TERMINATED, PluginError, TrainingStopped
+from ganforge.errors import INTERRUPTED, NON_FINITE, PluginError, TrainingStopped
 
 if TYPE_CHECKING:
     from ganforge.hookspecs import RunInfo
     from ganforge.plugins import Plugins
 
-#: :func:`stop_reason` for a lifecycle hook that raised (above a signal's 1).
-PLUGIN_FAILED = 2.0
+#: :class:`StopVote`'s value for a lifecycle hook that raised (above every signal's number).
+PLUGIN_FAILED = 100.0
 
 
 class StopSignals:
-    """While training, the first Ctrl-C (SIGINT) or SIGTERM asks for a stop at a step boundary.
+    """While training, the first Ctrl-C (SIGINT), SIGTERM, SIGUSR1 or SIGUSR2 asks for a stop
+    at a step boundary, with a checkpoint.
 
-    SIGTERM is what schedulers (SLURM, Kubernetes) and ``kill`` send before they end a job, so a
-    preempted run keeps its progress the way a Ctrl-C does. A KeyboardInterrupt in the middle of
-    a step would leave D updated and G not, so the handler only sets :attr:`requested`; the
-    loop finishes the step, writes a checkpoint and raises :func:`interrupted`.
+    SIGTERM is what schedulers (SLURM, Kubernetes) and ``kill`` send before they end a job;
+    SIGUSR1 and SIGUSR2 are the warnings SLURM sends ahead of a time limit or preemption when
+    asked to (``#SBATCH --signal=USR1@90``; submitit uses USR2), whose default action would end
+    the process without a checkpoint. A KeyboardInterrupt in the middle of a step would leave
+    D updated and G not, so the handler only sets :attr:`requested`; the loop finishes the
+    step, writes a checkpoint and raises :func:`interrupted`. A launcher that died (the
+    process's parent changed: ``torchrun``'s agent killed alone) is a stop too, as SIGTERM:
+    workers do not train on as orphans holding the run's lock.
 
     - One process: the stop comes after the current step. A second signal acts at once, as it
-      would without ganforge (Ctrl-C: KeyboardInterrupt; SIGTERM: the process ends), without a
-      checkpoint.
-    - Several processes: each receives the signal at its own step, so the processes agree on
-      the stop at the next step where the loop reads values anyway (logged, evaluation and
-      checkpoint steps: :func:`stop_reason`), and write the checkpoint there together. Later
-      signals are ignored, because the launcher forwards the same signal to every process; it
-      ends them itself 30 s later (torchrun's grace period).
+      would without ganforge (Ctrl-C: KeyboardInterrupt; the others end the process), without
+      a checkpoint.
+    - Several processes: each receives the signal at its own step (or only one of them does),
+      so the processes agree on the stop through :class:`StopVote`, one step later, and write
+      the checkpoint there together. Later signals are ignored, because the launcher forwards
+      the same signal to every process; it ends them itself after its grace period.
 
     A signal whose handler someone else installed is left alone, and so is every signal
     outside the main thread.
     """
 
-    DEFAULTS = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: signal.SIG_DFL}
-    NAMES = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM"}
+    DEFAULTS = {
+        signal.SIGINT: signal.default_int_handler,
+        signal.SIGTERM: signal.SIG_DFL,
+        signal.SIGUSR1: signal.SIG_DFL,
+        signal.SIGUSR2: signal.SIG_DFL,
+    }
+    NAMES = {
+        signal.SIGINT: "Ctrl-C",
+        signal.SIGTERM: "SIGTERM",
+        signal.SIGUSR1: "SIGUSR1",
+        signal.SIGUSR2: "SIGUSR2",
+    }
 
     def __init__(self, processes: int = 1, announce: bool = True):
         self.requested: signal.Signals | None = None
         self.processes, self.announce = processes, announce
+        # Under torchrun (and accelerate launch, which runs it) the parent is the launcher's
+        # agent; elsewhere a parent may come and go (nohup, a closed terminal) harmlessly.
+        self.parent = os.getppid() if "TORCHELASTIC_RUN_ID" in os.environ else None
         main_thread = threading.current_thread() is threading.main_thread()
         self.handled = [
             signum
@@ -73,6 +91,18 @@ class StopSignals:
         for signum in self.handled:
             signal.signal(signum, self.DEFAULTS[signum])
 
+    def poll(self) -> signal.Signals | None:
+        """The stop asked for so far: a signal, or SIGTERM once the launcher is gone."""
+        if self.requested is None and self.parent is not None and os.getppid() != self.parent:
+            self.requested = signal.SIGTERM
+            print(  # by every process: each one's own launcher may be the one gone
+                "\nganforge: the launcher of this process is gone; stopping at the next step "
+                "with a checkpoint",
+                file=sys.stderr,
+                flush=True,
+            )
+        return self.requested
+
     def _handle(self, signum, frame) -> None:
         if self.requested is not None:
             return  # several processes: the launcher forwarded the same stop
@@ -85,12 +115,67 @@ class StopSignals:
                 "without one)"
             )
         else:
-            message = (
-                "the processes stop together at the next logged, evaluation or checkpoint step "
-                "(train.log_every) and write a checkpoint there"
-            )
+            message = "every process stops at the next step and writes a checkpoint there"
         if self.announce:
             print(f"\nganforge: {name}: {message}", file=sys.stderr, flush=True)
+
+
+class StopVote:
+    """*Collective* under several processes: whether to stop after this step, decided by every
+    process together at every step, without waiting on the step.
+
+    Each process posts its own reason at every step (0: none; a signal's number; or
+    :data:`PLUGIN_FAILED`) in an asynchronous all-reduce (MAX) and reads the result of the
+    previous step's post, which has long arrived: every process reads the same value at the
+    same step, so they stop together, one step after the first of them was asked to. On a GPU
+    the result is copied to host memory behind an event, so the host waits for nothing newer
+    than the previous step. One process decides at once.
+    """
+
+    def __init__(self, accelerator):
+        self.acc, self.pending = accelerator, None
+
+    def post(self, local: float) -> float:
+        """Post this step's ``local`` reason; return the reason every process agreed on at the
+        previous post (0.0 at the first)."""
+        if self.acc.num_processes == 1:
+            return local
+        import torch
+        import torch.distributed as dist
+
+        agreed = self.settle()
+        flag = torch.tensor(float(local), device=self.acc.device)
+        work = dist.all_reduce(flag, op=dist.ReduceOp.MAX, async_op=True)
+        if flag.device.type == "cuda":
+            work.wait()  # orders the current stream after the reduction; the host goes on
+            host = torch.empty((), pin_memory=True)
+            host.copy_(flag, non_blocking=True)
+            done = torch.cuda.Event()
+            done.record()
+            self.pending = (None, host, done)
+        else:
+            self.pending = (work, flag, None)
+        return agreed
+
+    def settle(self) -> float:
+        """The agreed reason of the last post (0.0 when there is none), once it has arrived."""
+        if self.pending is None:
+            return 0.0
+        work, value, done = self.pending
+        self.pending = None
+        if done is not None:
+            done.synchronize()
+        else:
+            work.wait()
+        return float(value.item())
+
+
+def local_reason(signals: StopSignals, hooks: LifecycleHooks) -> float:
+    """This process's reason to stop: 0 none, a signal's number, or :data:`PLUGIN_FAILED`."""
+    if hooks.failure is not None:
+        return PLUGIN_FAILED
+    requested = signals.poll()
+    return float(requested) if requested is not None else 0.0
 
 
 class LifecycleHooks:
@@ -127,33 +212,19 @@ class LifecycleHooks:
         )
 
 
-def stop_reason(signals: StopSignals, hooks: LifecycleHooks, accelerator, reading: bool) -> float:
-    """*Collective* under several processes. Whether to stop after this step: 0 no, 1 for a
-    signal, :data:`PLUGIN_FAILED` for a lifecycle hook that raised.
-
-    Several processes decide together, on steps where the loop reads values anyway
-    (``reading``: logged, checkpoint and evaluation steps), so that every process writes the
-    same checkpoint: any process that got the signal (or a plugin's failure: the main process
-    calls them) stops them all.
-    """
-    local = float(signals.requested is not None)
-    if hooks.failure is not None:
-        local = PLUGIN_FAILED
-    if accelerator.num_processes == 1:
-        return local
-    return decide_together(local, accelerator) if reading else 0.0
-
-
 def interrupted(
-    step: int, checkpoint: Path | None, signum: signal.Signals | None = signal.SIGINT
+    step: int, checkpoint: Path | None, signum: signal.Signals | int | None = signal.SIGINT
 ) -> TrainingStopped:
-    """The stop after Ctrl-C or SIGTERM, once the checkpoint of ``step`` is written
-    (``checkpoint`` is None on the processes other than the main one, which writes it)."""
+    """The stop after a signal, once the checkpoint of ``step`` is written (``checkpoint`` is
+    None on the processes other than the main one, which writes it). The exit status is the
+    shell's for that signal, 128 + its number (130 for Ctrl-C, 143 for SIGTERM), and the same
+    on every process: ``signum`` is the signal the processes agreed on."""
     wrote = checkpoint or f"the checkpoint of step {step} (the main process writes it)"
-    how = "terminated (SIGTERM)" if signum == signal.SIGTERM else "interrupted"
+    signum = signal.Signals(int(signum or signal.SIGINT))
+    how = "interrupted" if signum == signal.SIGINT else f"terminated ({signum.name})"
     return TrainingStopped(
         f"{how} at step {step}; wrote {wrote}; run the same command again to continue from it",
-        TERMINATED if signum == signal.SIGTERM else INTERRUPTED,
+        INTERRUPTED if signum == signal.SIGINT else 128 + int(signum),
     )
 
 

@@ -36,8 +36,9 @@ from ganforge.stopping import (
     PLUGIN_FAILED,
     LifecycleHooks,
     StopSignals,
+    StopVote,
     interrupted,
-    stop_reason,
+    local_reason,
     too_many_skipped,
 )
 from ganforge.updates import Phase, build_optimizer
@@ -64,19 +65,35 @@ class Trainer:
             regularizers=bool(recipe.regularizers()),
         )
         self.acc = accelerator or make_accelerator(
-            run["mixed_precision"], run["log_with"], recipe.run_dir
+            run["mixed_precision"],
+            run["log_with"],
+            recipe.run_dir,
+            timeout=recipe.get("distributed.timeout"),
         )
         configure_device(self.acc, train["tf32"], train["cudnn_benchmark"])
         self.steps, self.n_critic = train["steps"], train["n_critic"]
         self.batch_size, self.optim = train["batch_size"], recipe.section("optim")
         per_process = per_process_batch(self.batch_size, self.acc, recipe.source)
         self.run_dir = recipe.run_dir
-        self.directory = RunDirectory(self.run_dir)  # taken by fit(): building changes no file
+        # The run directory's lock comes first, before anything in the directory is read (a
+        # run still holding it, an orphan, may be pruning checkpoints) and before any costly
+        # work; building changes no other file, fit() does.
+        self.directory = RunDirectory(self.run_dir)
+        self.directory.lock_for(self.acc)
+        try:
+            self._build(recipe, plugins, per_process)
+        except BaseException:
+            self.directory.release()
+            raise
 
+    def _build(self, recipe: Recipe, plugins: Plugins, per_process: int) -> None:
+        run = recipe.section("run")
         # What train.resume continues (or train.init_from starts from), found before anything
         # is built: a clustered run continues on its checkpoint's clusters, and its weights go
-        # into the plain modules before any backend wraps or shards them.
-        self.targets = state.targets(recipe)
+        # into the plain modules before any backend wraps or shards them. Every process then
+        # states what it found, with the recipe and versions it runs, and they all stop unless
+        # they agree (state.agree_on_start).
+        self.targets = state.agree_on_start(recipe, plugins, self.launch, self.acc)
         self.parts: Parts = build_parts(recipe, plugins.registry, self.acc, self.targets.weights)
         state.load_weights(self.parts, self.targets, recipe, self.acc)
         self._prepare_execution()
@@ -296,6 +313,8 @@ class Trainer:
         acc, main = self.acc, self.acc.is_main_process
         try:
             resume = self.recipe.get("train.resume")
+            if not self.directory.locked:  # a second fit() of this trainer
+                self.directory.lock_for(acc)
             self.start_message += self.directory.take(acc, resume, self.targets.resumed)
             if main:
                 self.directory.prepare(self.step, self.recipe.to_toml())
@@ -328,6 +347,7 @@ class Trainer:
         last_time, last_step = time.perf_counter(), self.step
         started, first_step, watch = last_time, self.step, Watch()
         eval_every, save_every = self.recipe.get("eval.every"), train["checkpoint_every"]
+        vote = StopVote(acc)
         with bar, StopSignals(acc.num_processes, announce=main) as stop:
             while self.step < self.steps:
                 upcoming = self.step + 1
@@ -360,14 +380,18 @@ class Trainer:
                     state.sync_buffers(self.parts, acc)  # every process samples with rank 0's
                     outputs.log_evaluation(self.step)
                 checkpoint = self.save_checkpoint() if saving else None
-                # A stop asked for during the last step lets the run finish (export, report);
-                # a failed plugin stops it there too, its checkpoint written first.
-                reason = stop_reason(stop, self.hooks, acc, logging or saving or evaluating)
+                # Every process's reason, agreed one step later under several processes. A stop
+                # asked for during the last step lets the run finish (export, report); a
+                # failed plugin stops it there too, its checkpoint written first.
+                reason = vote.post(local_reason(stop, self.hooks))
+                if last:
+                    reason = max(reason, vote.settle())
                 if reason == PLUGIN_FAILED or (reason and not last):
+                    vote.settle()  # no collective left in flight
                     path = checkpoint if saving else self.save_checkpoint()
                     if reason == PLUGIN_FAILED:
                         raise self.hooks.stopped(self.step, path)
-                    raise interrupted(self.step, path, stop.requested)
+                    raise interrupted(self.step, path, int(reason))
         state.sync_buffers(self.parts, acc)
         export_path = outputs.export(self.step) if main else None
         acc.wait_for_everyone()

@@ -206,7 +206,7 @@ def test_ctrl_c_stops_every_process_at_one_step_with_a_checkpoint(
     tmp_path, launcher, checkpoint_every
 ):
     # As in a terminal: Ctrl-C reaches the launcher and both processes (one process group),
-    # and the launcher forwards it again. They agree on the next logged step and write one
+    # and the launcher forwards it again. They agree on the next step and write one
     # checkpoint there, which a later run resumes (a DeepSpeed one, on DDP).
     run = tmp_path / "run"
     make = deepspeed_launch_command if launcher == "deepspeed" else partial(launch_command, "no")
@@ -244,9 +244,8 @@ def test_ctrl_c_stops_every_process_at_one_step_with_a_checkpoint(
     assert len(stopped) == 2, err[-3000:]  # each process, at the same step
     step = int(stopped[0])
     assert stopped == [str(step)] * 2
-    assert step % 5 == 0  # a logged step
     assert sorted(p.name for p in (run / "checkpoints").iterdir())[-1] == f"step_{step:06d}"
-    assert json.loads(metrics.read_text().splitlines()[-1])["step"] == step
+    assert json.loads(metrics.read_text().splitlines()[-1])["step"] <= step  # logged ones
     assert "[rank" not in err  # no process failed (only the launcher reports its signal)
 
     resumed = launch_two(tmp_path, "no", *command[command.index("-m") :], f"train.steps={step + 5}")
