@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 import ganforge
@@ -181,7 +181,35 @@ def open_checkpoint(path: str | Path) -> Checkpoint:
             raise CheckpointError(f"{path} is damaged: {name}: {err}") from None
         if not intact:
             raise CheckpointError(f"{path} is damaged: {name} does not match its checksum")
+    _check_streams(path, state["world_size"])
     return Checkpoint(path, state)
+
+
+#: The random streams ``rng.safetensors`` holds for every process that wrote a checkpoint.
+STREAMS = {"torch", "latent", "host"}
+
+
+def _check_streams(path: Path, world_size: int) -> None:
+    """Every process that state.json says wrote the checkpoint has its random streams in
+    ``rng.safetensors`` (read from the file's header only), so that each process of a resume
+    finds its own; else one message, on every process alike, instead of one process's
+    KeyError and its peers' hang."""
+    try:
+        with safe_open(str(path / "rng.safetensors"), framework="pt") as f:
+            keys = list(f.keys())
+    except (OSError, SafetensorError) as err:
+        raise CheckpointError(f"{path} is damaged: rng.safetensors: {err}") from None
+    ranks: dict[str, set[str]] = {}
+    for key in keys:
+        rank, _, name = key.partition(".")
+        ranks.setdefault(rank, set()).add(name)
+    expected = {f"rank{r}" for r in range(world_size)}
+    if set(ranks) != expected or not all(STREAMS <= names for names in ranks.values()):
+        held = ", ".join(sorted(ranks, key=lambda r: (len(r), r))) or "none"
+        raise CheckpointError(
+            f"{path} is damaged: its state.json says {world_size} process(es) wrote it, and "
+            f"rng.safetensors holds the random streams of {held}"
+        )
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:

@@ -291,8 +291,18 @@ def edit_state(**changes):
         (edit_state(files={}), "does not list"),
         (edit_state(step="3"), "bad or missing step"),
         (lambda folder: (folder / "state.json").write_text("{"), "unreadable"),
+        # Once a KeyError on rank 1 and a gloo traceback on rank 0.
+        (edit_state(world_size=2), "2 process(es) wrote it, and rng.safetensors holds the "),
     ],
-    ids=["truncated", "missing-file", "missing-key", "no-files", "wrong-type", "bad-json"],
+    ids=[
+        "truncated",
+        "missing-file",
+        "missing-key",
+        "no-files",
+        "wrong-type",
+        "bad-json",
+        "world-size-without-its-streams",
+    ],
 )
 def test_a_damaged_newest_checkpoint_is_skipped_with_a_warning(damage, reason, tiny, capsys):
     tiny("train.steps=3", "train.checkpoint_every=1", "train.keep_checkpoints=1").fit()

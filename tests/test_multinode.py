@@ -22,6 +22,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from conftest import ROOT
 from ganforge.tomlwriter import dump_toml
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="signals and /proc: Linux")
@@ -197,6 +198,45 @@ def test_two_nodes_over_c10d_train_what_one_node_of_two_processes_trains(tmp_pat
     for code, output in finish([*multi, standalone]):
         assert code == 0, output[-3000:]
     assert_same_state(tmp_path / "nodes", tmp_path / "standalone")
+
+
+def test_the_documented_accelerate_multi_node_config_meets_over_c10d(tmp_path):
+    """configs/accelerate/multi_node.yaml on two "machines" of one CPU process each: they meet
+    at main_process_ip:main_process_port (not torchrun's default port, held here)."""
+    recipe = recipe_file(tmp_path)
+    port = free_port()
+    launcher = str(Path(sys.executable).parent / "accelerate")
+
+    def machine(rank: int) -> list[str]:
+        return [
+            launcher, "launch", "--config_file",
+            str(ROOT / "configs" / "accelerate" / "multi_node.yaml"),
+            "--machine_rank", str(rank), "--num_machines", "2", "--num_processes", "2",
+            "--main_process_ip", "127.0.0.1", "--main_process_port", str(port),
+            "--mixed_precision", "no", "-m", "ganforge", str(recipe),
+            f"run.out_dir={tmp_path / 'machines'}",
+        ]  # fmt: skip
+
+    env = {**environment(tmp_path), "ACCELERATE_USE_CPU": "1"}
+    procs = [
+        subprocess.Popen(
+            machine(rank), cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True, start_new_session=True,
+        )
+        for rank in (0, 1)
+    ]  # fmt: skip
+    standalone = start(
+        torchrun(
+            "--standalone", "--nproc-per-node", "2", "-m", "ganforge", str(recipe),
+            f"run.out_dir={tmp_path / 'standalone'}",
+        ),
+        tmp_path,
+    )  # fmt: skip
+    results = finish([*procs, standalone])
+    for code, output in results:
+        assert code == 0, output[-3000:]
+    assert "2 process(es)" in results[0][1] + results[1][1]
+    assert_same_state(tmp_path / "machines", tmp_path / "standalone")
 
 
 def test_a_killed_worker_restarts_the_group_which_resumes_and_ends_as_if_never_killed(tmp_path):
