@@ -204,7 +204,7 @@ def _check_streams(path: Path, world_size: int) -> None:
         rank, _, name = key.partition(".")
         ranks.setdefault(rank, set()).add(name)
     expected = {f"rank{r}" for r in range(world_size)}
-    if set(ranks) != expected or not all(STREAMS <= names for names in ranks.values()):
+    if set(ranks) != expected or not all(names >= STREAMS for names in ranks.values()):
         held = ", ".join(sorted(ranks, key=lambda r: (len(r), r))) or "none"
         raise CheckpointError(
             f"{path} is damaged: its state.json says {world_size} process(es) wrote it, and "
