@@ -61,9 +61,11 @@ def plan_launch(
             f"gradient accumulation ({steps} steps) is not supported: a GAN step is one "
             "update of each model; set --gradient_accumulation_steps 1 and train.batch_size"
         )
+    if mixed_precision == "auto":  # the launcher's --mixed_precision
+        mixed_precision = env.get("ACCELERATE_MIXED_PRECISION", "no").strip().lower()
     stage = 0
     if backend == "deepspeed":
-        stage = _zero_stage(settings["zero_stage"], grad_clip, env, problems)
+        stage = _zero_stage(settings["zero_stage"], grad_clip, env, problems, mixed_precision)
     if stage == 3 and regularizers:
         problems.append(
             "DeepSpeed ZeRO-3 runs no regularizers yet: penalties on input gradients "
@@ -73,8 +75,6 @@ def plan_launch(
         )
     if backend == "fsdp" and _flag(env, "FSDP_OFFLOAD_PARAMS"):
         problems.append("FSDP parameter offload is not supported yet")
-    if mixed_precision == "auto":  # the launcher's --mixed_precision
-        mixed_precision = env.get("ACCELERATE_MIXED_PRECISION", "no").strip().lower()
     if backend != "ddp" and mixed_precision == "fp16":
         problems.append(
             f"fp16 under {backend} has not been checked on a GPU yet: use bf16 "
@@ -88,22 +88,15 @@ def plan_launch(
     return Launch(backend, stage)
 
 
-def _zero_stage(recipe_stage: int, grad_clip: float, env, problems: list[str]) -> int:
+def _zero_stage(
+    recipe_stage: int, grad_clip: float, env, problems: list[str], precision: str = "no"
+) -> int:
     """The ZeRO stage: the recipe's, else the launcher's, else 2; and the launcher's DeepSpeed
     options that ganforge would not honour."""
     launcher_stage, options = env.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", "").strip(), {}
     config_file = env.get("ACCELERATE_DEEPSPEED_CONFIG_FILE", "").strip()
     if config_file and config_file.lower() != "none":
-        try:
-            options = json.loads(Path(config_file).read_text())
-        except (OSError, ValueError) as err:
-            problems.append(f"cannot read the DeepSpeed config {config_file}: {err}")
-        for key in ("optimizer", "scheduler"):
-            if key in options:
-                problems.append(
-                    f"the DeepSpeed config's {key!r} is not used: ganforge builds each model's "
-                    "optimizer and schedule from the recipe's [optim]; remove it"
-                )
+        options = _deepspeed_config(Path(config_file), env, problems, precision)
         launcher_stage = str(options.get("zero_optimization", {}).get("stage", launcher_stage))
         clip = options.get("gradient_clipping", "auto")
         if clip != "auto":
@@ -117,7 +110,12 @@ def _zero_stage(recipe_stage: int, grad_clip: float, env, problems: list[str]) -
                 "with two engines)"
             )
     clip = env.get("ACCELERATE_GRADIENT_CLIPPING", "").strip()
-    if clip and clip.lower() not in ("auto", "none") and float(clip) != grad_clip:
+    try:
+        clip_value = float(clip) if clip and clip.lower() not in ("auto", "none") else None
+    except ValueError:
+        problems.append(f"gradient clipping {clip!r} is not a number")
+        clip_value = None
+    if clip_value is not None and clip_value != grad_clip:
         problems.append(
             f"the launcher clips gradients at {clip}, the recipe at train.grad_clip = "
             f"{grad_clip}: ganforge clips as the recipe says; set train.grad_clip = {clip} or "
@@ -132,6 +130,94 @@ def _zero_stage(recipe_stage: int, grad_clip: float, env, problems: list[str]) -
             f"distributed.zero_stage = {recipe_stage}: make them agree"
         )
     return recipe_stage or int(launcher_stage or 2)
+
+
+#: The DeepSpeed config keys ganforge reads (each honoured or refused with its reason); every
+#: other key is listed as not used, never dropped silently. ganforge builds each engine's
+#: config itself (``execution/zero.py``).
+_DEEPSPEED_READ = {
+    "zero_optimization",
+    "gradient_clipping",
+    "optimizer",
+    "scheduler",
+    "fp16",
+    "bf16",
+    "gradient_accumulation_steps",
+    "train_batch_size",
+    "train_micro_batch_size_per_gpu",
+}
+#: ``zero_optimization`` keys ganforge reads: the stage, and the offloads it refuses.
+_ZERO_READ = {"stage", "offload_optimizer", "offload_param"}
+
+
+def _deepspeed_config(
+    path: Path, env: Mapping[str, str], problems: list[str], precision: str
+) -> dict:
+    """The DeepSpeed config file the launcher names, checked key by key: what ganforge honours
+    (the ZeRO stage, gradient clipping, bf16 that the launch's precision also asks for), what
+    it refuses (its own optimizer or scheduler, fp16, gradient accumulation, batch sizes other
+    than the recipe's), and the rest, listed once as not used."""
+    try:
+        options = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        problems.append(f"cannot read the DeepSpeed config {path}: {err}")
+        return {}
+    if not isinstance(options, dict):
+        problems.append(f"the DeepSpeed config {path} is not a JSON object")
+        return {}
+    zero = options.get("zero_optimization", {})
+    if not isinstance(zero, dict):
+        problems.append(f"the DeepSpeed config's zero_optimization is {zero!r}, not an object")
+        zero = {}
+    options = {**options, "zero_optimization": zero}
+    if not isinstance(zero.get("stage", 0), int) or isinstance(zero.get("stage"), bool):
+        problems.append(f"the DeepSpeed config's zero_optimization.stage is {zero['stage']!r}")
+        zero.pop("stage")
+    for key in ("optimizer", "scheduler"):
+        if key in options:
+            problems.append(
+                f"the DeepSpeed config's {key!r} is not used: ganforge builds each model's "
+                "optimizer and schedule from the recipe's [optim]; remove it"
+            )
+    clip = options.get("gradient_clipping", "auto")
+    if clip != "auto" and (not isinstance(clip, (int, float)) or isinstance(clip, bool)):
+        problems.append(f"the DeepSpeed config's gradient_clipping is {clip!r}, not a number")
+        options.pop("gradient_clipping")
+    for key in ("fp16", "bf16"):
+        table = options.get(key, {})
+        enabled = table.get("enabled", False) if isinstance(table, dict) else table
+        if enabled is True and key == "fp16":
+            problems.append(
+                "the DeepSpeed config enables fp16, which has not been checked under DeepSpeed "
+                "on a GPU yet: use bf16 (--mixed_precision bf16) or no mixed precision"
+            )
+        elif enabled is True and precision != "bf16":
+            problems.append(
+                "the DeepSpeed config enables bf16, the launch does not: ganforge's precision "
+                "is run.mixed_precision or --mixed_precision bf16 (its autocast; the engines "
+                "keep float32 weights); set one of those, or remove bf16 from the config"
+            )
+    for key in (
+        "gradient_accumulation_steps",
+        "train_batch_size",
+        "train_micro_batch_size_per_gpu",
+    ):
+        value = options.get(key, "auto")
+        if value not in ("auto", 1) or (value == 1 and key != "gradient_accumulation_steps"):
+            problems.append(
+                f"the DeepSpeed config's {key} = {value!r} is not used: a GAN step is one "
+                'update of each model on train.batch_size images; remove it or set it to "auto"'
+            )
+    unused = sorted(set(options) - _DEEPSPEED_READ)
+    unused += sorted(f"zero_optimization.{k}" for k in set(zero) - _ZERO_READ)
+    if unused and env.get("RANK", "0") == "0":
+        print(
+            f"ganforge: warning: the DeepSpeed config {path} sets what ganforge does not use "
+            f"(it builds each engine's config itself): {', '.join(unused)}",
+            file=sys.stderr,
+            flush=True,
+        )
+    return options
 
 
 def ensure_process_group(accelerator) -> None:

@@ -4,6 +4,7 @@ agree, and what ganforge would not do exactly is refused with one message."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -142,3 +143,47 @@ def test_accelerate_launch_starting_one_process_of_two_says_how_to_get_two(tmp_p
     assert "asked for 2 processes but started one" in done.stderr, done.stderr
     assert "accelerate launch --multi_gpu --num_processes 2" in done.stderr
     assert "1 process(es)" in done.stdout + done.stderr
+
+
+@pytest.mark.parametrize(
+    ("config", "refused"),
+    [
+        ({"fp16": {"enabled": True}}, "enables fp16"),  # once trained in float32, rc 0
+        ({"bf16": {"enabled": True}}, "enables bf16, the launch does not"),
+        ({"gradient_accumulation_steps": 4}, "gradient_accumulation_steps = 4 is not used"),
+        ({"train_batch_size": 256}, "train_batch_size = 256 is not used"),
+        ({"gradient_clipping": "abc"}, "gradient_clipping is 'abc', not a number"),
+        ([1, 2], "is not a JSON object"),  # these three were tracebacks
+        ({"zero_optimization": None}, "zero_optimization is None, not an object"),
+    ],
+)
+def test_every_deepspeed_config_key_is_honoured_refused_or_listed_as_unused(
+    tmp_path, config, refused
+):
+    path = tmp_path / "ds.json"
+    path.write_text(json.dumps(config))
+    env = {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_CONFIG_FILE": str(path)}
+    with pytest.raises(GanforgeError, match=re.escape(refused)):
+        plan(env)
+
+
+def test_deepspeed_config_keys_ganforge_does_not_use_are_listed(tmp_path, capsys):
+    path = tmp_path / "ds.json"
+    config = {
+        "zero_optimization": {"stage": 2, "overlap_comm": True, "reduce_bucket_size": 5e8},
+        "frobnicate": 1,
+        "bf16": {"enabled": True},
+        "gradient_clipping": 0.0,
+        "train_batch_size": "auto",
+    }
+    path.write_text(json.dumps(config))
+    env = {
+        "ACCELERATE_USE_DEEPSPEED": "true",
+        "ACCELERATE_DEEPSPEED_CONFIG_FILE": str(path),
+        "ACCELERATE_MIXED_PRECISION": "bf16",
+    }
+    assert plan(env) == Launch("deepspeed", 2)
+    said = capsys.readouterr().err
+    for key in ("frobnicate", "zero_optimization.overlap_comm", "zero_optimization.reduce_bucket"):
+        assert key in said
+    assert "bf16," not in said and "gradient_clipping" not in said  # honoured, not listed
