@@ -202,3 +202,27 @@ def test_an_export_from_deepspeed_generates(tmp_path):
     done = run_command([*generate, str(grid)], tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     assert grid.stat().st_size > 0
+
+
+def test_fsdp2_models_hand_no_views_to_an_in_place_loss(tmp_path):
+    """Every FSDP2 run printed torch's warning that D returned a view, on which an in-place
+    operation (a loss plugin's ``logits += ...``) would drop FSDP2's pre-backward hook and give
+    wrong gradients silently. Outputs that are views are cloned; the warning is gone because
+    the hazard is (test_backend_trains_resumes_and_skips_like_the_plain_step checks the
+    gradients against the plain step)."""
+    from ganforge.components import CriticOutput
+    from ganforge.execution.fsdp import _outputs_not_views
+
+    base = torch.randn(4, 3, requires_grad=True)
+    out = _outputs_not_views(lambda: CriticOutput(logits=base.view(-1), features=base))()
+    assert not out.logits._is_view() and out.features is base
+    done = run_command(
+        [
+            sys.executable, "-m", "ganforge", str(ROOT / "recipes" / "quickstart.toml"),
+            "distributed.backend=fsdp", "train.steps=2", "generator.width=8",
+            "discriminator.width=8", f"run.out_dir={tmp_path / 'run'}", "eval.every=0",
+        ],
+        tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "returned a view tensor" not in done.stderr

@@ -54,6 +54,7 @@ class FSDPExecution(Execution):
             # They are gathered at a phase's first forward and freed after each update.
             fully_shard(model, mesh=self.mesh, reshard_after_forward=False)
             model.set_reshard_after_backward(False)
+            model.forward = _outputs_not_views(model.forward)
             autocast_forward(model, self.acc)
             self.modules[role] = model
             # Built on the sharded parameters (DTensors): each rank steps its own shards.
@@ -117,3 +118,28 @@ class FSDPExecution(Execution):
         self.optimizers[role].load_state_dict(
             {"state": sharded, "param_groups": state["param_groups"]}
         )
+
+
+def _outputs_not_views(forward):
+    """``forward`` with every output tensor that is a view of another cloned (a D's logits are
+    usually ``out.view(-1)``). FSDP2 registers its pre-backward hook on a module's outputs, and
+    an in-place operation on a view (``logits += ...`` in a loss plugin) would drop it: the
+    all-gather is skipped and gradients go wrong silently, which FSDP2 warns of at every run.
+    The clone costs a copy of the logits and features, nothing beside the model's own
+    activations."""
+
+    def detached_from_views(value):
+        if isinstance(value, torch.Tensor):
+            return value.clone() if value._is_view() else value
+        if isinstance(value, tuple) and hasattr(value, "_fields"):  # CriticOutput
+            return type(value)(*(detached_from_views(v) for v in value))
+        if isinstance(value, (tuple, list)):
+            return type(value)(detached_from_views(v) for v in value)
+        if isinstance(value, dict):
+            return {k: detached_from_views(v) for k, v in value.items()}
+        return value
+
+    def wrapped(*args, **kwargs):
+        return detached_from_views(forward(*args, **kwargs))
+
+    return wrapped
