@@ -8,6 +8,7 @@ the checkpoints the runs write (G, D, EMA and both optimizers).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -52,6 +53,22 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+#: Every launch a test started: whatever is left of them is killed after the test, so that a
+#: failing test leaves no workers behind (each launch is its own process group).
+STARTED: list[subprocess.Popen] = []
+
+
+@pytest.fixture(autouse=True)
+def no_leftover_processes():
+    yield
+    while STARTED:
+        proc = STARTED.pop()
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        if proc.returncode is None:
+            proc.communicate()
 
 
 @pytest.fixture(autouse=True)
@@ -114,16 +131,18 @@ def node(port: int, *args: str, restarts: int = 0) -> list[str]:
     )
 
 
-def start(command: list[str], tmp_path: Path) -> subprocess.Popen:
-    return subprocess.Popen(
+def start(command: list[str], tmp_path: Path, env: dict[str, str] | None = None):
+    proc = subprocess.Popen(
         command,
         cwd=tmp_path,
-        env=environment(tmp_path),
+        env=env or environment(tmp_path),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
     )
+    STARTED.append(proc)
+    return proc
 
 
 def finish(procs: list[subprocess.Popen], timeout: float = 120) -> list[tuple[int, str]]:
@@ -230,13 +249,7 @@ def test_the_documented_accelerate_multi_node_config_meets_over_c10d(tmp_path):
         ]  # fmt: skip
 
     env = {**environment(tmp_path), "ACCELERATE_USE_CPU": "1"}
-    procs = [
-        subprocess.Popen(
-            machine(rank), cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, text=True, start_new_session=True,
-        )
-        for rank in (0, 1)
-    ]  # fmt: skip
+    procs = [start(machine(rank), tmp_path, env) for rank in (0, 1)]
     standalone = start(
         torchrun(
             "--standalone", "--nproc-per-node", "2", "-m", "ganforge", str(recipe),
