@@ -182,7 +182,7 @@ class LifecycleHooks:
     """The lifecycle hooks a run calls while it trains (``ganforge_log``,
     ``ganforge_checkpoint``), all under one failure rule: a plugin that raises does not end the
     run on the spot, where the steps since the last checkpoint would be lost. Its failure is
-    kept, later calls are skipped, and :func:`stop_reason` stops the run at this step's
+    kept, later calls are skipped, and :class:`StopVote` stops the run at this step's
     boundary, after its checkpoint."""
 
     def __init__(self, plugins: Plugins, run: RunInfo):

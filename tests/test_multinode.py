@@ -158,6 +158,12 @@ def finish(procs: list[subprocess.Popen], timeout: float = 120) -> list[tuple[in
     return results
 
 
+def standalone(tmp_path: Path, recipe: Path, out: Path, *args: str, processes: int = 2):
+    """The same recipe on one "node" of ``processes`` processes (the reference run)."""
+    command = torchrun("--standalone", "--nproc-per-node", str(processes), "-m", "ganforge")
+    return start([*command, str(recipe), f"run.out_dir={out}", *args], tmp_path)
+
+
 def two_nodes(tmp_path: Path, *args: str, second: tuple[str, ...] = (), restarts: int = 0):
     port = free_port()
     return [
@@ -219,14 +225,8 @@ def wait_for_step(metrics: Path, step: int, procs, timeout: float = 120) -> None
 def test_two_nodes_over_c10d_train_what_one_node_of_two_processes_trains(tmp_path):
     recipe = recipe_file(tmp_path)
     multi = two_nodes(tmp_path, str(recipe), f"run.out_dir={tmp_path / 'nodes'}")
-    standalone = start(
-        torchrun(
-            "--standalone", "--nproc-per-node", "2", "-m", "ganforge", str(recipe),
-            f"run.out_dir={tmp_path / 'standalone'}",
-        ),
-        tmp_path,
-    )  # fmt: skip
-    for code, output in finish([*multi, standalone]):
+    reference = standalone(tmp_path, recipe, tmp_path / "standalone")
+    for code, output in finish([*multi, reference]):
         assert code == 0, output[-3000:]
     assert_same_state(tmp_path / "nodes", tmp_path / "standalone")
 
@@ -250,14 +250,7 @@ def test_the_documented_accelerate_multi_node_config_meets_over_c10d(tmp_path):
 
     env = {**environment(tmp_path), "ACCELERATE_USE_CPU": "1"}
     procs = [start(machine(rank), tmp_path, env) for rank in (0, 1)]
-    standalone = start(
-        torchrun(
-            "--standalone", "--nproc-per-node", "2", "-m", "ganforge", str(recipe),
-            f"run.out_dir={tmp_path / 'standalone'}",
-        ),
-        tmp_path,
-    )  # fmt: skip
-    results = finish([*procs, standalone])
+    results = finish([*procs, standalone(tmp_path, recipe, tmp_path / "standalone")])
     for code, output in results:
         assert code == 0, output[-3000:]
     assert "2 process(es)" in results[0][1] + results[1][1]
@@ -288,13 +281,7 @@ def test_a_killed_worker_restarts_the_group_which_resumes_and_ends_as_if_never_k
     assert any("resumed from" in output for _, output in results)
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(1, 121))  # every step logged once, none twice
-    straight = start(
-        torchrun(
-            "--standalone", "--nproc-per-node", "2", "-m", "ganforge", str(recipe),
-            f"run.out_dir={tmp_path / 'straight'}", *backend,
-        ),
-        tmp_path,
-    )  # fmt: skip
+    straight = standalone(tmp_path, recipe, tmp_path / "straight", *backend)
     assert finish([straight])[0][0] == 0
     assert_same_state(run, tmp_path / "straight", atol)
 
@@ -313,12 +300,7 @@ def test_nodes_that_disagree_stop_together_at_once_naming_what_differs(tmp_path)
     assert not (run / "checkpoints").exists()
 
     # One node sees the run's checkpoints, the other an empty folder (node-local storage).
-    shared = start(
-        torchrun("--standalone", "--nproc-per-node", "2", "-m", "ganforge", str(recipe),
-                 f"run.out_dir={run}", "train.steps=20"),
-        tmp_path,
-    )  # fmt: skip
-    assert finish([shared])[0][0] == 0
+    assert finish([standalone(tmp_path, recipe, run, "train.steps=20")])[0][0] == 0
     before = sorted(p.name for p in (run / "checkpoints").iterdir())
     port = free_port()
     procs = [
@@ -340,11 +322,7 @@ def test_a_preemption_signal_to_one_process_checkpoints_within_a_step_everywhere
     within a scheduler's grace period). One process of two gets the signal here."""
     recipe = recipe_file(tmp_path, steps=100000, log_every=1000, checkpoint_every=0)
     run = tmp_path / "run"
-    launch = start(
-        torchrun("--standalone", "--nproc-per-node", "2", "-m", "ganforge", str(recipe),
-                 f"run.out_dir={run}"),
-        tmp_path,
-    )  # fmt: skip
+    launch = standalone(tmp_path, recipe, run)
     deadline = time.monotonic() + 120
     while not (run / "recipe.toml").exists():  # written just before the first step
         assert launch.poll() is None and time.monotonic() < deadline, finish([launch])
