@@ -238,7 +238,7 @@ SCHEMA["distributed"] = {
     # before it gives up with a message, instead of hanging on a peer that died or stalled.
     # It must cover the longest a process waits for another: the main process writing a
     # checkpoint, clustering the data, or preparing an evaluation's classifier.
-    "timeout": Key((int, float), 1800, None, positive),
+    "timeout": Key(float, 1800.0, None, positive),
 }
 EVAL_TABLES = ("extractor_options", "metrics")
 REGULARIZER_KEYS = {"every": Key(int, 1, OPTIM, positive)}
