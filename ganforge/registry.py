@@ -237,14 +237,14 @@ class Registry:
     def unknown_message(self, kind: str, name: str) -> str:
         known = self.names(kind)
         close = did_you_mean(name, known)
-        if close:
-            return f"unknown {kind} {name!r}{close}"
-        listed = f"; known: {', '.join(known)}" if known else ""
-        if self.blocked:
+        listed = close or (f"; known: {', '.join(known)}" if known else "")
+        if self.blocked:  # a blocked plugin may be the one that has it: said even beside a guess
             return (
                 f"unknown {kind} {name!r}{listed}. Installed but blocked by "
                 f"GANFORGE_DISABLE_PLUGINS, and so not searched: {', '.join(self.blocked)}"
             )
+        if close:
+            return f"unknown {kind} {name!r}{close}"
         return (
             f"unknown {kind} {name!r}{listed}. No installed plugin registers it: a method "
             "shipped as a package appears once it is installed (`ganforge plugins` lists what "
