@@ -268,15 +268,16 @@ def node_once(key: str, compute: Callable[[], dict]) -> dict:
         with contextlib.suppress(OSError):
             fcntl.flock(fd, fcntl.LOCK_EX)  # without locks, processes may compute it twice
         with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-            written = path.stat().st_mtime
-            if _process_started() <= written and time.time() - written < NODE_ONCE_FRESH:
-                shared = json.loads(path.read_text())
-                if shared["key"] == key and shared["pid"] != os.getpid():
-                    return shared["result"]
+            shared = json.loads(path.read_text())
+            written = float(shared["time"])  # this host's clock (the host is in the key)
+            fresh = _process_started() <= written and time.time() - written < NODE_ONCE_FRESH
+            if fresh and shared["key"] == key and shared["pid"] != os.getpid():
+                return shared["result"]
         result = compute()
         with contextlib.suppress(OSError):
             tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps({"key": key, "pid": os.getpid(), "result": result}))
+            shared = {"key": key, "pid": os.getpid(), "time": time.time(), "result": result}
+            tmp.write_text(json.dumps(shared))
             os.replace(tmp, path)
         return result
     finally:
@@ -495,7 +496,12 @@ class _RowAdvice:
         # A memory map of the whole store file: row i starts at offset + i * row bytes.
         whole = self.map is not None and images.flags.c_contiguous
         self.map = self.map if whole and hasattr(self.map, "madvise") else None
-        self.offset = int(getattr(images, "offset", 0))
+        # Where row 0 lies in the map (which starts at the file's offset rounded down to a
+        # page, and may be a slice of a larger one): from the addresses, not ``.offset``.
+        self.offset = 0
+        if self.map is not None:
+            start = np.frombuffer(self.map, np.uint8).ctypes.data
+            self.offset = images.ctypes.data - start
         self.row = int(images[0].nbytes) if len(images) else 0
         self.on, self.fast = False, 0
 

@@ -104,6 +104,12 @@ def _zero_stage(
     for where in ("OPTIMIZER", "PARAM"):
         device = env.get(f"ACCELERATE_DEEPSPEED_OFFLOAD_{where}_DEVICE", "none").strip().lower()
         offload = options.get("zero_optimization", {}).get(f"offload_{where.lower()}", {})
+        if not isinstance(offload, dict):
+            problems.append(
+                f"the DeepSpeed config's zero_optimization.offload_{where.lower()} is "
+                f"{offload!r}, not an object"
+            )
+            offload = {}
         if device not in ("none", "") or offload.get("device", "none") != "none":
             problems.append(
                 f"ZeRO {where.lower()} offload is not supported yet (it has not been checked "
@@ -492,8 +498,11 @@ def lost_peer(err: BaseException) -> str | None:
     if int(os.environ.get("WORLD_SIZE", "1")) < 2 or "torch.distributed" not in sys.modules:
         return None
     text = str(err)
-    signs = ("Connection closed by peer", "Connection reset by peer", "Timed out", "timed out")
-    if not isinstance(err, torch.distributed.DistError) and not any(s in text for s in signs):
+    lost = isinstance(err, (torch.distributed.DistNetworkError, torch.distributed.DistStoreError))
+    lost = lost or "Connection closed by peer" in text or "Connection reset by peer" in text
+    # A collective's own timeout (gloo, c10d), not any "timed out" (a DataLoader's, say).
+    lost = lost or (("gloo" in text or "c10d" in text) and "imed out" in text)
+    if not lost:
         return None
     first = text.strip().splitlines()[0] if text.strip() else type(err).__name__
     return (
@@ -513,7 +522,7 @@ def gather_json(value: Any, accelerator) -> list[Any]:
     import torch.distributed as dist
 
     device = accelerator.device
-    text = json.dumps(value, sort_keys=True).encode()
+    text = json.dumps(value, sort_keys=True, default=str).encode()
     size = torch.tensor([len(text)], device=device)
     sizes = [torch.empty_like(size) for _ in range(world)]
     dist.all_gather(sizes, size)
@@ -536,7 +545,7 @@ def agree(accelerator, facts: Mapping[str, Any], hints: Mapping[str, str] = {}) 
     everyone = gather_json(dict(facts), accelerator)
     lines = []
     for key in sorted(set().union(*everyone)):
-        values = [json.dumps(f.get(key), sort_keys=True) for f in everyone]
+        values = [json.dumps(f.get(key), sort_keys=True, default=str) for f in everyone]
         if len(set(values)) == 1:
             continue
         held: dict[str, list[int]] = {}

@@ -102,6 +102,7 @@ class RunDirectory:
         the lock for the whole launch, and every process stops with one message when another
         run holds it (a run started twice, a job submitted again, orphaned workers)."""
         main_decides(accelerator, self.lock.acquire, f"the main process could not lock {self.path}")
+        self.locked = True
 
     def take(self, accelerator, resume: str, resumed: Checkpoint | None) -> str:
         """*Collective.* With ``train.resume = "never"`` move an earlier run aside; a resumed

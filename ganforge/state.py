@@ -110,8 +110,9 @@ def targets(recipe: Recipe) -> Targets:
 
 
 #: Recipe keys the processes of a launch may hold different values of: where each node finds
-#: the data and the run directory (node-local copies, the same storage mounted elsewhere).
-PER_NODE_KEYS = ("data.path", "run.out_dir")
+#: the data, the run directory and the checkpoints (node-local copies, the same storage
+#: mounted elsewhere). The checkpoints themselves are compared by their digests.
+PER_NODE_KEYS = ("data.path", "run.out_dir", "train.resume", "train.init_from")
 
 
 def agree_on_start(recipe: Recipe, plugins: Plugins, launch: Launch, accelerator) -> Targets:
@@ -125,7 +126,7 @@ def agree_on_start(recipe: Recipe, plugins: Plugins, launch: Launch, accelerator
     found, problem = None, None
     try:
         found = targets(recipe)
-    except GanforgeError as err:  # a damaged checkpoint: every process says so together
+    except (GanforgeError, OSError) as err:  # every process says so together, then raises
         problem = err
     if accelerator.num_processes > 1:
         import ganforge
@@ -156,7 +157,7 @@ def agree_on_start(recipe: Recipe, plugins: Plugins, launch: Launch, accelerator
     return found
 
 
-def _what_continues(found: Targets | None, problem: GanforgeError | None) -> str:
+def _what_continues(found: Targets | None, problem: Exception | None) -> str:
     """What a process found to continue, as the disagreement message shows it."""
     if problem is not None:
         return f"cannot continue: {problem}"

@@ -26,6 +26,11 @@ if TYPE_CHECKING:
 
 #: :class:`StopVote`'s value for a lifecycle hook that raised (above every signal's number).
 PLUGIN_FAILED = 100.0
+#: This process's launcher, noted when ganforge starts: under torchrun (and accelerate launch,
+#: which runs it) the parent is the launcher's agent, and a launcher that dies while the run is
+#: still being built is noticed at the first step. Elsewhere (None) a parent may come and go
+#: harmlessly (nohup, a closed terminal).
+_LAUNCHER = os.getppid() if "TORCHELASTIC_RUN_ID" in os.environ else None
 
 
 class StopSignals:
@@ -69,9 +74,7 @@ class StopSignals:
     def __init__(self, processes: int = 1, announce: bool = True):
         self.requested: signal.Signals | None = None
         self.processes, self.announce = processes, announce
-        # Under torchrun (and accelerate launch, which runs it) the parent is the launcher's
-        # agent; elsewhere a parent may come and go (nohup, a closed terminal) harmlessly.
-        self.parent = os.getppid() if "TORCHELASTIC_RUN_ID" in os.environ else None
+        self.parent = _LAUNCHER
         main_thread = threading.current_thread() is threading.main_thread()
         self.handled = [
             signum
@@ -144,7 +147,8 @@ class StopVote:
         import torch.distributed as dist
 
         agreed = self.settle()
-        flag = torch.tensor(float(local), device=self.acc.device)
+        # torch.full, not torch.tensor: a copy from the host would wait for the device's queue.
+        flag = torch.full((), float(local), device=self.acc.device)
         work = dist.all_reduce(flag, op=dist.ReduceOp.MAX, async_op=True)
         if flag.device.type == "cuda":
             work.wait()  # orders the current stream after the reduction; the host goes on
@@ -182,8 +186,8 @@ class LifecycleHooks:
     """The lifecycle hooks a run calls while it trains (``ganforge_log``,
     ``ganforge_checkpoint``), all under one failure rule: a plugin that raises does not end the
     run on the spot, where the steps since the last checkpoint would be lost. Its failure is
-    kept, later calls are skipped, and :class:`StopVote` stops the run at this step's
-    boundary, after its checkpoint."""
+    kept, later calls are skipped, and :class:`StopVote` stops the run at a step's boundary
+    (this one in one process, the next under several), after its checkpoint."""
 
     def __init__(self, plugins: Plugins, run: RunInfo):
         self.plugins, self.run = plugins, run

@@ -491,3 +491,20 @@ def test_rows_not_in_the_page_cache_are_named_to_the_kernel_until_gathers_are_fa
     assert not settled._advice.on
     in_memory = BatchSource(ImageData(np.array(data.images)), ShardedSampler(600, 50, 0), "cpu")
     assert in_memory._advice is None  # nothing to advise for arrays in memory
+
+
+def test_rows_are_named_where_they_lie_in_a_memmap_at_any_offset_or_a_slice_of_one(tmp_path):
+    """numpy maps from the offset rounded down to a page: advising by ``.offset`` named the
+    wrong rows (or failed, "madvise start out of bounds") for a plugin's memmap past 4 KiB."""
+    from ganforge.data import _RowAdvice
+
+    rows = (np.arange(100 * 12) % 251).astype(np.uint8).reshape(100, 12)
+    path = tmp_path / "rows.bin"
+    path.write_bytes(b"\0" * 27128 + rows.tobytes())
+    whole = np.memmap(path, np.uint8, "c", offset=27128, shape=(100, 12))
+    for images, first in ((whole, 0), (whole[10:], 10)):
+        advice = _RowAdvice(images)
+        mapped = np.frombuffer(advice.map, np.uint8)
+        assert mapped[advice.offset : advice.offset + 12].tolist() == rows[first].tolist()
+        advice.on = True
+        advice.before(torch.tensor([0, len(images) - 1]))  # within the map: no ValueError

@@ -187,3 +187,11 @@ def test_deepspeed_config_keys_ganforge_does_not_use_are_listed(tmp_path, capsys
     for key in ("frobnicate", "zero_optimization.overlap_comm", "zero_optimization.reduce_bucket"):
         assert key in said
     assert "bf16," not in said and "gradient_clipping" not in said  # honoured, not listed
+
+
+def test_a_deepspeed_offload_that_is_not_an_object_is_one_message(tmp_path):
+    path = tmp_path / "ds.json"
+    path.write_text(json.dumps({"zero_optimization": {"stage": 2, "offload_optimizer": None}}))
+    env = {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_CONFIG_FILE": str(path)}
+    with pytest.raises(GanforgeError, match="offload_optimizer is None, not an object"):
+        plan(env)

@@ -177,8 +177,11 @@ def _stages(
             raise ValueError(f"{name} needs one positive value or {count} of them")
         return values
 
-    # The reference's groups are 16 expanded channels each (768 × 2 / 96).
-    groups = [w * expansion // 16 or 1 for w in widths] if cardinality is None else cardinality
+    # The reference's groups are 16 expanded channels each (768 × 2 / 96); a width whose
+    # expansion 16 does not divide gets the largest count of groups that divides it.
+    groups = cardinality
+    if cardinality is None:
+        groups = [math.gcd(w * expansion, max(w * expansion // 16, 1)) for w in widths]
     return widths, per_stage(groups, "cardinality"), per_stage(blocks, "blocks")
 
 
