@@ -44,15 +44,28 @@ class EMA:
 
     After update ``t`` (1-based) ``ema = β_t·ema + (1-β_t)·model`` with
     ``β_t = decay · min(1, t / warmup_steps)``: early on the average follows the model closely,
-    so it is not dominated by the random initialisation. Integer buffers (batch-norm counters)
+    so it is not dominated by the random initialisation. Given a half-life in images instead
+    (StyleGAN's form), ``β_t = 0.5^(images a step / half-life)``, the half-life ramped up with
+    the images seen. Integer buffers (batch-norm counters)
     are copied. The averaged module is what sampling and export use.
 
     The average is of the whole generator: where a backend shards it (ZeRO-3, FSDP2) the
     trainer hands :meth:`update` the gathered tensors.
     """
 
-    def __init__(self, model: nn.Module, decay: float, warmup_steps: int = 0):
+    def __init__(
+        self,
+        model: nn.Module,
+        decay: float,
+        warmup_steps: int = 0,
+        *,
+        half_life_images: float = 0.0,
+        rampup: float = 0.0,
+        images_per_step: int = 0,
+    ):
         self.decay, self.warmup_steps = decay, warmup_steps
+        self.half_life, self.rampup = half_life_images, rampup
+        self.images_per_step = images_per_step
         self.module = copy.deepcopy(model).eval().requires_grad_(False)
         tensors = list(self.module.state_dict(keep_vars=True).values())
         self._floating = [t.is_floating_point() for t in tensors]
@@ -60,8 +73,16 @@ class EMA:
         self._copied = [t for t in tensors if not t.is_floating_point()]
 
     def beta(self, t: int) -> float:
+        """β after update ``t``: ``decay`` (ramped over ``warmup_steps``), or StyleGAN's
+        ``0.5^(images a step / half-life)`` with the half-life at most ``rampup`` × the images
+        seen after ``t`` updates."""
         ramp = min(1.0, t / self.warmup_steps) if self.warmup_steps else 1.0
-        return self.decay * ramp
+        if not self.half_life:
+            return self.decay * ramp
+        half_life = self.half_life
+        if self.rampup:
+            half_life = min(half_life, t * self.images_per_step * self.rampup)
+        return 0.5 ** (self.images_per_step / max(half_life, 1e-8)) * ramp
 
     @torch.no_grad()
     def update(self, t: int, skip: torch.Tensor | None, current: Sequence[torch.Tensor]) -> None:

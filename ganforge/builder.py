@@ -118,7 +118,17 @@ def build_parts(
         loss, loss_spec.name, discriminator, d_spec.name, data, num_classes, recipe, device
     )
     ema_cfg = recipe.section("ema")
-    ema = EMA(generator, ema_cfg["decay"], ema_cfg["warmup_steps"]) if ema_cfg["decay"] else None
+    ema = None
+    if ema_cfg["decay"] or ema_cfg["half_life_kimg"]:
+        train = recipe.section("train")
+        ema = EMA(
+            generator,
+            ema_cfg["decay"],
+            ema_cfg["warmup_steps"],
+            half_life_images=ema_cfg["half_life_kimg"] * 1000,
+            rampup=ema_cfg["rampup"],
+            images_per_step=train["batch_size"] * train["n_critic"],
+        )
     return Parts(
         source=source,
         loaded=loaded,

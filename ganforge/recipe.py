@@ -247,8 +247,13 @@ def validate(
             )
     ema = resolved.get("ema", {})
     standing = ema.get("standing_stats")
-    if isinstance(standing, int) and standing > 0 and ema.get("decay") == 0:
+    averaged = ema.get("decay") != 0 or ema.get("half_life_kimg") != 0
+    if isinstance(standing, int) and standing > 0 and not averaged:
         problems.append(("ema.standing_stats", "re-estimates the EMA's statistics: set ema.decay"))
+    if ema.get("decay") != 0 and ema.get("half_life_kimg") not in (0, None):
+        problems.append(("ema.half_life_kimg", "gives the average's decay: drop ema.decay"))
+    if ema.get("rampup") not in (0, None) and ema.get("half_life_kimg") in (0, None):
+        problems.append(("ema.rampup", "ramps the half-life up: set ema.half_life_kimg"))
     if registry is not None:
         conditional = resolved["data"].get("conditional") is True
         clusters = resolved["data"].get("clusters")

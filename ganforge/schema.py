@@ -198,6 +198,12 @@ SCHEMA["ema"] = {
     # decay 0 disables the average; sampling and export use it when enabled.
     "decay": Key(float, 0.0, OPTIM, lambda v: None if 0 <= v < 1 else "must be in [0, 1)"),
     "warmup_steps": Key(int, 0, OPTIM, non_negative),
+    # StyleGAN's form instead of `decay`: the average's half-life in thousands of images seen
+    # (train.batch_size × n_critic a step), β = 0.5^(images a step / half-life); with
+    # `rampup` r > 0 the half-life is at most r × the images seen so far (StyleGAN2: 10 kimg,
+    # r = 0.05). 0: off. A function of the step, so a resume recomputes it exactly.
+    "half_life_kimg": Key(float, 0.0, OPTIM, non_negative),
+    "rampup": Key(float, 0.0, OPTIM, non_negative),
     # Batches of train.batch_size samples that re-estimate the EMA generator's batch-norm
     # statistics for its averaged weights before sample grids, [eval] and the export (BigGAN's
     # standing statistics; 0: the averaged running statistics). Training is unchanged.

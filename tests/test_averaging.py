@@ -187,3 +187,27 @@ def test_standing_statistics_change_what_a_run_samples_not_how_it_trains(tiny, t
 def test_standing_statistics_need_an_ema(tiny):
     with pytest.raises(RecipeError, match="ema.standing_stats"):
         tiny("ema.standing_stats=4")
+
+
+def test_a_half_life_in_kimg_gives_stylegans_decay_with_its_rampup():
+    """StyleGAN's form: β = 0.5^(images a step / half-life), the half-life at most rampup ×
+    the images seen (StyleGAN2: 10 kimg, 0.05); a function of the step, as a resume needs."""
+    model = nn.Linear(2, 2)
+    ema = EMA(model, 0.0, half_life_images=10_000, rampup=0.05, images_per_step=64)
+    assert ema.beta(1) == pytest.approx(0.5 ** (64 / (64 * 0.05)))  # ramping: fast early
+    late = 10_000 // (64 * 0.05) + 1  # past the ramp, the half-life itself
+    assert ema.beta(int(late) + 10) == pytest.approx(0.5 ** (64 / 10_000))
+    # After the half-life's worth of images at a constant β, half the old average is left.
+    steady = EMA(model, 0.0, half_life_images=6_400, images_per_step=64)
+    assert steady.beta(5) ** 100 == pytest.approx(0.5)
+
+
+def test_an_ema_half_life_is_validated_and_trains(tiny):
+    with pytest.raises(RecipeError, match="ema.half_life_kimg: gives the average's decay"):
+        tiny("ema.decay=0.99", "ema.half_life_kimg=1.0")
+    with pytest.raises(RecipeError, match="ema.rampup: ramps the half-life up"):
+        tiny("ema.rampup=0.05")
+    trainer = tiny("ema.half_life_kimg=0.5", "ema.rampup=0.05")
+    assert trainer.ema is not None and trainer.ema.images_per_step == 8  # batch 8, n_critic 1
+    trainer.fit()
+    assert trainer.step == 2
