@@ -8,8 +8,10 @@ The lock is ``.<name>.lock`` beside the run directory, not inside it: ``train.re
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
+import sys
 from pathlib import Path
 
 from ganforge.checkpoint import (
@@ -59,7 +61,20 @@ class RunLock:
             ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        except OSError as err:
+            if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                # A file system without locks (NFS without lockd, Lustre without -o flock):
+                # the run goes on, unguarded, rather than not at all.
+                print(
+                    f"ganforge: warning: the run directory's lock {self.path} cannot be taken "
+                    f"({err.strerror or err}): a second run started on {self.run_dir} will not "
+                    "be refused; do not start one",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                self._held[self.path] = [fd, 1]
+                self._holding = True
+                return
             os.close(fd)
             raise GanforgeError(
                 f"another run is using {self.run_dir} (it holds {self.path}): a run started "

@@ -882,3 +882,24 @@ def test_a_failing_log_hook_stops_the_same_way_from_an_evaluation_or_a_step(
     records = [json.loads(line) for line in (trainer.run_dir / "metrics.jsonl").open()]
     assert [r["step"] for r in records] == [3, 3]  # the step's log and its eval, both kept
     assert tiny(*settings).step == 3  # the same command continues from it
+
+
+def test_a_run_directory_on_a_file_system_without_locks_trains_with_a_warning(
+    tiny, monkeypatch, capsys
+):
+    """NFS without lockd, Lustre without -o flock: flock fails with ENOLCK, which was reported
+    as "another run is using" the folder, and no run could start there."""
+    import errno
+    import os
+
+    import ganforge.runlock
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(ganforge.runlock.fcntl, "flock", no_locks)
+    trainer = tiny()
+    trainer.fit()
+    assert trainer.step == 2
+    err = capsys.readouterr().err
+    assert "cannot be taken" in err and "another run is using" not in err
