@@ -156,18 +156,17 @@ def _builder(recipe: Recipe, registry: Registry):
     return build
 
 
+def data_source(recipe: Recipe, registry: Registry) -> DataSource:
+    """The recipe's data source (its factory checks paths and options; nothing is decoded)."""
+    spec, resolution = recipe.component("data"), recipe.get("data.resolution")
+    core = {"resolution": resolution}
+    return registry.build("dataset", spec.name, core, spec.kwargs, DataSource, source=recipe.source)
+
+
 def open_data(recipe: Recipe, registry: Registry) -> tuple[DataSource, ImageData]:
     """The recipe's data source and its decoded store (cached by fingerprint)."""
-    spec, resolution = recipe.component("data"), recipe.get("data.resolution")
-    source = registry.build(
-        "dataset",
-        spec.name,
-        {"resolution": resolution},
-        spec.kwargs,
-        DataSource,
-        source=recipe.source,
-    )
-    return source, open_store(source, resolution)
+    source = data_source(recipe, registry)
+    return source, open_store(source, recipe.get("data.resolution"))
 
 
 def _condition_on_clusters(

@@ -235,15 +235,11 @@ def _load(args):
 
 
 def _validate(args) -> int:
-    from ganforge.data import DataSource
+    from ganforge.builder import data_source
 
     plugins, recipe = _load(args)
     # The data source's factory too: it checks paths and options without decoding images.
-    data = recipe.component("data")
-    core = {"resolution": recipe.get("data.resolution")}
-    source = plugins.registry.build(
-        "dataset", data.name, core, data.kwargs, DataSource, source=recipe.source
-    )
+    source = data_source(recipe, plugins.registry)
     if source.metadata.get("note"):
         print(f"ganforge: note: {source.metadata['note']}", file=sys.stderr)
     print("ok")
@@ -251,14 +247,12 @@ def _validate(args) -> int:
 
 
 def _data(args) -> int:
-    from ganforge.data import DataSource, describe_store, open_store
+    from ganforge.builder import data_source
+    from ganforge.data import describe_store, open_store
 
     plugins, recipe = _load(args)
-    spec, resolution = recipe.component("data"), recipe.get("data.resolution")
-    core = {"resolution": resolution}
-    source = plugins.registry.build(
-        "dataset", spec.name, core, spec.kwargs, DataSource, source=recipe.source
-    )
+    resolution = recipe.get("data.resolution")
+    source = data_source(recipe, plugins.registry)
     sources = [source] + ([source.scored_against()] if source.reference is not None else [])
     for each in sources:
         if args.action == "prepare":

@@ -491,19 +491,19 @@ class _RowAdvice:
     FAST = 1 << 30
     SETTLED = 20
 
-    def __init__(self, images: np.ndarray):
-        self.map = getattr(images, "_mmap", None) if isinstance(images, np.memmap) else None
-        # A memory map of the whole store file: row i starts at offset + i * row bytes.
-        whole = self.map is not None and images.flags.c_contiguous
-        self.map = self.map if whole and hasattr(self.map, "madvise") else None
+    def __init__(self, images: np.memmap):
+        self.map = images._mmap
         # Where row 0 lies in the map (which starts at the file's offset rounded down to a
         # page, and may be a slice of a larger one): from the addresses, not ``.offset``.
-        self.offset = 0
-        if self.map is not None:
-            start = np.frombuffer(self.map, np.uint8).ctypes.data
-            self.offset = images.ctypes.data - start
-        self.row = int(images[0].nbytes) if len(images) else 0
+        self.offset = images.ctypes.data - np.frombuffer(self.map, np.uint8).ctypes.data
+        self.row = int(images[0].nbytes)
         self.on, self.fast = False, 0
+
+    @classmethod
+    def of(cls, images: np.ndarray) -> _RowAdvice | None:
+        """Advice for ``images`` where they are a C-contiguous memory map, else None."""
+        mapped = isinstance(images, np.memmap) and getattr(images, "_mmap", None) is not None
+        return cls(images) if mapped and images.flags.c_contiguous and len(images) else None
 
     def before(self, idx: torch.Tensor) -> float:
         """Name ``idx``'s rows to the kernel (while gathers are slow); the time a gather
@@ -552,8 +552,7 @@ class BatchSource:
         # one whose copy the device has not yet done (the host may run ahead of the device).
         self._staging: list[tuple[torch.Tensor, torch.cuda.Event | None]] = []
         self._turn = 0
-        advice = _RowAdvice(data.images)
-        self._advice = advice if advice.map is not None else None
+        self._advice = _RowAdvice.of(data.images)
 
     def _gather(self, idx: torch.Tensor) -> torch.Tensor:
         if self.device.type != "cuda":

@@ -209,7 +209,7 @@ def _deepspeed_config(
         "train_micro_batch_size_per_gpu",
     ):
         value = options.get(key, "auto")
-        if value not in ("auto", 1) or (value == 1 and key != "gradient_accumulation_steps"):
+        if value not in (("auto", 1) if key == "gradient_accumulation_steps" else ("auto",)):
             problems.append(
                 f"the DeepSpeed config's {key} = {value!r} is not used: a GAN step is one "
                 'update of each model on train.batch_size images; remove it or set it to "auto"'
@@ -466,29 +466,36 @@ def gather_rank_states(
 
     A collective call: every process calls it; the main process gets the dict, others None.
     """
-    world = accelerator.num_processes
-    if world == 1:
+    if accelerator.num_processes == 1:
         return {f"rank0.{k}": v for k, v in local.items()}
-    import torch.distributed as dist
-
-    device = accelerator.device
     names = sorted(local)
-    flat = torch.cat([local[n].reshape(-1).to(torch.uint8) for n in names]).to(device)
-    sizes = torch.tensor([local[n].numel() for n in names], device=device)
-    all_sizes = [torch.empty_like(sizes) for _ in range(world)]
-    dist.all_gather(all_sizes, sizes)
-    longest = max(int(s.sum()) for s in all_sizes)
-    padded = torch.zeros(longest, dtype=torch.uint8, device=device)
-    padded[: flat.numel()] = flat
-    everyone = [torch.empty_like(padded) for _ in range(world)]
-    dist.all_gather(everyone, padded)
+    flat = torch.cat([local[n].reshape(-1).to(torch.uint8) for n in names])
+    sizes = torch.tensor([local[n].numel() for n in names], dtype=torch.int64)
+    all_sizes = _all_gather_bytes(sizes.view(torch.uint8), accelerator)
+    everyone = _all_gather_bytes(flat, accelerator)
     if not accelerator.is_main_process:
         return None
     out = {}
     for rank, (data, rank_sizes) in enumerate(zip(everyone, all_sizes, strict=True)):
-        parts = torch.split(data.cpu()[: int(rank_sizes.sum())], rank_sizes.tolist())
+        parts = torch.split(data, rank_sizes.view(torch.int64).tolist())
         out.update({f"rank{rank}.{n}": p.clone() for n, p in zip(names, parts, strict=True)})
     return out
+
+
+def _all_gather_bytes(data: torch.Tensor, accelerator) -> list[torch.Tensor]:
+    """*Collective.* Every process's 1-D uint8 ``data`` (of any length), in rank order, on the
+    CPU of every process."""
+    import torch.distributed as dist
+
+    device = accelerator.device
+    size = torch.tensor([data.numel()], device=device)
+    sizes = [torch.empty_like(size) for _ in range(accelerator.num_processes)]
+    dist.all_gather(sizes, size)
+    padded = torch.zeros(max(int(s) for s in sizes), dtype=torch.uint8, device=device)
+    padded[: data.numel()] = data.to(device)
+    everyone = [torch.empty_like(padded) for _ in sizes]
+    dist.all_gather(everyone, padded)
+    return [d[: int(n)].cpu() for d, n in zip(everyone, sizes, strict=True)]
 
 
 def lost_peer(err: BaseException) -> str | None:
@@ -516,27 +523,14 @@ def lost_peer(err: BaseException) -> str | None:
 def gather_json(value: Any, accelerator) -> list[Any]:
     """*Collective.* Every process's JSON-able ``value``, in rank order, on every process
     (JSON text in uint8 tensors: nothing another process sends is unpickled)."""
-    world = accelerator.num_processes
-    if world == 1:
+    if accelerator.num_processes == 1:
         return [value]
-    import torch.distributed as dist
-
-    device = accelerator.device
     text = json.dumps(value, sort_keys=True, default=str).encode()
-    size = torch.tensor([len(text)], device=device)
-    sizes = [torch.empty_like(size) for _ in range(world)]
-    dist.all_gather(sizes, size)
-    padded = torch.zeros(max(int(s) for s in sizes), dtype=torch.uint8, device=device)
-    padded[: len(text)] = torch.frombuffer(bytearray(text), dtype=torch.uint8).to(device)
-    everyone = [torch.empty_like(padded) for _ in range(world)]
-    dist.all_gather(everyone, padded)
-    return [
-        json.loads(bytes(data[: int(n)].cpu().tolist()))
-        for data, n in zip(everyone, sizes, strict=True)
-    ]
+    everyone = _all_gather_bytes(torch.frombuffer(bytearray(text), dtype=torch.uint8), accelerator)
+    return [json.loads(data.numpy().tobytes()) for data in everyone]
 
 
-def agree(accelerator, facts: Mapping[str, Any], hints: Mapping[str, str] = {}) -> None:  # noqa: B006
+def agree(accelerator, facts: Mapping[str, Any], hints: Mapping[str, str] | None = None) -> None:
     """*Collective.* Stop every process together unless every process states the same
     ``facts`` (one exchange at start-up, before anything costly): a GanforgeError (exit 2) on
     every process, naming each key that differs and which ranks hold which value, followed by
@@ -555,7 +549,8 @@ def agree(accelerator, facts: Mapping[str, Any], hints: Mapping[str, str] = {}) 
             f"rank{'s' * (len(ranks) > 1)} {', '.join(map(str, ranks))}: {_shown(value)}"
             for value, ranks in held.items()
         )
-        lines.append(f"  {key}: {said}" + (f"\n    {hints[key]}" if key in hints else ""))
+        hint = (hints or {}).get(key)
+        lines.append(f"  {key}: {said}" + (f"\n    {hint}" if hint else ""))
     if lines:
         raise GanforgeError(
             f"the {accelerator.num_processes} processes of this launch do not agree; nothing "

@@ -62,31 +62,24 @@ class RunLock:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as err:
-            if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                # A file system without locks (NFS without lockd, Lustre without -o flock):
-                # the run goes on, unguarded, rather than not at all.
-                print(
-                    f"ganforge: warning: the run directory's lock {self.path} cannot be taken "
-                    f"({err.strerror or err}): a second run started on {self.run_dir} will not "
-                    "be refused; do not start one",
-                    file=sys.stderr,
-                    flush=True,
-                )
-                self._held[self.path] = [fd, 1]
-                self._holding = True
-                return
-            os.close(fd)
-            raise GanforgeError(
-                f"another run is using {self.run_dir} (it holds {self.path}): a run started "
-                "twice, a job submitted again, or workers whose launcher was killed? Wait for "
-                "it to end, stop it, or choose another run.out_dir"
-            ) from None
+            if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                os.close(fd)
+                raise GanforgeError(
+                    f"another run is using {self.run_dir} (it holds {self.path}): a run started "
+                    "twice, a job submitted again, or workers whose launcher was killed? Wait "
+                    "for it to end, stop it, or choose another run.out_dir"
+                ) from None
+            # A file system without locks (NFS without lockd, Lustre without -o flock): the
+            # run goes on, unguarded, rather than not at all.
+            print(
+                f"ganforge: warning: the run directory's lock {self.path} cannot be taken "
+                f"({err.strerror or err}): a second run started on {self.run_dir} will not "
+                "be refused; do not start one",
+                file=sys.stderr,
+                flush=True,
+            )
         self._held[self.path] = [fd, 1]
         self._holding = True
-
-    @property
-    def held(self) -> bool:
-        return self._holding
 
     def release(self) -> None:
         if not self._holding:

@@ -64,12 +64,6 @@ class StopSignals:
         signal.SIGUSR1: signal.SIG_DFL,
         signal.SIGUSR2: signal.SIG_DFL,
     }
-    NAMES = {
-        signal.SIGINT: "Ctrl-C",
-        signal.SIGTERM: "SIGTERM",
-        signal.SIGUSR1: "SIGUSR1",
-        signal.SIGUSR2: "SIGUSR2",
-    }
 
     def __init__(self, processes: int = 1, announce: bool = True):
         self.requested: signal.Signals | None = None
@@ -110,7 +104,7 @@ class StopSignals:
         if self.requested is not None:
             return  # several processes: the launcher forwarded the same stop
         self.requested = signal.Signals(signum)
-        name = self.NAMES[self.requested]
+        name = "Ctrl-C" if self.requested == signal.SIGINT else self.requested.name
         if self.processes == 1:
             self._restore()  # the next signal acts at once
             message = (

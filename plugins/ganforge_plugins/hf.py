@@ -124,18 +124,6 @@ def _hub_note(path: str) -> str:
     )
 
 
-class _File(NamedTuple):
-    """A file under a data folder: its path's parts below the folder, size and mtime."""
-
-    parts: tuple[str, ...]
-    size: int
-    mtime_ns: int
-
-    @property
-    def suffix(self) -> str:
-        return os.path.splitext(self.parts[-1])[1]
-
-
 def _scan(folder: str, parts: tuple[str, ...] = ()):
     """``(parts, stat)`` of every file under ``folder`` (symbolic links to files followed, to
     folders not) in the order their paths sort, one ``os.scandir`` pass (about 10× faster
@@ -151,17 +139,23 @@ def _scan(folder: str, parts: tuple[str, ...] = ()):
             yield (*parts, entry.name), entry.stat()
 
 
+def _digested(name: bytes, stat: os.stat_result) -> bytes:
+    """A file's line in a fingerprint: its path below the data's root, size and mtime
+    (content-dependent, reads no pixels)."""
+    return b"%s\0%d\0%d\n" % (name, stat.st_size, stat.st_mtime_ns)
+
+
 def _listing(root: Path) -> dict:
     """What ``_locate`` needs of a folder, without keeping a list of its files: the digest of
-    every file's path, size and mtime (:func:`_stat_digest`'s, computed as the walk goes),
-    how many files, which kinds of files, and the first name that is not UTF-8."""
+    every file's line (:func:`_digested`, in path order, computed as the walk goes), how many
+    files, which kinds of files, and the first name that is not UTF-8."""
     digest, count, suffixes = hashlib.sha256(), 0, set()
     for parts, st in _scan(str(root)):
         try:
             name = "/".join(parts).encode()
         except UnicodeEncodeError:  # bytes the file system holds that are no UTF-8 name
             return {"bad_name": repr(os.fsencode(root.joinpath(*parts)))}
-        digest.update(b"%s\0%d\0%d\n" % (name, st.st_size, st.st_mtime_ns))
+        digest.update(_digested(name, st))
         count += 1
         suffixes.add(os.path.splitext(parts[-1])[1])
     return {"digest": digest.hexdigest()[:16], "files": count, "suffixes": sorted(suffixes)}
@@ -185,9 +179,8 @@ def _locate(path: str) -> tuple[str, str, str | None]:
     local = local.resolve()
     if local.is_file():
         if local.suffix in (".parquet", ".arrow"):
-            stat = local.stat()
-            digest = _stat_digest([_File((local.name,), stat.st_size, stat.st_mtime_ns)])
-            return local.suffix[1:], str(local), digest
+            digest = hashlib.sha256(_digested(local.name.encode(), local.stat()))
+            return local.suffix[1:], str(local), digest.hexdigest()[:16]
         raise DataError(f"hf: {local} is not a .parquet or .arrow file, nor a directory")
     listing = node_once(f"hf-listing {local}", lambda: _listing(local))
     if "bad_name" in listing:
@@ -203,14 +196,6 @@ def _locate(path: str) -> tuple[str, str, str | None]:
     if {suffix.lower() for suffix in suffixes} & IMAGE_SUFFIXES:
         return "imagefolder", str(local), digest
     raise DataError(f"hf: {local} holds no images, .parquet files or save_to_disk dataset")
-
-
-def _stat_digest(files: list[_File]) -> str:
-    """Hash of every file's relative path, size and mtime: content-dependent, reads no pixels."""
-    digest = hashlib.sha256()
-    for f in files:
-        digest.update(f"{'/'.join(f.parts)}\0{f.size}\0{f.mtime_ns}\n".encode())
-    return digest.hexdigest()[:16]
 
 
 def _folder(
