@@ -33,12 +33,6 @@ def lr_factor(step: int, config: dict) -> float:
     return min(1.0, max(0.0, 1.0 - (step - start) / (end - start)))
 
 
-def set_lr(param_groups: list[dict], lr: float) -> None:
-    """Set ``lr`` in every one of an optimizer's ``param_groups``."""
-    for group in param_groups:
-        group["lr"] = lr
-
-
 class EMA:
     """An exponential moving average of a module's parameters and floating-point buffers.
 

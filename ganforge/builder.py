@@ -27,6 +27,7 @@ from ganforge.distributed import main_decides
 from ganforge.errors import DataError, RecipeError
 from ganforge.recipe import Component, Recipe
 from ganforge.registry import Registry
+from ganforge.schedules import initial
 from ganforge.streams import stream_seed
 
 
@@ -123,9 +124,9 @@ def build_parts(
         train = recipe.section("train")
         ema = EMA(
             generator,
-            ema_cfg["decay"],
+            initial(ema_cfg["decay"]),  # a schedule sets both before every step
             ema_cfg["warmup_steps"],
-            half_life_images=ema_cfg["half_life_kimg"] * 1000,
+            half_life_images=initial(ema_cfg["half_life_kimg"]) * 1000,
             rampup=ema_cfg["rampup"],
             images_per_step=train["batch_size"] * train["n_critic"],
         )
@@ -246,7 +247,7 @@ def _augmenter(recipe: Recipe, build, device: torch.device) -> Augmenter | None:
     spec = recipe.component("augment")
     return Augmenter(
         build("augmentation", spec.name, {}, spec.kwargs, Augmentation),
-        p=settings["p"],
+        p=initial(settings["p"]),
         adaptive=settings["adaptive"],
         target=settings["target"],
         interval=settings["interval"],

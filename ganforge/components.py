@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol, runtime_checkable
 
 import torch
@@ -71,6 +71,15 @@ class Loss(Protocol):
     ) -> torch.Tensor: ...
 
 
+class CriticPass(NamedTuple):
+    """One of the D phase's adversarial critic passes, run on ``x`` (float32, requiring grad,
+    before augmentation) with autocast off: a penalty on input gradients differentiates
+    ``out.logits`` with respect to ``x`` instead of calling the critic again."""
+
+    x: torch.Tensor
+    out: CriticOutput
+
+
 @dataclass
 class RegularizerContext:
     """Everything a regularizer may need, for one phase of one step.
@@ -78,6 +87,11 @@ class RegularizerContext:
     ``generator`` is G as the step calls it (inside any distributed wrapper: call it, rather
     than its submodules, so its gradients are synchronised); ``fake`` was generated from ``z``
     and ``y_fake`` (with a graph into G in the G phase).
+
+    ``passes`` holds the D phase's adversarial critic passes (``"real"``, ``"fake"``) that a
+    due regularizer named in its ``reuses`` attribute, when the step could run them for it
+    (float32 training; under mixed precision the adversarial passes run in bf16/fp16 and a
+    penalty makes its own float32 pass, so ``passes`` is empty).
     """
 
     phase: str
@@ -89,11 +103,16 @@ class RegularizerContext:
     z: torch.Tensor
     y_real: torch.Tensor | None
     y_fake: torch.Tensor | None
+    passes: dict[str, CriticPass] = field(default_factory=dict)
 
 
 @runtime_checkable
 class Regularizer(Protocol):
     """A loss term for the D phase (``phase = "d"``) or the G phase (``"g"``).
+
+    A D-phase penalty on the critic's input gradients may set ``reuses = ("real",)`` (or
+    ``"fake"``): on the steps it is due the core runs that adversarial pass on inputs that
+    require grad, and hands it over in ``ctx.passes``, saving the penalty's own critic call.
 
     One that keeps state across steps (a running mean) is an ``nn.Module`` holding it in
     buffers: the core moves it to the device and checkpoints, restores and synchronises them.

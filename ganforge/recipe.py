@@ -21,6 +21,7 @@ from typing import Any
 
 from ganforge.errors import RecipeError, did_you_mean
 from ganforge.registry import CORE_ARGS, Registry
+from ganforge.schedules import initial, is_schedule, resolve
 from ganforge.schema import (
     COMPONENT_SECTIONS,
     EVAL_TABLES,
@@ -59,9 +60,14 @@ class Recipe:
         return Component(table["name"], {k: v for k, v in table.items() if k not in core})
 
     def regularizers(self) -> list[tuple[str, int, dict[str, Any]]]:
-        """``(name, every, kwargs)`` for each ``[regularizers.NAME]`` table."""
+        """``(name, every, kwargs)`` for each ``[regularizers.NAME]`` table; a scheduled
+        option is given its value at 0 images (``ganforge.schedules`` sets it every step)."""
         return [
-            (name, table.get("every", 1), {k: v for k, v in table.items() if k != "every"})
+            (
+                name,
+                table.get("every", 1),
+                {k: initial(v) for k, v in table.items() if k != "every"},
+            )
             for name, table in self.tables.get("regularizers", {}).items()
         ]
 
@@ -254,6 +260,9 @@ def validate(
         problems.append(("ema.half_life_kimg", "gives the average's decay: drop ema.decay"))
     if ema.get("rampup") not in (0, None) and ema.get("half_life_kimg") in (0, None):
         problems.append(("ema.rampup", "ramps the half-life up: set ema.half_life_kimg"))
+    augment = resolved.get("augment", {})
+    if is_schedule(augment.get("p")) and augment.get("adaptive") is True:
+        problems.append(("augment.p", "follows a schedule: set augment.adaptive = false"))
     if registry is not None:
         conditional = resolved["data"].get("conditional") is True
         clusters = resolved["data"].get("clusters")
@@ -283,6 +292,11 @@ def _check_table(prefix, table, schema, problems, *, extra_allowed=False) -> dic
                 out[name] = copy.deepcopy(key.default)
             continue
         value = table[name]
+        if key.schedulable:
+            value = _resolve_schedules(where, value, problems)
+            if is_schedule(value):
+                out[name] = resolve(where, value, problems, key.check)
+                continue
         if not _is_instance(value, key.type):
             problems.append((where, f"expected {_type_name(key.type)}, got {_describe(value)}"))
             continue
@@ -302,6 +316,17 @@ def _check_table(prefix, table, schema, problems, *, extra_allowed=False) -> dic
     return out
 
 
+def _resolve_schedules(where: str, value: Any, problems) -> Any:
+    """A list's schedule items resolved (``betas = [0.0, {schedule = ...}]``); the item's
+    range is the list's own check."""
+    if not isinstance(value, list):
+        return value
+    return [
+        resolve(f"{where}.{i}", item, problems) if is_schedule(item) else item
+        for i, item in enumerate(value)
+    ]
+
+
 def _check_optim(table, problems) -> dict[str, Any]:
     out = {}
     for name in table:
@@ -315,7 +340,11 @@ def _check_optim(table, problems) -> dict[str, Any]:
             sub = {}
         out[model] = _check_table(f"optim.{model}", sub, OPTIMIZER, problems)
         resolved = out[model]
-        if resolved.get("lr_decay") == "linear" and not (
+        if resolved.get("lr_decay") == "linear" and is_schedule(resolved.get("lr")):
+            problems.append(
+                (f"optim.{model}.lr_decay", 'lr follows a schedule: set lr_decay = "none"')
+            )
+        elif resolved.get("lr_decay") == "linear" and not (
             isinstance(resolved.get("lr_decay_steps"), int)
             and resolved["lr_decay_steps"] > resolved.get("lr_decay_start", 0)
         ):
@@ -336,12 +365,15 @@ def _check_regularizers(table, registry, problems) -> dict[str, Any]:
             problems.append((where, "must be a table of the regularizer's options"))
             continue
         resolved = _check_table(where, sub, REGULARIZER_KEYS, problems, extra_allowed=True)
+        for key, value in resolved.items():  # every number option may follow a schedule
+            if is_schedule(value):
+                resolved[key] = resolve(f"{where}.{key}", value, problems)
         if registry is not None:
             entry = registry.find("regularizer", name)
             if entry is None:
                 problems.append((where, registry.unknown_message("regularizer", name)))
             else:
-                kwargs = {k: v for k, v in resolved.items() if k != "every"}
+                kwargs = {k: initial(v) for k, v in resolved.items() if k != "every"}
                 _bind_kwargs(where, entry, kwargs, problems)
         out[name] = resolved
     return out

@@ -31,6 +31,9 @@ class Key:
     default: Any = REQUIRED
     role: str | None = None
     check: Callable[[Any], str | None] | None = None
+    # May follow a schedule over the images seen (ganforge/schedules.py): a number given as
+    # { schedule = ..., start = ..., end = ..., kimg = ... }; in a list, any of its items.
+    schedulable: bool = False
 
 
 def positive(value) -> str | None:
@@ -80,14 +83,17 @@ def one_of(*choices: str) -> Callable[[Any], str | None]:
 
 
 def _betas(value) -> str | None:
-    ok = len(value) == 2 and all(isinstance(b, (int, float)) and 0 <= b < 1 for b in value)
-    return None if ok else "must be two numbers in [0, 1)"
+    from ganforge.schedules import endpoints
+
+    ends = [b for item in value for b in endpoints(item)]
+    ok = len(value) == 2 and all(isinstance(b, (int, float)) and 0 <= b < 1 for b in ends)
+    return None if ok else "must be two numbers in [0, 1) (or schedules within it)"
 
 
 OPTIMIZER = {
     "name": Key(str, "adam", OPTIM, one_of("adam", "adamw")),
-    "lr": Key(float, 2e-4, OPTIM, positive),
-    "betas": Key(list, [0.5, 0.999], OPTIM, _betas),
+    "lr": Key(float, 2e-4, OPTIM, positive, schedulable=True),
+    "betas": Key(list, [0.5, 0.999], OPTIM, _betas, schedulable=True),
     "eps": Key(float, 1e-8, OPTIM, positive),
     "weight_decay": Key(float, 0.0, OPTIM, non_negative),
     # Linear decay to 0 at lr_decay_steps, its own horizon: train.steps only says when to stop.
@@ -196,13 +202,20 @@ SCHEMA: dict[str, dict[str, Key]] = {
 }
 SCHEMA["ema"] = {
     # decay 0 disables the average; sampling and export use it when enabled.
-    "decay": Key(float, 0.0, OPTIM, lambda v: None if 0 <= v < 1 else "must be in [0, 1)"),
+    "decay": Key(
+        float,
+        0.0,
+        OPTIM,
+        lambda v: None if 0 <= v < 1 else "must be in [0, 1)",
+        schedulable=True,
+    ),
     "warmup_steps": Key(int, 0, OPTIM, non_negative),
     # StyleGAN's form instead of `decay`: the average's half-life in thousands of images seen
     # (train.batch_size × n_critic a step), β = 0.5^(images a step / half-life); with
     # `rampup` r > 0 the half-life is at most r × the images seen so far (StyleGAN2: 10 kimg,
     # r = 0.05). 0: off. A function of the step, so a resume recomputes it exactly.
-    "half_life_kimg": Key(float, 0.0, OPTIM, non_negative),
+    # R3GAN ramps the half-life itself by a schedule (0 -> 5000 kimg by cosine for CIFAR-10).
+    "half_life_kimg": Key(float, 0.0, OPTIM, non_negative, schedulable=True),
     "rampup": Key(float, 0.0, OPTIM, non_negative),
     # Batches of train.batch_size samples that re-estimate the EMA generator's batch-norm
     # statistics for its averaged weights before sample grids, [eval] and the export (BigGAN's
@@ -224,7 +237,13 @@ SCHEMA["augment"] = {
     # moving toward the rate that holds mean(sign(D(real))) at target, every interval steps,
     # by at most 1 per speed_images real images.
     "name": Key(str, "", OPTIM),
-    "p": Key(float, 1.0, OPTIM, lambda v: None if 0 <= v <= 1 else "must be in [0, 1]"),
+    "p": Key(
+        float,
+        1.0,
+        OPTIM,
+        lambda v: None if 0 <= v <= 1 else "must be in [0, 1]",
+        schedulable=True,
+    ),
     "adaptive": Key(bool, False, OPTIM),
     "target": Key(float, 0.6, OPTIM, lambda v: None if 0 < v < 1 else "must be in (0, 1)"),
     "interval": Key(int, 4, OPTIM, positive),

@@ -17,9 +17,15 @@ from typing import Any
 import torch
 
 from ganforge import state, tracking
-from ganforge.averaging import EMA, lr_factor, set_lr
+from ganforge.averaging import EMA
 from ganforge.builder import Parts, build_parts
-from ganforge.components import CriticOutput, RegularizerContext, as_critic_output, sample_latents
+from ganforge.components import (
+    CriticOutput,
+    CriticPass,
+    RegularizerContext,
+    as_critic_output,
+    sample_latents,
+)
 from ganforge.data import BatchSource
 from ganforge.diagnostics import Watch
 from ganforge.distributed import make_accelerator, per_process_batch, plan_launch
@@ -31,6 +37,7 @@ from ganforge.plugins import Plugins
 from ganforge.recipe import Recipe
 from ganforge.runfiles import read_metrics as read_metrics  # re-exported: its old home
 from ganforge.runlock import RunDirectory
+from ganforge.schedules import Schedules
 from ganforge.state import Progress
 from ganforge.stopping import (
     PLUGIN_FAILED,
@@ -143,9 +150,11 @@ class Trainer:
         parts.generator = self.execution.modules["generator"]
         parts.discriminator = self.execution.modules["discriminator"]
         self._critic_params = list(parts.discriminator.parameters())
-        self._lr_decays = any(
-            self.optim[m]["lr_decay"] != "none" for m in ("generator", "discriminator")
-        )
+        # A penalty may differentiate the adversarial pass itself only where that pass runs in
+        # float32 (Trainer._critic_passes).
+        self._reuse_passes = self.acc.mixed_precision == "no"
+        images_per_step = self.batch_size * self.n_critic
+        self.schedules = Schedules(self.recipe, parts, self.execution, images_per_step)
 
     def _make_optimizer(self, role: str, parameters) -> torch.optim.Optimizer:
         return build_optimizer(parameters, self.optim[role])
@@ -206,30 +215,15 @@ class Trainer:
         ``measure=False`` leaves the gradient norms out (``Phase.grad_norm`` is None) unless
         clipping needs them: the loop passes it on the steps it does not log.
         """
-        parts, conditional = self.parts, self.parts.num_classes > 0
-        self._set_learning_rates(step)
+        parts = self.parts
+        self.schedules.apply(step)
         skips = []
         for i in range(self.n_critic):
-            real, y_real = self.batches.next(with_labels=conditional)
-            y_fake = y_real  # fakes follow the data's class distribution
-            z = self.latents(len(real))
             # The last critic update's fakes are generated with a graph and reused by the G
-            # update (one G forward per step, as in the DCGAN reference); D only sees them
-            # detached, so its loss has no graph into G.
-            if i == self.n_critic - 1:
-                generated = self.G(z, y_fake)
-            else:
-                with torch.no_grad():
-                    generated = self.G(z, y_fake)
-            fake = generated.detach()
-            real_out, fake_out = self.critic(real, y_real), self.critic(fake, y_fake)
-            loss = parts.loss.d_loss(real_out, fake_out, y_real, y_fake)
-            loss, logs = self._regularize(loss, "d", step, real, fake, z, y_real, y_fake)
-            norm, skipped = self._update("discriminator", loss, measure)
-            skips.append(skipped)
-            if parts.augmenter is not None:
-                parts.augmenter.observe(real_out.logits)
-            d = Phase(loss.detach(), norm, skipped, logs, real_out, fake_out)
+            # update (one G forward per step, as in the DCGAN reference).
+            d, batch = self.critic_update(step, i == self.n_critic - 1, measure)
+            skips.append(d.skipped)
+        real, y_real, y_fake, z, generated = batch
 
         # G phase: D is frozen and its gradients are not all-reduced; G's are.
         self._critic_grad(False)
@@ -246,13 +240,58 @@ class Trainer:
         self._after_updates(step, skips)
         return d, g
 
-    def _set_learning_rates(self, step: int) -> None:
-        """``optim.*.lr_decay`` at ``step`` (without decay the rates stay the recipe's, and a
-        resume cannot change them)."""
-        if self._lr_decays:
-            for role in ("discriminator", "generator"):
-                config = self.optim[role]
-                set_lr(self.execution.param_groups(role), config["lr"] * lr_factor(step, config))
+    def critic_update(self, step: int, keep_graph: bool, measure: bool = True):
+        """One D update on fresh reals and fakes; returns its :class:`Phase` and the batch
+        ``(real, y_real, y_fake, z, generated)``, ``generated`` with a graph into G when
+        ``keep_graph`` (the G update reuses it). D only sees the fakes detached, so its loss
+        has no graph into G."""
+        parts = self.parts
+        real, y_real = self.batches.next(with_labels=parts.num_classes > 0)
+        y_fake = y_real  # fakes follow the data's class distribution
+        z = self.latents(len(real))
+        if keep_graph:
+            generated = self.G(z, y_fake)
+        else:
+            with torch.no_grad():
+                generated = self.G(z, y_fake)
+        fake = generated.detach()
+        passes = self._critic_passes(step, real, fake, y_real, y_fake)
+        real_out, fake_out = passes["real"].out, passes["fake"].out
+        loss = parts.loss.d_loss(real_out, fake_out, y_real, y_fake)
+        loss, logs = self._regularize(loss, "d", step, real, fake, z, y_real, y_fake, passes=passes)
+        norm, skipped = self._update("discriminator", loss, measure)
+        if parts.augmenter is not None:
+            parts.augmenter.observe(real_out.logits)
+        d = Phase(loss.detach(), norm, skipped, logs, real_out, fake_out)
+        return d, (real, y_real, y_fake, z, generated)
+
+    def _critic_passes(
+        self,
+        step: int,
+        real: torch.Tensor,
+        fake: torch.Tensor,
+        y_real: torch.Tensor | None,
+        y_fake: torch.Tensor | None,
+    ) -> dict[str, CriticPass]:
+        """The D phase's adversarial passes on the reals and the fakes.
+
+        A pass that a regularizer due at ``step`` reuses (its ``reuses``: R1 the reals', R2
+        the fakes') runs on inputs requiring grad, in float32 with autocast off, so the
+        penalty differentiates it instead of calling D again: with R1 and R2, two critic
+        forwards a D update instead of four. Under mixed precision the adversarial passes
+        stay in bf16/fp16 and the penalties make their own float32 passes.
+        """
+        reused: set[str] = set()
+        if self._reuse_passes:
+            for _, every, regularizer in self.parts.regularizers:
+                if regularizer.phase == "d" and step % every == 0:
+                    reused.update(getattr(regularizer, "reuses", ()))
+        passes = {}
+        for which, x, y in (("real", real, y_real), ("fake", fake, y_fake)):
+            if which in reused:
+                x = x.detach().float().requires_grad_(True)
+            passes[which] = CriticPass(x, self.critic(x, y, float32=which in reused))
+        return passes
 
     def _after_updates(self, step: int, skips: list[torch.Tensor]) -> None:
         """The skip streak, the averages and the augmentation probability after a step."""
@@ -273,15 +312,17 @@ class Trainer:
         for p in self._critic_params:
             p.requires_grad_(enabled)
 
-    def _regularize(self, loss: torch.Tensor, phase: str, step: int, *tensors):
-        """``loss`` plus the phase's regularizer terms due at ``step``, and their logs."""
+    def _regularize(self, loss: torch.Tensor, phase: str, step: int, *tensors, passes=None):
+        """``loss`` plus the phase's regularizer terms due at ``step``, and their logs;
+        ``passes``: the D phase's adversarial passes that were run for reuse."""
         logs: dict[str, torch.Tensor] = {}
         ctx = None
         for name, every, regularizer in self.parts.regularizers:
             if regularizer.phase != phase or step % every:
                 continue
             if ctx is None:  # built only when a term is due (launch-bound steps feel it)
-                ctx = RegularizerContext(phase, step, self.G, self.critic, *tensors)
+                reusable = {k: p for k, p in (passes or {}).items() if p.x.requires_grad}
+                ctx = RegularizerContext(phase, step, self.G, self.critic, *tensors, reusable)
             term, reg_logs = regularizer(ctx)
             loss = loss + every * term  # lazy regularization keeps the term's average weight
             logs[name] = term.detach()
@@ -441,6 +482,7 @@ class Trainer:
             **values,
             "lr_g": self.execution.param_groups("generator")[0]["lr"],
             "lr_d": self.execution.param_groups("discriminator")[0]["lr"],
+            **self.schedules.values(self.step - 1),  # the values the last step trained with
             "skipped_steps": int(self.progress.skipped.item()),
             "images_per_s": images_per_s,
             "kimg": self.step * self.n_critic * self.batch_size / 1000,

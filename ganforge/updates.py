@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from ganforge.components import CriticOutput
+from ganforge.schedules import initial
 
 
 @dataclass
@@ -32,8 +33,8 @@ def build_optimizer(params, config: dict[str, Any]) -> torch.optim.Optimizer:
     # FSDP2's sharded parameters (DTensors) and ZeRO's flat partitions too.
     return kind(
         params,
-        lr=config["lr"],
-        betas=tuple(config["betas"]),
+        lr=initial(config["lr"]),  # a schedule sets both before every step
+        betas=tuple(initial(config["betas"])),
         eps=config["eps"],
         weight_decay=config["weight_decay"],
         fused=True,

@@ -25,6 +25,7 @@ from ganforge.errors import RecipeError
 from ganforge.trainer import read_metrics
 
 # Everything that could drift on resume: several critic steps, EMA with warm-up, LR decay,
+# schedules over the images seen (R1's gamma, Adam's beta2),
 # dropout (global RNG), batch norm (buffers), a lazy penalty (step-dependent), ADA's
 # probability and its partial sums, and 32 images
 # in batches of 8 × n_critic 2 = two steps per epoch, so the sampler crosses epochs mid-run.
@@ -39,7 +40,8 @@ EXACT = (
     "optim.discriminator.lr_decay_start=2",
     "optim.discriminator.lr_decay_steps=10",
     "discriminator.dropout=0.2",
-    "regularizers.r1.gamma=0.5",
+    "regularizers.r1.gamma={schedule='cosine', start=0.5, end=0.05, kimg=0.1}",
+    "optim.generator.betas=[0.0, {schedule='linear', start=0.9, end=0.99, kimg=0.1}]",
     "regularizers.r1.every=2",
     "loss.name=hinge",
     # Adaptive augmentation, adjusted every 2 steps: checkpoints at odd steps hold partial sums.

@@ -282,6 +282,59 @@ def test_a_lazy_regularizer_runs_every_k_steps(tiny):
     assert logged == [True, False, True]
 
 
+# --------------------------------------------------------------------------- reuse
+
+
+def d_phase(trainer, step: int, real, fake):
+    """The D loss of one D update as the step builds it, its D gradients and the number of
+    critic forwards it took."""
+    calls = []
+    hook = trainer.D.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        passes = trainer._critic_passes(step, real, fake, None, None)
+        loss = trainer.parts.loss.d_loss(passes["real"].out, passes["fake"].out, None, None)
+        z = torch.zeros(len(real), 1)
+        loss, logs = trainer._regularize(loss, "d", step, real, fake, z, None, None, passes=passes)
+        params = [p for p in trainer.D.parameters() if p.requires_grad]
+        grads = torch.autograd.grad(loss, params)
+    finally:
+        hook.remove()
+    return loss.detach(), grads, len(calls), logs
+
+
+@pytest.mark.parametrize("norm", ["batch", "none"])
+def test_r1_and_r2_on_the_adversarial_passes_equal_their_own_passes(tiny, norm):
+    trainer = tiny(
+        "loss.name=rsgan",
+        "regularizers.r1.gamma=2.0",
+        "regularizers.r2.gamma=3.0",
+        f"discriminator.norm={norm}",
+    )
+    generator = torch.Generator().manual_seed(1)
+    real = torch.rand(8, 3, 16, 16, generator=generator) * 2 - 1
+    fake = torch.rand(8, 3, 16, 16, generator=generator) * 2 - 1
+    assert trainer._reuse_passes  # float32 training
+    loss, grads, forwards, logs = d_phase(trainer, 0, real, fake)
+    trainer._reuse_passes = False  # each penalty calls the critic itself, as before
+    own_loss, own_grads, own_forwards, own_logs = d_phase(trainer, 0, real, fake)
+    assert (forwards, own_forwards) == (2, 4)
+    torch.testing.assert_close(loss, own_loss, rtol=1e-6, atol=1e-6)
+    for name in ("r1", "r2", "r1/grad_norm", "r2/grad_norm"):
+        torch.testing.assert_close(logs[name], own_logs[name], rtol=1e-6, atol=1e-6)
+    for grad, own in zip(grads, own_grads, strict=True):
+        torch.testing.assert_close(grad, own, rtol=1e-6, atol=1e-6)
+
+
+def test_a_lazy_penalty_reuses_a_pass_only_when_it_is_due(tiny):
+    trainer = tiny("regularizers.r1.gamma=1.0", "regularizers.r1.every=2")
+    real, fake = torch.rand(2, 8, 3, 16, 16) * 2 - 1
+    due = trainer._critic_passes(0, real, fake, None, None)
+    assert due["real"].x.requires_grad and not due["fake"].x.requires_grad
+    off = trainer._critic_passes(1, real, fake, None, None)
+    assert not off["real"].x.requires_grad  # no graph to the inputs on the other steps
+    assert d_phase(trainer, 1, real, fake)[2] == 2
+
+
 # --------------------------------------------------------------------------- bf16
 # Accelerate's state is a process-wide singleton fixed at the first Accelerator: a bf16
 # Trainer cannot be built in the pytest process once another test made a full-precision one,
@@ -329,7 +382,7 @@ BF16_CRITIC = textwrap.dedent(
         if isinstance(module, nn.Conv2d):
             module.register_forward_hook(lambda m, i, out: convs.append(str(out.dtype)))
     x = torch.rand(4, 3, 16, 16) * 2 - 1
-    result = {"mixed_precision": trainer.acc.mixed_precision}
+    result = {"mixed_precision": trainer.acc.mixed_precision, "reuse": trainer._reuse_passes}
     with torch.autocast("cpu", dtype=torch.bfloat16):
         trainer.critic(x, None)
         result["plain"], convs[:] = list(convs), []
@@ -351,6 +404,7 @@ def test_the_float32_critic_escapes_bf16_autocast(tmp_path):
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["mixed_precision"] == "bf16"
+    assert result["reuse"] is False  # bf16 adversarial passes: penalties make float32 ones
     assert set(result["plain"]) == {"torch.bfloat16"}  # autocast is really on...
     assert set(result["float32"]) == {"torch.float32"}  # ...and float32=True turns it off
     assert result["logits"] == "torch.float32"

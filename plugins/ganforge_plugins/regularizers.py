@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from ganforge import hookimpl
-from ganforge.components import Critic, RegularizerContext
+from ganforge.components import Critic, CriticPass, RegularizerContext
 
 
 def _require_non_negative(**options: float) -> None:
@@ -30,8 +30,12 @@ def input_gradient_norms(critic: Critic, x: torch.Tensor, y: torch.Tensor | None
     penalty built on it trains D.
     """
     x = x.detach().float().requires_grad_(True)
-    logits = critic(x, y, float32=True).logits
-    (grad,) = torch.autograd.grad(logits.sum(), x, create_graph=True)
+    return pass_gradient_norms(CriticPass(x, critic(x, y, float32=True)))
+
+
+def pass_gradient_norms(critic_pass: CriticPass) -> torch.Tensor:
+    """Per-sample ``‖∇ₓ D(x)‖₂`` of a critic pass already run on ``x`` (requiring grad)."""
+    (grad,) = torch.autograd.grad(critic_pass.out.logits.sum(), critic_pass.x, create_graph=True)
     return torch.linalg.vector_norm(grad.flatten(1), dim=1)
 
 
@@ -69,28 +73,38 @@ class R1:
 
     From "Which Training Methods for GANs do actually Converge?": zero-centred on the data,
     it keeps D flat where the data is. Logs the mean gradient norm as ``grad_norm``.
+
+    It differentiates the step's own adversarial pass on the reals where the core ran it for
+    it (float32 training: ``ctx.passes``), as R3GAN's reference does, else it calls the critic
+    once more in float32. Either way the gradient is taken with respect to the images before
+    augmentation, through it (as in the reference and in StyleGAN2-ADA).
     """
 
     phase = "d"
-    _on_fakes = False
+    reuses: tuple[str, ...] = ("real",)
 
     def __init__(self, *, gamma: float = 10.0):
         _require_non_negative(gamma=gamma)
         self.gamma = gamma
 
     def __call__(self, ctx: RegularizerContext) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        x, y = (ctx.fake, ctx.y_fake) if self._on_fakes else (ctx.real, ctx.y_real)
-        norms = input_gradient_norms(ctx.critic, x, y)
+        (which,) = self.reuses
+        if which in ctx.passes:
+            norms = pass_gradient_norms(ctx.passes[which])
+        else:
+            x, y = (ctx.fake, ctx.y_fake) if which == "fake" else (ctx.real, ctx.y_real)
+            norms = input_gradient_norms(ctx.critic, x, y)
         return self.gamma / 2 * norms.square().mean(), {"grad_norm": norms.detach().mean()}
 
 
 class R2(R1):
     """The R2 penalty on generated images: ``γ/2 · E[‖∇D(G(z))‖₂²]`` (Mescheder et al. 2018).
 
-    R1's twin on the fakes, with the fakes' labels. Logs ``grad_norm``.
+    R1's twin on the fakes, with the fakes' labels, reusing the adversarial pass on the fakes
+    where it can. Logs ``grad_norm``.
     """
 
-    _on_fakes = True
+    reuses = ("fake",)
 
 
 class Consistency:
