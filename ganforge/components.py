@@ -89,9 +89,8 @@ class RegularizerContext:
     and ``y_fake`` (with a graph into G in the G phase).
 
     ``passes`` holds the D phase's adversarial critic passes (``"real"``, ``"fake"``) that a
-    due regularizer named in its ``reuses`` attribute, when the step could run them for it
-    (float32 training; under mixed precision the adversarial passes run in bf16/fp16 and a
-    penalty makes its own float32 pass, so ``passes`` is empty).
+    due regularizer named in its ``reuses`` attribute, run for it on inputs requiring grad in
+    float32 (also under mixed precision); empty in the G phase.
     """
 
     phase: str
@@ -104,6 +103,22 @@ class RegularizerContext:
     y_real: torch.Tensor | None
     y_fake: torch.Tensor | None
     passes: dict[str, CriticPass] = field(default_factory=dict)
+    _gradients: dict[str, torch.Tensor] | None = field(default=None, repr=False)
+
+    def input_gradient(self, which: str) -> torch.Tensor:
+        """``∇ₓ Σ D(x)`` of the adversarial pass ``which`` in :attr:`passes`, with its graph
+        (``create_graph``) so a penalty built on it trains D.
+
+        The first call takes the gradients of every pass in :attr:`passes` in one autograd
+        call (R1's and R2's together); later calls read them.
+        """
+        if self._gradients is None:
+            names = [n for n, p in self.passes.items() if p.x.requires_grad]
+            outputs = [self.passes[n].out.logits.sum() for n in names]
+            inputs = [self.passes[n].x for n in names]
+            grads = torch.autograd.grad(outputs, inputs, create_graph=True)
+            self._gradients = dict(zip(names, grads, strict=True))
+        return self._gradients[which]
 
 
 @runtime_checkable

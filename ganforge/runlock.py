@@ -81,7 +81,9 @@ class RunLock:
         self._held[self.path] = [fd, 1]
         self._holding = True
 
-    def release(self) -> None:
+    def release(self, _close=os.close) -> None:
+        # os.close bound here: a lock released by __del__ at interpreter exit may find the
+        # os module's globals already cleared.
         if not self._holding:
             return
         self._holding = False
@@ -89,7 +91,7 @@ class RunLock:
         shared[1] -= 1
         if not shared[1]:
             del self._held[self.path]
-            os.close(shared[0])  # closing the descriptor drops the lock
+            _close(shared[0])  # closing the descriptor drops the lock
 
     def __del__(self):
         self.release()

@@ -150,9 +150,9 @@ class Trainer:
         parts.generator = self.execution.modules["generator"]
         parts.discriminator = self.execution.modules["discriminator"]
         self._critic_params = list(parts.discriminator.parameters())
-        # A penalty may differentiate the adversarial pass itself only where that pass runs in
-        # float32 (Trainer._critic_passes).
-        self._reuse_passes = self.acc.mixed_precision == "no"
+        # Penalties differentiate the adversarial passes (Trainer._critic_passes); off: each
+        # makes its own critic pass (what the benchmark and the tests compare with).
+        self._reuse_passes = True
         images_per_step = self.batch_size * self.n_critic
         self.schedules = Schedules(self.recipe, parts, self.execution, images_per_step)
 
@@ -278,8 +278,9 @@ class Trainer:
         A pass that a regularizer due at ``step`` reuses (its ``reuses``: R1 the reals', R2
         the fakes') runs on inputs requiring grad, in float32 with autocast off, so the
         penalty differentiates it instead of calling D again: with R1 and R2, two critic
-        forwards a D update instead of four. Under mixed precision the adversarial passes
-        stay in bf16/fp16 and the penalties make their own float32 passes.
+        forwards a D update instead of four. Under mixed precision such a pass is the float32
+        pass the penalty would have made, and the adversarial term takes its logits from it
+        (full precision, on the steps the penalty is due); the other passes run in bf16/fp16.
         """
         reused: set[str] = set()
         if self._reuse_passes:

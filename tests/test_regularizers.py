@@ -313,7 +313,6 @@ def test_r1_and_r2_on_the_adversarial_passes_equal_their_own_passes(tiny, norm):
     generator = torch.Generator().manual_seed(1)
     real = torch.rand(8, 3, 16, 16, generator=generator) * 2 - 1
     fake = torch.rand(8, 3, 16, 16, generator=generator) * 2 - 1
-    assert trainer._reuse_passes  # float32 training
     loss, grads, forwards, logs = d_phase(trainer, 0, real, fake)
     trainer._reuse_passes = False  # each penalty calls the critic itself, as before
     own_loss, own_grads, own_forwards, own_logs = d_phase(trainer, 0, real, fake)
@@ -376,13 +375,15 @@ BF16_CRITIC = textwrap.dedent(
     from conftest import make_trainer
     from ganforge.components import RegularizerContext
 
-    trainer = make_trainer(Path(sys.argv[1]), "run.mixed_precision=bf16")
+    trainer = make_trainer(
+        Path(sys.argv[1]), "run.mixed_precision=bf16", "regularizers.r1.gamma=1.0"
+    )
     convs = []
     for module in trainer.D.modules():
         if isinstance(module, nn.Conv2d):
             module.register_forward_hook(lambda m, i, out: convs.append(str(out.dtype)))
     x = torch.rand(4, 3, 16, 16) * 2 - 1
-    result = {"mixed_precision": trainer.acc.mixed_precision, "reuse": trainer._reuse_passes}
+    result = {"mixed_precision": trainer.acc.mixed_precision}
     with torch.autocast("cpu", dtype=torch.bfloat16):
         trainer.critic(x, None)
         result["plain"], convs[:] = list(convs), []
@@ -393,7 +394,15 @@ BF16_CRITIC = textwrap.dedent(
         ctx = RegularizerContext("d", 0, trainer.G, trainer.critic, x, x, None, None, None)
         term, _ = R1(gamma=1.0)(ctx)
         result["r1"] = [str(term.dtype), term.item()]
-        result["r1_convs"] = sorted(set(convs))
+        result["r1_convs"], convs[:] = sorted(set(convs)), []
+        # The step's passes with R1 due: the reals' in float32 (R1 differentiates it), the
+        # fakes' under autocast.
+        passes = trainer._critic_passes(0, x, x.clone(), None, None)
+        half = len(convs) // 2
+        result["passes"] = [sorted(set(convs[:half])), sorted(set(convs[half:]))]
+        result["pass_r1"] = R1(gamma=1.0)(
+            RegularizerContext("d", 0, trainer.G, trainer.critic, x, x, None, None, None, passes)
+        )[0].item()
     print(json.dumps(result))
     """
 )
@@ -404,9 +413,10 @@ def test_the_float32_critic_escapes_bf16_autocast(tmp_path):
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["mixed_precision"] == "bf16"
-    assert result["reuse"] is False  # bf16 adversarial passes: penalties make float32 ones
     assert set(result["plain"]) == {"torch.bfloat16"}  # autocast is really on...
     assert set(result["float32"]) == {"torch.float32"}  # ...and float32=True turns it off
     assert result["logits"] == "torch.float32"
     assert result["r1"][0] == "torch.float32" and math.isfinite(result["r1"][1])
     assert result["r1_convs"] == ["torch.float32"]
+    assert result["passes"] == [["torch.float32"], ["torch.bfloat16"]]
+    assert result["pass_r1"] == pytest.approx(result["r1"][1], rel=1e-5)  # the same penalty

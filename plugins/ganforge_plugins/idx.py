@@ -321,13 +321,14 @@ def fashion_mnist_source(
 
 class FashionClassifier(nn.Module):
     """A small CNN on 28×28 grey images; features are its 128-d penultimate layer before the
-    ReLU (after it, units dead on every input would make covariances singular)."""
+    ReLU (after it, units dead on every input would make covariances singular). Also the
+    per-channel classifier of stacked data (``num_classes`` of its base)."""
 
-    num_classes = 10
     fingerprint = "fashion-mnist-cnn-v1"
 
-    def __init__(self):
+    def __init__(self, num_classes: int = 10):
         super().__init__()
+        self.num_classes = num_classes
 
         def block(cin: int, cout: int) -> nn.Sequential:
             return nn.Sequential(
@@ -337,7 +338,7 @@ class FashionClassifier(nn.Module):
         self.body = nn.Sequential(
             block(1, 32), block(32, 64), nn.Flatten(), nn.Dropout(0.25), nn.Linear(64 * 49, 128)
         )  # 28 -> 14 -> 7
-        self.head = nn.Sequential(nn.ReLU(), nn.Dropout(0.3), nn.Linear(128, 10))
+        self.head = nn.Sequential(nn.ReLU(), nn.Dropout(0.3), nn.Linear(128, num_classes))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Images in [-1, 1] at any resolution, 1 or 3 channels -> (features, logits). Images

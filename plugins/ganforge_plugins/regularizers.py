@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from ganforge import hookimpl
-from ganforge.components import Critic, CriticPass, RegularizerContext
+from ganforge.components import Critic, RegularizerContext
 
 
 def _require_non_negative(**options: float) -> None:
@@ -30,12 +30,13 @@ def input_gradient_norms(critic: Critic, x: torch.Tensor, y: torch.Tensor | None
     penalty built on it trains D.
     """
     x = x.detach().float().requires_grad_(True)
-    return pass_gradient_norms(CriticPass(x, critic(x, y, float32=True)))
+    logits = critic(x, y, float32=True).logits
+    (grad,) = torch.autograd.grad(logits.sum(), x, create_graph=True)
+    return sample_norms(grad)
 
 
-def pass_gradient_norms(critic_pass: CriticPass) -> torch.Tensor:
-    """Per-sample ``‖∇ₓ D(x)‖₂`` of a critic pass already run on ``x`` (requiring grad)."""
-    (grad,) = torch.autograd.grad(critic_pass.out.logits.sum(), critic_pass.x, create_graph=True)
+def sample_norms(grad: torch.Tensor) -> torch.Tensor:
+    """Per-sample 2-norms of a batch of gradients over all non-batch dims."""
     return torch.linalg.vector_norm(grad.flatten(1), dim=1)
 
 
@@ -74,9 +75,9 @@ class R1:
     From "Which Training Methods for GANs do actually Converge?": zero-centred on the data,
     it keeps D flat where the data is. Logs the mean gradient norm as ``grad_norm``.
 
-    It differentiates the step's own adversarial pass on the reals where the core ran it for
-    it (float32 training: ``ctx.passes``), as R3GAN's reference does, else it calls the critic
-    once more in float32. Either way the gradient is taken with respect to the images before
+    It differentiates the step's own adversarial pass on the reals, which the core runs for
+    it in float32 (``ctx.passes``), as R3GAN's reference does; given no pass, it calls the
+    critic once more in float32. Either way the gradient is taken with respect to the images before
     augmentation, through it (as in the reference and in StyleGAN2-ADA).
     """
 
@@ -90,7 +91,7 @@ class R1:
     def __call__(self, ctx: RegularizerContext) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         (which,) = self.reuses
         if which in ctx.passes:
-            norms = pass_gradient_norms(ctx.passes[which])
+            norms = sample_norms(ctx.input_gradient(which))
         else:
             x, y = (ctx.fake, ctx.y_fake) if which == "fake" else (ctx.real, ctx.y_real)
             norms = input_gradient_norms(ctx.critic, x, y)
