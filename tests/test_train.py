@@ -376,6 +376,11 @@ def test_every_shipped_recipe_runs_two_steps_at_a_tiny_size(path, tmp_path, caps
 
         args.append(f"data.path={write_set(tmp_path / 'idx', train=40, test=20)}")
         args.append("eval.every=0")  # the classifier is tested in test_data_idx.py
+    if tables["data"]["name"] == "stacked":  # the tests' own digits, not the npm package's
+        from test_data_idx import write_set
+
+        folder = write_set(tmp_path / "idx", train=40, test=20)
+        args += [f"data.source={{name='idx', path='{folder}'}}", "data.size=64", "eval.every=0"]
     if tables.get("eval", {}).get("extractor") == "inception":  # the weights are not here
         args.append("eval.every=0")
     assert main(args) == 0, capsys.readouterr().err

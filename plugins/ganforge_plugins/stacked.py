@@ -26,7 +26,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ganforge import hookimpl
@@ -35,7 +34,7 @@ from ganforge.errors import DataError
 from ganforge.evaluation import EvalContext, EvalError, Features
 from ganforge.rows import Chunk, Rows
 from ganforge_plugins.digits import cached_classifier, ready_classifier
-from ganforge_plugins.idx import FashionClassifier
+from ganforge_plugins.idx import FashionClassifier, accuracy, fit_classifier
 
 
 def _base(source: dict[str, Any], resolution: int) -> DataSource:
@@ -130,30 +129,12 @@ def train_channel_classifier(
     (eval mode) and its accuracy on the other 10%."""
     x = torch.from_numpy(np.array(images)).float().div(127.5).sub(1)
     y = torch.from_numpy(labels.astype(np.int64))
-    gen = torch.Generator().manual_seed(0)
-    order = torch.randperm(len(x), generator=gen)
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(1))
     held, kept = order[: len(x) // 10], order[len(x) // 10 :]
-    with torch.random.fork_rng(devices=[]):  # leaves the caller's random streams alone
-        torch.manual_seed(0)
-        net = FashionClassifier(classes)
-        opt = torch.optim.Adam(net.parameters(), 2e-3)
-        batches = (len(kept) + 127) // 128
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, 2e-3, total_steps=epochs * batches)
-        for epoch in range(epochs):
-            net.train()
-            for idx in kept[torch.randperm(len(kept), generator=gen)].split(128):
-                shift = tuple(torch.randint(-2, 3, (2,), generator=gen).tolist())
-                _, logits = net(torch.roll(x[idx], shift, (2, 3)))
-                loss = F.cross_entropy(logits, y[idx])
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                sched.step()
-            log(f"ganforge: stacked classifier: epoch {epoch + 1}/{epochs}")
-    net.eval()
-    with torch.no_grad():
-        predicted = torch.cat([net(part)[1].argmax(1) for part in x[held].split(1000)])
-    return net, (predicted == y[held]).float().mean().item()
+    net = fit_classifier(
+        lambda: FashionClassifier(classes), x[kept], y[kept], epochs, log, "stacked"
+    )
+    return net, accuracy(net, x[held], y[held])
 
 
 def stacked_extractor(source: dict[str, Any], resolution: int = 32, epochs: int = 4):
