@@ -31,6 +31,7 @@ LAYERS: dict[str, set[str]] = {
         "ganforge.augment",
         "ganforge.streams",
         "ganforge.rows",
+        "ganforge.schedules",
     },
     "config and plugin contract": {
         "ganforge.registry",
