@@ -24,6 +24,9 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from formats import cpu_name  # noqa: E402
+
 MODELS = {
     # The R3GAN models of recipes/r3gan_fashion_mnist.toml.
     "r3gan": {"name": "r3gan", "widths": [64, 64, 32, 16], "cardinality": 4, "blocks": 1},
@@ -57,7 +60,6 @@ def trainer_for(model: str, precision: str, out: str):
 
 
 def measure(model: str, precision: str, window: int, reps: int) -> dict:
-    import torch
 
     with tempfile.TemporaryDirectory() as out:
         trainer = trainer_for(model, precision, out)
@@ -68,7 +70,6 @@ def measure(model: str, precision: str, window: int, reps: int) -> dict:
             started = time.perf_counter()
             for _ in range(window):
                 trainer.critic_update(0, keep_graph=False, measure=False)
-            torch.cuda.synchronize() if torch.cuda.is_available() else None
             return images / (time.perf_counter() - started)
 
         timed(True), timed(False)  # warm-up
@@ -88,13 +89,6 @@ def measure(model: str, precision: str, window: int, reps: int) -> dict:
             "ratio": statistics.median(ratios),
             "ratios": [round(r, 3) for r in ratios],
         }
-
-
-def cpu_name() -> str:
-    sys.path.insert(0, str(Path(__file__).parent))
-    from formats import cpu_name as name
-
-    return name()
 
 
 def main() -> None:

@@ -1,10 +1,11 @@
-"""Schedules that follow the step count: learning-rate decay and the generator's EMA, and the
-EMA generator's standing batch-norm statistics.
+"""The generator's EMA and the EMA generator's standing batch-norm statistics.
 
-Both schedules are pure functions of the step (plus, for the EMA, its own weights), so a
-resumed run recomputes them exactly and ``train.steps`` can grow without changing their
-horizon. Standing statistics never touch training state: they are computed for sampling and
-export, and the averaged module's own buffers are put back afterwards.
+The EMA's weight is a pure function of the step (its decay ramped up, or a half-life in
+images; plus its own weights), so a resumed run recomputes it exactly and ``train.steps`` can
+grow without changing its horizon. Standing statistics never touch training state: they are
+computed for sampling and export, and the averaged module's own buffers are put back
+afterwards. (Learning-rate decay, ``lr_factor``, lives with the other schedules in
+``ganforge/schedules.py``.)
 """
 
 from __future__ import annotations
@@ -19,18 +20,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ganforge.components import eval_mode
-
-
-def lr_factor(step: int, config: dict) -> float:
-    """The multiplier on ``lr`` at ``step`` (0-based G update index).
-
-    ``lr_decay = "linear"``: 1 until ``lr_decay_start``, then linearly to 0 at
-    ``lr_decay_steps`` (SNGAN / WGAN-GP decay over their own horizon, not ``train.steps``).
-    """
-    if config["lr_decay"] == "none":
-        return 1.0
-    start, end = config["lr_decay_start"], config["lr_decay_steps"]
-    return min(1.0, max(0.0, 1.0 - (step - start) / (end - start)))
+from ganforge.schedules import lr_factor as lr_factor  # re-exported: its old home
 
 
 class EMA:

@@ -105,6 +105,10 @@ class RegularizerContext:
     passes: dict[str, CriticPass] = field(default_factory=dict)
     _gradients: dict[str, torch.Tensor] | None = field(default=None, repr=False)
 
+    def __post_init__(self):
+        # Only the passes run for reuse (inputs requiring grad) are a penalty's to differentiate.
+        self.passes = {k: p for k, p in self.passes.items() if p.x.requires_grad}
+
     def input_gradient(self, which: str) -> torch.Tensor:
         """``∇ₓ Σ D(x)`` of the adversarial pass ``which`` in :attr:`passes`, with its graph
         (``create_graph``) so a penalty built on it trains D.
@@ -113,7 +117,7 @@ class RegularizerContext:
         call (R1's and R2's together); later calls read them.
         """
         if self._gradients is None:
-            names = [n for n, p in self.passes.items() if p.x.requires_grad]
+            names = list(self.passes)
             outputs = [self.passes[n].out.logits.sum() for n in names]
             inputs = [self.passes[n].x for n in names]
             grads = torch.autograd.grad(outputs, inputs, create_graph=True)

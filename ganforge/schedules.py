@@ -137,45 +137,39 @@ class Schedules:
     """Sets every scheduled value of a run before each step, and reports them for the log.
 
     Built once a run's parts and execution exist. ``optim.*.lr_decay`` (the older linear
-    decay over steps) is applied here too. With neither, :meth:`apply` does nothing: the
-    optimizers keep the recipe's values, and a resume cannot change them.
+    decay over steps, :func:`lr_factor`) is applied here too. With neither, :meth:`apply`
+    does nothing: the optimizers keep the recipe's values, and a resume cannot change them.
     """
 
     def __init__(self, recipe, parts, execution, images_per_step: int):
-        from ganforge.averaging import lr_factor
-
-        self.images_per_step = images_per_step
+        self.execution, self.images_per_step = execution, images_per_step
         self.found = scheduled(recipe.tables)
-        self._setters: list[tuple[Schedule, Callable[[float, int], None]]] = []
         regularizers = {name: instance for name, _, instance in parts.regularizers}
-        for dotted, schedule in self.found.items():
-            self._setters.append((schedule, self._setter(dotted, parts, regularizers)))
-        for role in ("generator", "discriminator"):
-            config = recipe.get(f"optim.{role}")
-            if config["lr_decay"] != "none":
-                base = config["lr"]
+        self._setters = [
+            (schedule, self._setter(dotted, parts, regularizers))
+            for dotted, schedule in self.found.items()
+        ]
+        self._decays = [
+            (role, config)
+            for role, config in recipe.section("optim").items()
+            if config["lr_decay"] != "none"
+        ]
 
-                def decay(_value, step, role=role, config=config, base=base):
-                    _set_group(execution, role, "lr", base * lr_factor(step, config))
-
-                self._setters.append((Schedule("constant", base, base, 0.0), decay))
-        self.execution = execution
-
-    def _setter(self, dotted: str, parts, regularizers) -> Callable[[float, int], None]:
+    def _setter(self, dotted: str, parts, regularizers) -> Callable[[float], None]:
         section, _, rest = dotted.partition(".")
         if section == "optim":
             role, _, key = rest.partition(".")
             if key == "lr":
-                return lambda v, _s: _set_group(self.execution, role, "lr", v)
+                return lambda v: _set_group(self.execution, role, "lr", v)
             index = int(key.rpartition(".")[2])  # betas.I
-            return lambda v, _s: _set_beta(self.execution, role, index, v)
+            return lambda v: _set_beta(self.execution, role, index, v)
         if section == "ema":
             ema = parts.ema
             if rest == "decay":
-                return lambda v, _s: setattr(ema, "decay", v)
-            return lambda v, _s: setattr(ema, "half_life", v * 1000)
+                return lambda v: setattr(ema, "decay", v)
+            return lambda v: setattr(ema, "half_life", v * 1000)
         if section == "augment":
-            return lambda v, _s: parts.augmenter.p.fill_(v)
+            return parts.augmenter.p.fill_
         name, _, option = rest.partition(".")
         return _option_setter(regularizers[name], name, option)
 
@@ -187,7 +181,9 @@ class Schedules:
         """Set every scheduled value for step ``step``."""
         kimg = self.kimg(step)
         for schedule, setter in self._setters:
-            setter(schedule.at(kimg), step)
+            setter(schedule.at(kimg))
+        for role, config in self._decays:
+            _set_group(self.execution, role, "lr", config["lr"] * lr_factor(step, config))
 
     def values(self, step: int) -> dict[str, float]:
         """``schedule/<key>``: each schedule's value at step ``step``, for the log."""
@@ -195,7 +191,19 @@ class Schedules:
         return {f"schedule/{key}": s.at(kimg) for key, s in self.found.items()}
 
 
-def _option_setter(instance: Any, name: str, option: str) -> Callable[[float, int], None]:
+def lr_factor(step: int, config: dict) -> float:
+    """The multiplier on ``lr`` at ``step`` (0-based G update index).
+
+    ``lr_decay = "linear"``: 1 until ``lr_decay_start``, then linearly to 0 at
+    ``lr_decay_steps`` (SNGAN / WGAN-GP decay over their own horizon, not ``train.steps``).
+    """
+    if config["lr_decay"] == "none":
+        return 1.0
+    start, end = config["lr_decay_start"], config["lr_decay_steps"]
+    return min(1.0, max(0.0, 1.0 - (step - start) / (end - start)))
+
+
+def _option_setter(instance: Any, name: str, option: str) -> Callable[[float], None]:
     """A setter of a regularizer's option, checked once: the option must be a number
     attribute, or a schedule cannot reach it."""
     current = getattr(instance, option, None)
@@ -211,7 +219,7 @@ def _option_setter(instance: Any, name: str, option: str) -> Callable[[float, in
                 )
             ]
         )
-    return lambda v, _s: setattr(instance, option, v)
+    return lambda v: setattr(instance, option, v)
 
 
 def _set_group(execution, role: str, key: str, value: float) -> None:

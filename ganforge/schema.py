@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ganforge.errors import did_you_mean
+from ganforge.schedules import endpoints
 
 REQUIRED = object()
 
@@ -83,8 +84,6 @@ def one_of(*choices: str) -> Callable[[Any], str | None]:
 
 
 def _betas(value) -> str | None:
-    from ganforge.schedules import endpoints
-
     ends = [b for item in value for b in endpoints(item)]
     ok = len(value) == 2 and all(isinstance(b, (int, float)) and 0 <= b < 1 for b in ends)
     return None if ok else "must be two numbers in [0, 1) (or schedules within it)"

@@ -322,8 +322,7 @@ class Trainer:
             if regularizer.phase != phase or step % every:
                 continue
             if ctx is None:  # built only when a term is due (launch-bound steps feel it)
-                reusable = {k: p for k, p in (passes or {}).items() if p.x.requires_grad}
-                ctx = RegularizerContext(phase, step, self.G, self.critic, *tensors, reusable)
+                ctx = RegularizerContext(phase, step, self.G, self.critic, *tensors, passes or {})
             term, reg_logs = regularizer(ctx)
             loss = loss + every * term  # lazy regularization keeps the term's average weight
             logs[name] = term.detach()

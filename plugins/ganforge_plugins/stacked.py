@@ -81,7 +81,7 @@ def stacked_source(
             a, b, c = labels[chosen].T
             return Chunk(stacked, (a * k + b) * k + c, [])
 
-        digits = 1 if k <= 10 else len(str(k - 1))
+        digits = len(str(k - 1))
         names = [
             "-".join(str(d).zfill(digits) for d in np.unravel_index(m, (k, k, k)))
             for m in range(k**3)
