@@ -11,7 +11,7 @@ evaluation its extractor and metrics).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -21,14 +21,43 @@ from ganforge.augment import Augmentation, Augmenter
 from ganforge.averaging import EMA
 from ganforge.checkpoint import Checkpoint, warn
 from ganforge.clusters import cluster_labels, cluster_names, label_prior
-from ganforge.components import Loss, Regularizer, as_critic_output, eval_mode
+from ganforge.components import Input, Loss, Regularizer, as_critic_output, eval_mode
 from ganforge.data import DataSource, ImageData, open_store, to_model_range
 from ganforge.distributed import main_decides
 from ganforge.errors import DataError, RecipeError
-from ganforge.recipe import Component, Recipe
+from ganforge.recipe import Component, Recipe, takes_input
 from ganforge.registry import Registry
 from ganforge.schedules import initial
 from ganforge.streams import stream_seed
+
+
+@dataclass
+class Adversarial:
+    """How G's adversarial term enters its loss (``[loss] weight, start, adaptive_weight``);
+    ``weight`` may follow a schedule (set before every step)."""
+
+    weight: float = 1.0
+    start: int = 0
+    adaptive: bool = False
+    adaptive_max: float = 1e4
+    # weight = 0 (not scheduled): no adversarial term, and no critic work at all (a
+    # reconstruction-only baseline with the same recipe)
+    off: bool = False
+
+    def active(self, step: int) -> bool:
+        """Whether the critic trains and the adversarial term counts at ``step``."""
+        return not self.off and step >= self.start
+
+    @classmethod
+    def of(cls, loss: dict) -> Adversarial:
+        weight = loss["weight"]
+        return cls(
+            initial(weight),
+            loss["start"],
+            loss["adaptive_weight"],
+            loss["adaptive_max"],
+            off=weight == 0,
+        )
 
 
 @dataclass
@@ -53,6 +82,12 @@ class Parts:
     augmenter: Augmenter | None
     ema: EMA | None
     memory_format: torch.memory_format | None  # channels_last, or None
+    # [input]: what G is given for each sample, derived from the batch (None: G(z, y)), the
+    # input's (channels, resolution), and whether the critic is conditioned on it.
+    input: Input | None = None
+    input_shape: tuple[int, int] | None = None
+    critic_takes_input: bool = False
+    adversarial: Adversarial = field(default_factory=Adversarial)
     # A whole copy of G (decay 0) where the backend shards G and no EMA is kept: samples and
     # the export need the whole generator on one process. Set by the trainer.
     mirror: EMA | None = None
@@ -98,8 +133,22 @@ def build_parts(
     build = _builder(recipe, registry)
     torch.manual_seed(stream_seed("weights", recipe.get("run.seed")))
     g_spec, d_spec = recipe.component("generator"), recipe.component("discriminator")
+    derive, input_shape, d_core = _input(recipe, build, data), None, core
+    if derive is not None:
+        input_shape = _input_shape(derive, data, recipe)
+        given = {"input_channels": input_shape[0], "input_resolution": input_shape[1]}
+        core = {**core, **given}
+        if takes_input(registry.get("discriminator", d_spec.name)):
+            d_core = core
     generator = build("generator", g_spec.name, core, g_spec.kwargs, nn.Module)
-    discriminator = build("discriminator", d_spec.name, core, d_spec.kwargs, nn.Module)
+    discriminator = build("discriminator", d_spec.name, d_core, d_spec.kwargs, nn.Module)
+    critic_takes_input = derive is not None and bool(getattr(discriminator, "takes_input", False))
+    if critic_takes_input and recipe.get("augment.name"):
+        problem = (
+            f"discriminator {d_spec.name!r} is conditioned on the generator's input, which an "
+            "augmentation of the images would no longer match: remove [augment]"
+        )
+        raise RecipeError([("augment.name", problem)], recipe.source)
     loss_spec = recipe.component("loss")
     loss = build("loss", loss_spec.name, {}, loss_spec.kwargs, Loss)
     regularizers = [
@@ -116,7 +165,15 @@ def build_parts(
         generator.to(memory_format=memory_format)
         discriminator.to(memory_format=memory_format)
     _check_class_head(
-        loss, loss_spec.name, discriminator, d_spec.name, data, num_classes, recipe, device
+        loss,
+        loss_spec.name,
+        discriminator,
+        d_spec.name,
+        data,
+        num_classes,
+        recipe,
+        device,
+        derive if critic_takes_input else None,
     )
     ema_cfg = recipe.section("ema")
     ema = None
@@ -144,6 +201,10 @@ def build_parts(
         augmenter=augmenter,
         ema=ema,
         memory_format=memory_format,
+        input=derive,
+        input_shape=input_shape,
+        critic_takes_input=critic_takes_input,
+        adversarial=Adversarial.of(recipe.section("loss")),
     )
 
 
@@ -240,6 +301,27 @@ def saved_clusters(checkpoint: Checkpoint | None, k: int, size: int) -> np.ndarr
     return labels.numpy()
 
 
+def _input(recipe: Recipe, build, data: ImageData) -> Input | None:
+    """The recipe's ``[input]`` (None without one), checked against the data: images only."""
+    if not recipe.get("input.name"):
+        return None
+    if not data.is_image:
+        problem = "derives the generator's input from images; the data holds points"
+        raise RecipeError([("input.name", problem)], recipe.source)
+    spec = recipe.component("input")
+    return build("input", spec.name, {}, spec.kwargs, Input)
+
+
+def _input_shape(derive: Input, data: ImageData, recipe: Recipe) -> tuple[int, int]:
+    """``(channels, resolution)`` of the input ``derive`` makes of the data's images."""
+    try:
+        channels, resolution = (int(v) for v in derive.shape(data.channels, data.resolution))
+    except ValueError as err:  # an input that does not fit the data (a factor, a size)
+        problem = f"input {recipe.get('input.name')!r} does not fit the data: {err}"
+        raise RecipeError([("input", problem)], recipe.source) from None
+    return channels, resolution
+
+
 def _augmenter(recipe: Recipe, build, device: torch.device) -> Augmenter | None:
     settings = recipe.section("augment")
     if not settings["name"]:
@@ -280,14 +362,17 @@ def _check_class_head(
     num_classes: int,
     recipe: Recipe,
     device: torch.device,
+    derive: Input | None = None,
 ) -> None:
     """The critic has a class head exactly when the loss trains one, checked on two real
-    images before training (eval mode: no statistics or power iterations move)."""
+    images before training (eval mode: no statistics or power iterations move); ``derive``:
+    the input a critic conditioned on it is given."""
     uses = bool(getattr(loss, "uses_class_logits", False))
     x = to_model_range(torch.from_numpy(np.array(data.images[:2]))).to(device)
     y = torch.from_numpy(np.array(data.labels[:2])).to(device) if num_classes else None
+    extra = {} if derive is None else {"source": derive(x)}
     with eval_mode(discriminator) as critic:
-        has = as_critic_output(critic(x, y)).class_logits is not None
+        has = as_critic_output(critic(x, y, **extra)).class_logits is not None
     if uses and not has:
         problem = (
             f"loss {loss_name!r} trains the critic's class head, but discriminator "

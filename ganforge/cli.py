@@ -89,6 +89,14 @@ def build_parser() -> argparse.ArgumentParser:
     where = generate.add_mutually_exclusive_group(required=True)
     where.add_argument("--out", help="one grid .png (a scatter plot for points), or a .npy array")
     where.add_argument("--out-dir", help="a folder for one PNG per sample")
+    generate.add_argument(
+        "--input",
+        metavar="FOLDER_OR_DATA",
+        help="for generators that take an input: a folder of images (each at the input's "
+        "size, or at the output's, made into an input as in training; outputs keep their "
+        "names in --out-dir), or a data set or recipe whose held-out images are made into "
+        "inputs (the first --num)",
+    )
     generate.add_argument("--truncation", type=float, help="truncation ψ, where supported")
     generate.add_argument(
         "--class",
@@ -318,6 +326,8 @@ def _generate(args) -> int:
     args.label = ",".join(args.label) if args.label else None
     if args.interpolate is not None:
         return _interpolate(args)
+    if args.input is not None:
+        return _generate_from_inputs(args)
     num = 64 if args.num is None else args.num
     paths = write_samples(
         args.model,
@@ -332,6 +342,20 @@ def _generate(args) -> int:
     )
     where = paths[0] if args.out else f"{len(paths)} files in {args.out_dir}"
     print(f"ganforge: wrote {num} samples (seed {args.seed}) to {where}")
+    return 0
+
+
+def _generate_from_inputs(args) -> int:
+    from ganforge.sampling import write_from_inputs
+
+    if args.out_dir is None:
+        raise GanforgeError("--input writes one image per input: give --out-dir, not --out")
+    if args.label or args.truncation is not None:
+        raise GanforgeError("--input takes no --class or --truncation")
+    paths = write_from_inputs(
+        args.model, args.input, args.out_dir, num=args.num, seed=args.seed, device=args.device
+    )
+    print(f"ganforge: wrote {len(paths)} outputs for the inputs in {args.input} to {args.out_dir}")
     return 0
 
 

@@ -91,6 +91,10 @@ class RegularizerContext:
     ``passes`` holds the D phase's adversarial critic passes (``"real"``, ``"fake"``) that a
     due regularizer named in its ``reuses`` attribute, run for it on inputs requiring grad in
     float32 (also under mixed precision); empty in the G phase.
+
+    ``source`` is G's input for this batch when the recipe has an ``[input]`` (``fake`` was
+    generated from it, ``real`` is its target), else None; ``critic`` is then already
+    conditioned on it where the discriminator takes it.
     """
 
     phase: str
@@ -103,6 +107,7 @@ class RegularizerContext:
     y_real: torch.Tensor | None
     y_fake: torch.Tensor | None
     passes: dict[str, CriticPass] = field(default_factory=dict)
+    source: torch.Tensor | None = None
     _gradients: dict[str, torch.Tensor] | None = field(default=None, repr=False)
 
     def __post_init__(self):
@@ -140,6 +145,18 @@ class Regularizer(Protocol):
     phase: str
 
     def __call__(self, ctx: RegularizerContext) -> tuple[torch.Tensor, dict[str, torch.Tensor]]: ...
+
+
+@runtime_checkable
+class Input(Protocol):
+    """What an input-taking generator is given for each sample (``[input]``), derived on the
+    device from the training images: ``input(images) -> source`` on B×C×H×W in [-1, 1],
+    without gradient, and ``shape(channels, resolution) -> (channels, resolution)`` of what
+    it returns. Randomness (a random mask) comes from the device's global torch RNG."""
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor: ...
+
+    def shape(self, channels: int, resolution: int) -> tuple[int, int]: ...
 
 
 def latent_shape(generator: nn.Module) -> tuple[int, ...]:

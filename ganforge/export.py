@@ -53,6 +53,7 @@ def export_metadata(
     label_prior: list[float] | None = None,
     standing_stats: dict[str, int] | None = None,
     native_crop: list[int] | None = None,
+    input: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     output = (
         {"kind": "image", "channels": channels, "resolution": resolution, "range": [-1.0, 1.0]}
@@ -75,6 +76,10 @@ def export_metadata(
             "prior": getattr(generator, "latent_prior", "normal"),
         },
         "output": output,
+        # An input-taking generator's input: the registered input that makes it from an
+        # image ({name, kwargs, plugin, distribution, version}) and its channels and
+        # resolution; None for G(z, y).
+        "input": input,
         "num_classes": num_classes,
         "class_names": class_names,
         # Clusters (data.clusters): each one's share of the data, what sampling draws them
@@ -173,6 +178,8 @@ class GeneratorInfo:
     # [top, left, height, width] of the data's own images within the output (a padded data
     # set, e.g. 28×28 Fashion-MNIST trained at 32), or None: the whole output
     native_crop: tuple[int, int, int, int] | None = None
+    # An input-taking generator's input (``export_metadata``), or None
+    input: dict[str, Any] | None = None
 
     @classmethod
     def from_metadata(cls, meta: dict[str, Any]) -> GeneratorInfo:
@@ -195,6 +202,7 @@ class GeneratorInfo:
             supports_truncation=meta.get("supports_truncation", False) is True,
             metadata=meta,
             native_crop=_native_crop(output.get("native_crop"), int(output["resolution"])),
+            input=_input(meta.get("input")),
         )
 
 
@@ -210,6 +218,17 @@ def _native_crop(crop, resolution: int) -> tuple[int, int, int, int] | None:
     ):
         raise ValueError(f"output.native_crop: a region within {resolution}×{resolution}")
     return top, left, height, width
+
+
+def _input(record) -> dict[str, Any] | None:
+    if record is None:
+        return None
+    if not isinstance(record.get("name"), str) or not isinstance(record.get("kwargs"), dict):
+        raise ValueError("input: a name and options")
+    channels, resolution = int(record["channels"]), int(record["resolution"])
+    if not (1 <= channels <= MAX_CHANNELS and 1 <= resolution <= MAX_RESOLUTION):
+        raise ValueError(f"input: {channels} channels at {resolution} px")
+    return {**record, "channels": channels, "resolution": resolution}
 
 
 def _label_prior(prior, num_classes: int) -> list[float] | None:
@@ -286,7 +305,12 @@ def _check_metadata(info: GeneratorInfo) -> None:
     """Types and ranges of what ``generate`` and ``eval`` act on (ValueError if not)."""
     shape = info.latent_shape
     problems = []
-    if not shape or any(d < 1 for d in shape) or math.prod(shape) > MAX_LATENT_ELEMENTS:
+    no_noise = info.input is not None and shape == (0,)  # an input-taking G without noise
+    if (
+        not shape
+        or (any(d < 1 for d in shape) and not no_noise)
+        or (math.prod(shape) > MAX_LATENT_ELEMENTS)
+    ):
         problems.append(f"latent shape {list(shape)}")
     if info.latent_prior not in ("normal", "uniform"):
         problems.append(f"latent prior {info.latent_prior!r}")
@@ -351,6 +375,9 @@ def build_generator(
         )
     core = {"resolution": info.resolution, "channels": info.channels}
     core["num_classes"] = info.num_classes
+    if info.input is not None:
+        core["input_channels"] = info.input["channels"]
+        core["input_resolution"] = info.input["resolution"]
     installed = f"{entry.distribution or 'a plugin'} {entry.version or ''}".strip()
     try:
         generator = registry.build("generator", info.name, core, info.kwargs, nn.Module)

@@ -62,6 +62,12 @@ def ganforge_register_generators(register: Register) -> None:
     ``(B, channels, resolution, resolution)``. It declares ``latent_shape: tuple[int, ...]``
     (without the batch dimension) and ``latent_prior: str`` (``"normal"`` or ``"uniform"``),
     and may declare ``supports_truncation = True`` to accept ``truncation=ψ``.
+
+    A generator that takes an input (``[input]`` in the recipe: super-resolution,
+    image-to-image, autoencoders) also accepts ``input_channels`` and ``input_resolution``
+    and is called as ``G(z, y, source=...)``; one that needs no noise declares
+    ``latent_shape = (0,)``. For ``[loss] adaptive_weight`` (VQGAN's) it names its last
+    layer's weight as ``last_layer`` (a parameter).
     ``num_classes`` is 0 for unconditional runs (the classes, or ``data.clusters``, otherwise);
     pass ``conditional=True`` to ``register`` for a generator that uses ``y``.
     """
@@ -160,6 +166,26 @@ def ganforge_register_augmentations(register: Register) -> None:
     each transform to each image with probability ``p``. Draw randomness from the global torch
     RNG of ``x``'s device, which checkpoints save. The core applies it inside ``critic(x, y)``
     to reals and fakes alike and owns ``p`` (fixed, or adapted as in ADA).
+    """
+
+
+@hookspec
+def ganforge_register_inputs(register: Register) -> None:
+    """Register generator inputs, chosen as ``[input] name = ...``: what an input-taking
+    generator (super-resolution, image-to-image, an autoencoder) is given for each sample.
+
+    ``factory(**kwargs)`` returns a :class:`ganforge.components.Input`: called on a batch of
+    training images (B×C×H×W in [-1, 1], on their device, no gradient) it returns the
+    generator's input for each, e.g. a downscaled or masked copy; ``shape(channels,
+    resolution)`` gives that input's ``(channels, resolution)``. Draw any randomness from the
+    global torch RNG of the images' device, which checkpoints save.
+
+    With an ``[input]``, the core passes ``input_channels`` and ``input_resolution`` to the
+    generator's factory (which must accept them) and calls ``G(z, y, source=...)``; a
+    discriminator whose factory accepts them too, and whose module sets
+    ``takes_input = True``, is called as ``D(x, y, source=...)`` (conditioned on the input,
+    as pix2pix's critic is). Exports record the input, so ``ganforge generate --input``
+    and ``ganforge eval`` need nothing else.
     """
 
 

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ganforge import tracking
+from ganforge import paired, tracking
 from ganforge.averaging import with_standing_statistics
 from ganforge.clusters import draw_inputs, draw_labels
 from ganforge.components import grid_labels, sample_latents
@@ -148,17 +148,31 @@ class RunOutputs:
         ):
             yield generator
 
-    def generate(self, z: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
-        """Samples of the sampling generator as the export will give them."""
+    def generate(
+        self, z: torch.Tensor, y: torch.Tensor | None, source: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Samples of the sampling generator as the export will give them (``source``: its
+        input, for an input-taking generator)."""
+        extra = {} if source is None else {"source": source}
         with self.sampling() as generator:
-            return generator(z, y)
+            return generator(z, y, **extra)
 
     def save_samples(self, step: int) -> Path:
-        """A grid of the fixed latent batch (a scatter plot over the data for point data)."""
+        """A grid of the fixed latent batch (a scatter plot over the data for point data); for
+        an input-taking generator, triplets of input | output | target of fixed samples."""
         parts = self.parts
         z, y = self._sampling_inputs()
-        samples = self.generate(z, y)
         path = self.run_dir / "samples" / f"step_{step:06d}.png"
+        if parts.input is not None:
+            seed = stream_seed("samples", self.seed)
+            source, target = paired.fixed_pairs(
+                parts.input, parts.data, len(z), seed, self.acc.device
+            )
+            y = None if y is None else y[: len(target)]
+            samples = self.generate(z[: len(target)], y, source)
+            triplets = paired.triplets(source, samples, target)
+            return save_grid(path, triplets, nrow=3 * min(8, len(target)))
+        samples = self.generate(z, y)
         if not parts.data.is_image:
             reference = torch.from_numpy(np.asarray(parts.data.images[: 4 * len(z)]))
             return save_scatter(path, samples, reference)
@@ -182,6 +196,8 @@ class RunOutputs:
         if self._evaluation is None:
             self.prepare_evaluation()
         per_process = -(-cfg["num"] // acc.num_processes)
+        if parts.input is not None:
+            return self._evaluate_pairs(per_process)
         with self.sampling() as generator:
             batches = evaluation.generated_batches(
                 lambda z, y: generator(z, None if y is None else y.to(acc.device)),
@@ -194,6 +210,43 @@ class RunOutputs:
             fake = self._evaluation.features_of(batches, keep_samples=not parts.data.is_image)
         fake = evaluation.gather(fake, acc, cfg["num"])
         return self._evaluation.score(fake) if acc.is_main_process else None
+
+    def _evaluate_pairs(self, per_process: int) -> dict[str, float] | None:
+        """*Collective.* The metrics of an input-taking generator: its outputs for the inputs
+        made from the held-out images (this process's share, in order) scored against those
+        images, plus the PSNR and SSIM of each output against its own target."""
+        from ganforge import evaluation
+
+        cfg, acc, parts = self.recipe.section("eval"), self.acc, self.parts
+        targets = self._evaluation_targets
+        first = acc.process_index * per_process
+        indices = (first + np.arange(per_process)) % len(targets)
+        scores = paired.PairScores()
+        seed = stream_seed("evaluation", self.seed)
+        with self.sampling() as generator:
+            batches = paired.paired_batches(
+                lambda source: generator(self._eval_latents(len(source)), None, source=source),
+                parts.input,
+                targets,
+                indices,
+                seed + first,
+                acc.device,
+                scores,
+            )
+            fake = self._evaluation.features_of(batches, keep_samples=False)
+        fake = evaluation.gather(fake, acc, cfg["num"])
+        pairs = {
+            name: acc.gather(v.to(acc.device)).cpu()[: cfg["num"]]
+            for name, v in scores.tensors().items()
+        }
+        if not acc.is_main_process:
+            return None
+        return {**self._evaluation.score(fake), **paired.PairScores.means(pairs)}
+
+    def _eval_latents(self, n: int) -> torch.Tensor:
+        """Latents for an input-taking generator's evaluation (none where it takes no noise)."""
+        rng = torch.Generator().manual_seed(stream_seed("evaluation", self.seed, 1))
+        return sample_latents(self.parts.generator, n, rng, self.acc.device)
 
     def prepare_evaluation(self) -> None:
         """The ``[eval]`` extractor, metrics and real-data features, built before training so
@@ -209,6 +262,7 @@ class RunOutputs:
             if held_out is not source:  # the training data's own held-out split
                 train = source
                 source, real = held_out, open_store(held_out, self.recipe.get("data.resolution"))
+            self._evaluation_targets = real  # an input-taking G's inputs are made from them
             prepared = evaluation.prepare(
                 self.registry,
                 real,  # with the data's own labels (or none), not clusters
@@ -218,8 +272,10 @@ class RunOutputs:
                 extractor=cfg["extractor"] or None,
                 extractor_options=cfg["extractor_options"],
                 metrics=cfg["metrics"] or None,
-                # Clusters are not classes of the data: scored as an unconditional model.
-                conditional=parts.num_classes > 0 and parts.label_prior is None,
+                # Clusters are not classes of the data: scored as an unconditional model. An
+                # input-taking generator's outputs have their targets' classes.
+                conditional=(parts.num_classes > 0 and parts.label_prior is None)
+                or (parts.input is not None and real.num_classes > 0),
                 device=acc.device,
                 seed=self.seed,
                 with_real=acc.is_main_process,
@@ -261,7 +317,26 @@ class RunOutputs:
             recipe_toml=self.recipe.to_toml(),
             step=step,
             native_crop=parts.source.metadata.get("native_crop"),
+            input=self._input_metadata(),
         )
+
+    def _input_metadata(self) -> dict[str, Any] | None:
+        """What an export records of its generator's input: the registered input that made
+        it from an image (rebuilt by ``generate --input`` and ``eval``) and its shape."""
+        if self.parts.input is None:
+            return None
+        spec = self.recipe.component("input")
+        entry = self.registry.get("input", spec.name)
+        channels, resolution = self.parts.input_shape
+        return {
+            "name": spec.name,
+            "kwargs": dict(spec.kwargs),
+            "plugin": entry.plugin,
+            "distribution": entry.distribution,
+            "version": entry.version,
+            "channels": channels,
+            "resolution": resolution,
+        }
 
     def export(self, step: int) -> Path:
         """Write ``RUN_DIR/generator.safetensors``: the sampling generator and its metadata."""

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ganforge.errors import RecipeError, did_you_mean
-from ganforge.registry import CORE_ARGS, Registry
+from ganforge.registry import CORE_ARGS, INPUT_ARGS, Registry
 from ganforge.schedules import initial, is_schedule, resolve
 from ganforge.schema import (
     COMPONENT_SECTIONS,
@@ -66,7 +66,7 @@ class Recipe:
             (
                 name,
                 table.get("every", 1),
-                {k: initial(v) for k, v in table.items() if k != "every"},
+                {k: initial(v) for k, v in table.items() if k not in REGULARIZER_KEYS},
             )
             for name, table in self.tables.get("regularizers", {}).items()
         ]
@@ -260,6 +260,8 @@ def validate(
         problems.append(("ema.half_life_kimg", "gives the average's decay: drop ema.decay"))
     if ema.get("rampup") not in (0, None) and ema.get("half_life_kimg") in (0, None):
         problems.append(("ema.rampup", "ramps the half-life up: set ema.half_life_kimg"))
+    if resolved.get("input", {}).get("name") and isinstance(standing, int) and standing > 0:
+        problems.append(("ema.standing_stats", "is not available for generators with an [input]"))
     augment = resolved.get("augment", {})
     if is_schedule(augment.get("p")) and augment.get("adaptive") is True:
         problems.append(("augment.p", "follows a schedule: set augment.adaptive = false"))
@@ -272,8 +274,10 @@ def validate(
             problems.append(("data.clusters", "labels or clusters: set data.conditional = false"))
         elif clusters:
             conditioning = f"data.clusters = {clusters}"
+        has_input = bool(resolved["input"].get("name"))
         for section, kind in COMPONENT_SECTIONS.items():
-            _check_component(section, kind, resolved[section], registry, conditioning, problems)
+            table = resolved[section]
+            _check_component(section, kind, table, registry, conditioning, problems, has_input)
     if problems:
         raise RecipeError(problems, source)
     if not resolved["run"]["out_dir"]:
@@ -373,7 +377,7 @@ def _check_regularizers(table, registry, problems) -> dict[str, Any]:
             if entry is None:
                 problems.append((where, registry.unknown_message("regularizer", name)))
             else:
-                kwargs = {k: initial(v) for k, v in resolved.items() if k != "every"}
+                kwargs = {k: initial(v) for k, v in resolved.items() if k not in REGULARIZER_KEYS}
                 _bind_kwargs(where, entry, kwargs, problems)
         out[name] = resolved
     return out
@@ -415,15 +419,18 @@ def _check_eval(table, registry, problems) -> dict[str, Any]:
     return out
 
 
-def _check_component(section, kind, table, registry, conditioning, problems) -> None:
-    """``conditioning`` names the recipe key that makes the run conditional, or is None."""
+def _check_component(
+    section, kind, table, registry, conditioning, problems, has_input: bool = False
+) -> None:
+    """``conditioning`` names the recipe key that makes the run conditional, or is None;
+    ``has_input``: the recipe names an ``[input]``."""
     name = table.get("name")
     if not isinstance(name, str):
         return  # already reported by the schema check
-    if section == "augment" and not name:
+    if section in ("augment", "input") and not name:
         extra = [k for k in table if k not in SCHEMA[section]]
         if extra:
-            problems.append((f"augment.{extra[0]}", "augmentation options need augment.name"))
+            problems.append((f"{section}.{extra[0]}", f"{kind} options need {section}.name"))
         return
     entry = registry.find(kind, name)
     if entry is None:
@@ -443,6 +450,39 @@ def _check_component(section, kind, table, registry, conditioning, problems) -> 
         )
     kwargs = {k: v for k, v in table.items() if k not in SCHEMA[section]}
     _bind_kwargs(section, entry, kwargs, problems)
+    if kind == "generator":
+        _check_takes_input(entry, name, has_input, problems)
+
+
+def takes_input(entry) -> bool:
+    """Whether a generator's or discriminator's factory accepts the input's shape
+    (:data:`~ganforge.registry.INPUT_ARGS`), so that the core can give it an input."""
+    try:
+        params = inspect.signature(entry.factory).parameters
+    except (TypeError, ValueError):
+        return False
+    return all(a in params for a in INPUT_ARGS) or any(
+        p.kind is p.VAR_KEYWORD for p in params.values()
+    )
+
+
+def _check_takes_input(entry, name: str, has_input: bool, problems) -> None:
+    """A generator with an ``[input]`` must take one, and one that needs an input (its input
+    arguments have no default) needs an ``[input]``."""
+    params = inspect.signature(entry.factory).parameters
+    needs = any(a in params and params[a].default is params[a].empty for a in INPUT_ARGS)
+    if has_input and not takes_input(entry):
+        problem = (
+            f"generator {name!r} takes no input (its factory has no input_channels and "
+            "input_resolution): use a generator that takes one, or remove [input]"
+        )
+        problems.append(("input.name", problem))
+    elif needs and not has_input:
+        problem = (
+            f"generator {name!r} takes an input: name it in [input] (e.g. "
+            'name = "downscale", factor = 4)'
+        )
+        problems.append(("generator.name", problem))
 
 
 def _bind_kwargs(prefix, entry, kwargs, problems) -> None:
@@ -452,6 +492,8 @@ def _bind_kwargs(prefix, entry, kwargs, problems) -> None:
     except (NameError, TypeError, ValueError):
         params = inspect.signature(entry.factory).parameters
     core = CORE_ARGS[entry.kind]
+    if entry.kind in ("generator", "discriminator"):
+        core = (*core, *INPUT_ARGS)
     takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
     accepted = [
         n
@@ -461,7 +503,8 @@ def _bind_kwargs(prefix, entry, kwargs, problems) -> None:
     for name, value in kwargs.items():
         where = f"{prefix}.{name}"
         if name in core:
-            problems.append((where, "is set by the core from [data]; remove it here"))
+            origin = "[input]" if name in INPUT_ARGS else "[data]"
+            problems.append((where, f"is set by the core from {origin}; remove it here"))
         elif name in params and name in accepted:
             annotation = params[name].annotation
             if not _matches(value, annotation):

@@ -20,6 +20,7 @@ REGISTRATION_HOOKS = {
     "feature_extractor": "ganforge_register_feature_extractors",
     "metric": "ganforge_register_metrics",
     "augmentation": "ganforge_register_augmentations",
+    "input": "ganforge_register_inputs",
 }
 KINDS = tuple(REGISTRATION_HOOKS)
 #: The recipe table each kind's options come from, where it is not the kind's own name;
@@ -42,7 +43,13 @@ CORE_ARGS: dict[str, tuple[str, ...]] = {
     "feature_extractor": (),
     "metric": (),
     "augmentation": (),
+    "input": (),
 }
+#: What the core also passes to a generator's or discriminator's factory when the recipe has
+#: an ``[input]`` (the generator's input, derived from each sample): the input's channels and
+#: side. A generator must accept them then; a discriminator that accepts them is conditioned
+#: on the input (``D(x, y, source=...)``). A recipe may not set them.
+INPUT_ARGS = ("input_channels", "input_resolution")
 
 
 def plugin_origin(plugin: str, distribution: str | None, version: str | None) -> str:
@@ -297,12 +304,14 @@ class Registry:
 
 def _check_latent_shape(generator, name: str, origin: str) -> None:
     shape = getattr(generator, "latent_shape", None)
-    if not (
+    no_noise = isinstance(shape, (tuple, list)) and tuple(shape) == (0,)  # input-taking G
+    if not no_noise and not (
         isinstance(shape, (tuple, list))
         and shape
         and all(isinstance(d, int) and d > 0 for d in shape)
     ):
         raise PluginError(
             f"generator {name!r} from {origin} has no valid latent_shape (a tuple of "
-            f"positive sizes such as (128,); got {shape!r}): the core draws its latents from it"
+            f"positive sizes such as (128,), or (0,) for one that takes an input and no "
+            f"noise; got {shape!r}): the core draws its latents from it"
         )

@@ -9,9 +9,11 @@ import numpy as np
 import torch
 
 from ganforge.clusters import draw_labels
-from ganforge.components import grid_labels
+from ganforge.components import Input, grid_labels
+from ganforge.data import to_model_range
 from ganforge.errors import GanforgeError
 from ganforge.export import GeneratorInfo, generate, latents_from, load_generator
+from ganforge.paired import PairScores, derive, paired_batches
 from ganforge.plugins import Plugins
 from ganforge.runfiles import atomic_write, save_grid, save_scatter
 
@@ -143,6 +145,111 @@ def write_samples(
     return [save_grid(out, samples, nrow)]
 
 
+#: What the pair scores of an input-taking generator mean (``ganforge eval``).
+PAIR_LEGEND = {
+    "psnr": "peak signal-to-noise ratio of each output against its target, dB; higher is better",
+    "ssim": "structural similarity of each output to its target (11×11 Gaussian window); "
+    "higher is better, at most 1",
+}
+
+#: Image files ``generate --input FOLDER`` reads.
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+
+
+def rebuild_input(info: GeneratorInfo, registry) -> Input:
+    """The input an export's generator was trained with, through the plugin registry."""
+    record = info.input
+    if record is None:
+        raise GanforgeError(
+            f"generator {info.name!r} takes latents, not an input: --input is for generators "
+            "trained with an [input] (super-resolution, image-to-image, autoencoders)"
+        )
+    if registry.find("input", record["name"]) is None:
+        where = record.get("distribution") or "the plugin that registers it"
+        raise GanforgeError(
+            f"the generator's input {record['name']!r} is not installed; install {where}"
+        )
+    return registry.build("input", record["name"], {}, dict(record["kwargs"]), Input)
+
+
+def _read_image(path: Path, channels: int) -> torch.Tensor:
+    """One image file as 1×C×H×W in [-1, 1] (grey or RGB, as ``channels`` asks)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as picture:
+            array = np.asarray(picture.convert("L" if channels == 1 else "RGB"))
+    except (OSError, UnidentifiedImageError, ValueError) as err:
+        raise GanforgeError(f"--input: cannot read {path}: {err}") from None
+    if array.ndim == 2:
+        array = array[:, :, None]
+    return to_model_range(torch.from_numpy(array.copy()).permute(2, 0, 1)[None])
+
+
+def _folder_inputs(folder: Path, info: GeneratorInfo, make: Input, seed: int, device):
+    """``(name, input)`` of every image in ``folder``, in name order: an image at the input's
+    size is the input itself; one at the output's size is made into the input as in
+    training (a downscaled or masked copy)."""
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise GanforgeError(f"--input {folder}: no image files ({', '.join(IMAGE_SUFFIXES)})")
+    record = info.input
+    for i, path in enumerate(files):
+        side = record["resolution"]
+        image = _read_image(path, record["channels"] if record["channels"] in (1, 3) else 3)
+        if image.shape[-2:] == (side, side) and image.shape[1] == record["channels"]:
+            yield path.stem, image.to(device)
+            continue
+        image = _read_image(path, info.channels)
+        if image.shape[-2:] != (info.resolution, info.resolution):
+            raise GanforgeError(
+                f"--input: {path} is {image.shape[-1]}×{image.shape[-2]}; the generator takes "
+                f"{side}×{side} inputs, or {info.resolution}×{info.resolution} images made "
+                "into inputs as in training"
+            )
+        yield path.stem, derive(make, image.to(device), seed + i)
+
+
+def write_from_inputs(
+    model: str | Path,
+    inputs: str,
+    out_dir: str | Path,
+    *,
+    num: int | None = None,
+    seed: int = 0,
+    device: str = "cpu",
+    plugins: Plugins | None = None,
+) -> list[Path]:
+    """An input-taking generator's outputs, one PNG each in ``out_dir``, for ``inputs``: a
+    folder of images (outputs keep their names), or a data set or recipe whose held-out
+    images are made into inputs as in training (the first ``num``, named by index)."""
+    plugins = plugins or Plugins()
+    dev = _device(device)
+    generator, info = load_generator(model, dev, plugins.registry)
+    make = rebuild_input(info, plugins.registry)
+    if info.output != "image":
+        raise GanforgeError("--input is for generators of images")
+    folder = Path(inputs)
+    if folder.is_dir():
+        named = _folder_inputs(folder, info, make, seed, dev)
+    else:
+        _, images, _, _ = _open_data(inputs, info, plugins)
+        count = min(num or 64, len(images))
+        targets = to_model_range(torch.from_numpy(np.array(images.images[:count]))).to(dev)
+        sources = derive(make, targets, seed)
+        named = ((f"{i:05d}", sources[i : i + 1]) for i in range(count))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    latent = torch.Generator().manual_seed(seed)
+    written = []
+    with torch.no_grad():
+        for name, source in named:
+            z = latents_from(info, 1, latent).to(dev)
+            image = native(generator(z, None, source=source), info).cpu()
+            written.append(save_grid(out / f"{name}.png", image, nrow=1, pad=0))
+    return written
+
+
 def _open_data(spec: str, info: GeneratorInfo, plugins: Plugins):
     """``spec`` is a recipe (its data and [eval] tables: a file or a plugin's ``PLUGIN:NAME``)
     or a registered data set's name."""
@@ -197,6 +304,26 @@ def _chosen_metrics(metrics: list[str] | None, eval_cfg: dict) -> dict[str, dict
     return eval_cfg.get("metrics") or None
 
 
+def _score_pairs(generator, info, images, evaluation, num, seed, device, plugins) -> dict:
+    """The metrics of an input-taking generator's outputs for the inputs made from the first
+    ``num`` held-out images, and their PSNR and SSIM against those images."""
+    make = rebuild_input(info, plugins.registry)
+    scores = PairScores()
+    z = latents_from(info, 1, torch.Generator().manual_seed(seed)).to(device)
+    batches = paired_batches(
+        lambda source: generator(z.expand(len(source), *z.shape[1:]), None, source=source),
+        make,
+        images,
+        np.arange(num),
+        seed,
+        device,
+        scores,
+    )
+    with torch.no_grad():
+        fake = evaluation.features_of(batches, keep_samples=False)
+    return {**evaluation.score(fake), **scores.means(scores.tensors())}
+
+
 def evaluate_model(
     model: str | Path,
     data: str,
@@ -217,6 +344,8 @@ def evaluate_model(
     generator, info = load_generator(model, dev, plugins.registry)
     source, images, eval_cfg, train = _open_data(data, info, plugins)
     conditional = _check_data(images, info, data)
+    if info.input is not None:  # each output's class is its target's
+        conditional = images.num_classes > 0
     evaluation = prepare(
         plugins.registry,
         images,
@@ -233,17 +362,22 @@ def evaluate_model(
         train=train,
     )
     points = info.output == "points"
-    batches = generated_batches(
-        lambda z, y: generator(z.to(dev), None if y is None else y.to(dev)),
-        lambda n, rng: latents_from(info, n, rng),
-        num,
-        info.num_classes,
-        seed,
-        prior=info.label_prior,
-    )
-    with torch.no_grad():
-        fake = evaluation.features_of(batches, keep_samples=points)
-    results = {"generated": evaluation.score(fake)}
+    if info.input is not None:  # outputs for the held-out images' inputs, pair by pair
+        num = min(num, len(images))
+        scores = _score_pairs(generator, info, images, evaluation, num, seed, dev, plugins)
+        results = {"generated": scores}
+    else:
+        batches = generated_batches(
+            lambda z, y: generator(z.to(dev), None if y is None else y.to(dev)),
+            lambda n, rng: latents_from(info, n, rng),
+            num,
+            info.num_classes,
+            seed,
+            prior=info.label_prior,
+        )
+        with torch.no_grad():
+            fake = evaluation.features_of(batches, keep_samples=points)
+        results = {"generated": evaluation.score(fake)}
     if evaluation.ceiling is not None:
         results[f"real ({evaluation.ceiling_source})"] = evaluation.ceiling
     return {
@@ -254,5 +388,5 @@ def evaluate_model(
         "real_reference": len(evaluation.real),
         "seed": seed,
         "metrics": results,
-        "legend": evaluation.legend(),
+        "legend": {**evaluation.legend(), **(PAIR_LEGEND if info.input is not None else {})},
     }

@@ -170,6 +170,8 @@ class Schedules:
             return lambda v: setattr(ema, "half_life", v * 1000)
         if section == "augment":
             return parts.augmenter.p.fill_
+        if section == "loss":  # loss.weight: the adversarial term's weight in G's loss
+            return lambda v: setattr(parts.adversarial, "weight", v)
         name, _, option = rest.partition(".")
         return _option_setter(regularizers[name], name, option)
 

@@ -168,7 +168,19 @@ SCHEMA: dict[str, dict[str, Key]] = {
     },
     "generator": {"name": Key(str, REQUIRED, MODEL)},
     "discriminator": {"name": Key(str, REQUIRED, MODEL)},
-    "loss": {"name": Key(str, REQUIRED, OPTIM)},
+    "loss": {
+        "name": Key(str, REQUIRED, OPTIM),
+        # The adversarial term's weight in G's loss, beside the [regularizers] terms of the G
+        # phase (reconstruction, perceptual); `start`: the step the critic begins training
+        # and the term is added (before it: no critic work at all, VQGAN's
+        # discriminator_iter_start); `adaptive_weight`: the term is also scaled by
+        # ||grad L_rest|| / (||grad L_adv|| + 1e-4) at G's last layer, clamped to
+        # [0, adaptive_max] (VQGAN's adaptive weight; G names `last_layer`).
+        "weight": Key(float, 1.0, OPTIM, non_negative, schedulable=True),
+        "start": Key(int, 0, OPTIM, non_negative),
+        "adaptive_weight": Key(bool, False, OPTIM),
+        "adaptive_max": Key(float, 1e4, OPTIM, positive),
+    },
     "train": {
         "steps": Key(int, REQUIRED, None, positive),
         "batch_size": Key(int, 64, OPTIM, at_most(1 << 20)),
@@ -230,6 +242,12 @@ SCHEMA["eval"] = {
     "num": Key(int, 2000, None, lambda v: "must be >= 10" if v < 10 else at_most(10**6)(v)),
     "extractor": Key(str, ""),
 }
+SCHEMA["input"] = {
+    # What an input-taking generator is given for each sample ("": nothing, G(z, y)): a
+    # registered input derived from the image (a downscaled copy for super-resolution, the
+    # image itself for an autoencoder, a masked copy), [input] name = "downscale", factor = 4.
+    "name": Key(str, "", MODEL),
+}
 SCHEMA["augment"] = {
     # An augmentation applied to every image the critic sees ("": none). Each transform
     # applies to each image with probability p: fixed, or adapted as in ADA (starting from p),
@@ -265,7 +283,11 @@ SCHEMA["distributed"] = {
     "timeout": Key(float, 1800.0, None, positive),
 }
 EVAL_TABLES = ("extractor_options", "metrics")
-REGULARIZER_KEYS = {"every": Key(int, 1, OPTIM, positive)}
+REGULARIZER_KEYS = {
+    "every": Key(int, 1, OPTIM, positive),
+    # The first step the term is applied (a reconstruction term's warm-up, a late penalty).
+    "start": Key(int, 0, OPTIM, non_negative),
+}
 #: Sections whose extra keys go to a registered factory, and the registry kind of each.
 COMPONENT_SECTIONS = {
     "data": "dataset",
@@ -273,6 +295,7 @@ COMPONENT_SECTIONS = {
     "discriminator": "discriminator",
     "loss": "loss",
     "augment": "augmentation",
+    "input": "input",
 }
 SECTION_ROLES = {
     "data": MODEL,
@@ -280,10 +303,12 @@ SECTION_ROLES = {
     "discriminator": MODEL,
     "loss": OPTIM,
     "augment": OPTIM,
+    "input": MODEL,
 }
 SECTIONS = (
     "run",
     "data",
+    "input",
     "generator",
     "discriminator",
     "loss",

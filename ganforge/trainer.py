@@ -29,7 +29,7 @@ from ganforge.components import (
 from ganforge.data import BatchSource
 from ganforge.diagnostics import Watch
 from ganforge.distributed import make_accelerator, per_process_batch, plan_launch
-from ganforge.errors import GanforgeError
+from ganforge.errors import GanforgeError, RecipeError
 from ganforge.execution import configure_device, make_execution
 from ganforge.hookspecs import RunInfo
 from ganforge.outputs import RunOutputs
@@ -155,6 +155,60 @@ class Trainer:
         self._reuse_passes = True
         images_per_step = self.batch_size * self.n_critic
         self.schedules = Schedules(self.recipe, parts, self.execution, images_per_step)
+        tables = self.recipe.section("regularizers")
+        self._starts = {name: table.get("start", 0) for name, table in tables.items()}
+        self._check_terms()
+
+    def _check_terms(self) -> None:
+        """A term comparing G's output with its target (``needs_input``) needs an
+        ``[input]``; ``[loss] start`` and ``adaptive_weight`` need a G-phase term that
+        applies at every step from the start (G learns from it alone before, and the
+        adaptive weight is a ratio to it); the adaptive weight needs G's ``last_layer``,
+        whole on this process."""
+        adversarial, parts = self.parts.adversarial, self.parts
+        for name, _, regularizer in parts.regularizers:
+            if getattr(regularizer, "needs_input", False) and parts.input is None:
+                problem = (
+                    "compares G's output with the image its input was made from: name the "
+                    'input in [input] (e.g. name = "downscale", factor = 4)'
+                )
+                raise RecipeError([(f"regularizers.{name}", problem)], self.recipe.source)
+        if not (adversarial.start or adversarial.adaptive or adversarial.off):
+            return
+        key = "loss.adaptive_weight" if adversarial.adaptive else "loss.start"
+        key = "loss.weight" if adversarial.off else key
+        steady = [
+            name
+            for name, every, regularizer in parts.regularizers
+            if regularizer.phase == "g"
+            and every == 1
+            and self._starts[name] <= (0 if adversarial.off else adversarial.start)
+        ]
+        problem = None
+        if not steady:
+            problem = (
+                "needs a G-phase term applied at every step from the start (a "
+                "[regularizers.reconstruction] table, every = 1), which G learns from "
+                + (
+                    "and the adversarial term is weighed against"
+                    if adversarial.adaptive
+                    else "before the critic starts"
+                )
+            )
+        elif adversarial.adaptive and self.execution.sharded:
+            problem = (
+                "weighs gradients at G's last layer, which ZeRO-3 and FSDP2 shard: use "
+                'distributed.backend = "ddp" or ZeRO-1/2'
+            )
+        elif adversarial.adaptive and not isinstance(
+            getattr(parts.generator, "last_layer", None), torch.nn.Parameter
+        ):
+            problem = (
+                f"generator {parts.g_spec.name!r} names no last_layer (the weight of its last "
+                "layer), which the adaptive weight differentiates"
+            )
+        if problem:
+            raise RecipeError([(key, problem)], self.recipe.source)
 
     def _make_optimizer(self, role: str, parameters) -> torch.optim.Optimizer:
         return build_optimizer(parameters, self.optim[role])
@@ -187,10 +241,16 @@ class Trainer:
     # ------------------------------------------------------------------ the step
 
     def critic(
-        self, x: torch.Tensor, y: torch.Tensor | None, *, float32: bool = False
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor | None,
+        *,
+        float32: bool = False,
+        source: torch.Tensor | None = None,
     ) -> CriticOutput:
         """The only way the core (and plugins) call D: augmentation applied (when the recipe
-        has one), labels passed, output normalised.
+        has one), labels passed, output normalised; ``source``, G's input for these images,
+        is passed on to a critic conditioned on it (``D(x, y, source=...)``).
 
         ``float32=True`` runs D with autocast off on float32 inputs, for penalties on input
         gradients: under mixed precision their double backward would lose precision and
@@ -200,10 +260,13 @@ class Trainer:
             x = x.float()
         if self.augmenter is not None:
             x = self.augmenter(x)
+        extra = {}
+        if self.parts.critic_takes_input:
+            extra["source"] = source.float() if float32 else source
         if not float32:
-            return as_critic_output(self.D(x, y))
+            return as_critic_output(self.D(x, y, **extra))
         with self.execution.float32(self.D):
-            return as_critic_output(self.D(x.float(), y))
+            return as_critic_output(self.D(x.float(), y, **extra))
 
     def latents(self, n: int) -> torch.Tensor:
         """``n`` training latents from this process's stream."""
@@ -212,58 +275,108 @@ class Trainer:
     def train_step(self, step: int, measure: bool = True) -> tuple[Phase, Phase]:
         """One generator update: n_critic D updates on fresh reals, then one G update.
 
+        Before ``[loss] start`` (and throughout with ``weight = 0``) the critic is neither
+        called nor trained: G learns from its other terms (reconstruction, perceptual) on one
+        batch a step.
         ``measure=False`` leaves the gradient norms out (``Phase.grad_norm`` is None) unless
         clipping needs them: the loop passes it on the steps it does not log.
         """
-        parts = self.parts
         self.schedules.apply(step)
+        adversarial = self.parts.adversarial.active(step)
         skips = []
-        for i in range(self.n_critic):
-            # The last critic update's fakes are generated with a graph and reused by the G
-            # update (one G forward per step, as in the DCGAN reference).
-            d, batch = self.critic_update(step, i == self.n_critic - 1, measure)
-            skips.append(d.skipped)
-        real, y_real, y_fake, z, generated = batch
-
-        # G phase: D is frozen and its gradients are not all-reduced; G's are.
-        self._critic_grad(False)
-        with self.execution.no_sync("discriminator"):
-            fake = generated
-            fake_out = self.critic(fake, y_fake)
-            real_out = self.critic(real, y_real) if parts.loss.needs_real_for_g else None
-            loss = parts.loss.g_loss(fake_out, real_out, y_real, y_fake)
-            loss, logs = self._regularize(loss, "g", step, real, fake, z, y_real, y_fake)
-            norm, skipped = self._update("generator", loss, measure)
-            skips.append(skipped)
-            g = Phase(loss.detach(), norm, skipped, logs)
-        self._critic_grad(True)
+        if adversarial:
+            for i in range(self.n_critic):
+                # The last critic update's fakes are generated with a graph and reused by the
+                # G update (one G forward per step, as in the DCGAN reference).
+                d, batch = self.critic_update(step, i == self.n_critic - 1, measure)
+                skips.append(d.skipped)
+        else:
+            batch = self._batch(keep_graph=True)
+            nothing = torch.zeros((), device=self.acc.device)
+            d = Phase(nothing, None, nothing, {})
+        g = self.generator_update(step, batch, adversarial, measure)
+        skips.append(g.skipped)
         self._after_updates(step, skips)
         return d, g
 
-    def critic_update(self, step: int, keep_graph: bool, measure: bool = True):
-        """One D update on fresh reals and fakes; returns its :class:`Phase` and the batch
-        ``(real, y_real, y_fake, z, generated)``, ``generated`` with a graph into G when
-        ``keep_graph`` (the G update reuses it). D only sees the fakes detached, so its loss
-        has no graph into G."""
+    def generator_update(self, step: int, batch, adversarial: bool, measure: bool) -> Phase:
+        """G's update on the last D update's batch: the adversarial term (with D frozen and
+        its gradients not all-reduced) weighted as ``[loss]`` says, plus the G phase's terms."""
+        parts = self.parts
+        real, y_real, y_fake, z, fake, source = batch
+        tensors, weighting = (real, fake, z, y_real, y_fake), parts.adversarial
+        self._critic_grad(False)
+        with self.execution.no_sync("discriminator"):
+            term = None  # the adversarial term (none before [loss] start)
+            if adversarial:
+                fake_out = self.critic(fake, y_fake, source=source)
+                real_out = None
+                if parts.loss.needs_real_for_g:
+                    real_out = self.critic(real, y_real, source=source)
+                term = parts.loss.g_loss(fake_out, real_out, y_real, y_fake)
+            if term is not None and weighting.adaptive:
+                rest, logs = self._regularize(None, "g", step, *tensors, source=source)
+                loss, logs["adversarial_weight"] = self._adaptive(term, rest)
+            else:
+                if term is not None and weighting.weight != 1.0:
+                    term = term * weighting.weight
+                loss, logs = self._regularize(term, "g", step, *tensors, source=source)
+            norm, skipped = self._update("generator", loss, measure)
+        self._critic_grad(True)
+        return Phase(loss.detach(), norm, skipped, logs)
+
+    def _adaptive(self, adversarial: torch.Tensor, rest: torch.Tensor):
+        """VQGAN's adaptive weight: the adversarial term scaled so that its gradient at G's
+        last layer is as large as the other terms' (``||∇ rest|| / (||∇ adv|| + 1e-4)``,
+        clamped to ``[0, adaptive_max]``, no gradient through the ratio), times ``weight``."""
+        last = self.parts.generator.last_layer
+        (rest_grad,) = torch.autograd.grad(rest, last, retain_graph=True)
+        (adv_grad,) = torch.autograd.grad(adversarial, last, retain_graph=True)
+        ratio = rest_grad.float().norm() / (adv_grad.float().norm() + 1e-4)
+        ratio = ratio.clamp(0.0, self.parts.adversarial.adaptive_max).detach()
+        weight = ratio * self.parts.adversarial.weight
+        return rest + weight * adversarial, weight
+
+    def _batch(self, keep_graph: bool):
+        """The next batch ``(real, y_real, y_fake, z, generated, source)``: fresh reals, G's
+        input derived from them (``[input]``; else None), and fakes, ``generated`` with a
+        graph into G when ``keep_graph``."""
         parts = self.parts
         real, y_real = self.batches.next(with_labels=parts.num_classes > 0)
         y_fake = y_real  # fakes follow the data's class distribution
         z = self.latents(len(real))
+        source = None
+        if parts.input is not None:
+            with torch.no_grad():
+                source = parts.input(real)
+        extra = {} if source is None else {"source": source}
         if keep_graph:
-            generated = self.G(z, y_fake)
+            generated = self.G(z, y_fake, **extra)
         else:
             with torch.no_grad():
-                generated = self.G(z, y_fake)
+                generated = self.G(z, y_fake, **extra)
+        return real, y_real, y_fake, z, generated, source
+
+    def critic_update(self, step: int, keep_graph: bool, measure: bool = True):
+        """One D update on fresh reals and fakes; returns its :class:`Phase` and the batch
+        ``(real, y_real, y_fake, z, generated, source)`` (:meth:`_batch`), ``generated`` with
+        a graph into G when ``keep_graph`` (the G update reuses it). D only sees the fakes
+        detached, so its loss has no graph into G."""
+        parts = self.parts
+        batch = self._batch(keep_graph)
+        real, y_real, y_fake, z, generated, source = batch
         fake = generated.detach()
-        passes = self._critic_passes(step, real, fake, y_real, y_fake)
+        passes = self._critic_passes(step, real, fake, y_real, y_fake, source)
         real_out, fake_out = passes["real"].out, passes["fake"].out
         loss = parts.loss.d_loss(real_out, fake_out, y_real, y_fake)
-        loss, logs = self._regularize(loss, "d", step, real, fake, z, y_real, y_fake, passes=passes)
+        loss, logs = self._regularize(
+            loss, "d", step, real, fake, z, y_real, y_fake, passes=passes, source=source
+        )
         norm, skipped = self._update("discriminator", loss, measure)
         if parts.augmenter is not None:
             parts.augmenter.observe(real_out.logits)
         d = Phase(loss.detach(), norm, skipped, logs, real_out, fake_out)
-        return d, (real, y_real, y_fake, z, generated)
+        return d, batch
 
     def _critic_passes(
         self,
@@ -272,6 +385,7 @@ class Trainer:
         fake: torch.Tensor,
         y_real: torch.Tensor | None,
         y_fake: torch.Tensor | None,
+        source: torch.Tensor | None = None,
     ) -> dict[str, CriticPass]:
         """The D phase's adversarial passes on the reals and the fakes.
 
@@ -284,14 +398,15 @@ class Trainer:
         """
         reused: set[str] = set()
         if self._reuse_passes:
-            for _, every, regularizer in self.parts.regularizers:
-                if regularizer.phase == "d" and step % every == 0:
+            for name, every, regularizer in self.parts.regularizers:
+                if regularizer.phase == "d" and self._due(name, every, step):
                     reused.update(getattr(regularizer, "reuses", ()))
         passes = {}
         for which, x, y in (("real", real, y_real), ("fake", fake, y_fake)):
             if which in reused:
                 x = x.detach().float().requires_grad_(True)
-            passes[which] = CriticPass(x, self.critic(x, y, float32=which in reused))
+            out = self.critic(x, y, float32=which in reused, source=source)
+            passes[which] = CriticPass(x, out)
         return passes
 
     def _after_updates(self, step: int, skips: list[torch.Tensor]) -> None:
@@ -313,20 +428,40 @@ class Trainer:
         for p in self._critic_params:
             p.requires_grad_(enabled)
 
-    def _regularize(self, loss: torch.Tensor, phase: str, step: int, *tensors, passes=None):
+    def _due(self, name: str, every: int, step: int) -> bool:
+        """Whether regularizer ``name`` applies at ``step``: every ``every`` steps from its
+        ``start``."""
+        return step % every == 0 and step >= self._starts.get(name, 0)
+
+    def _regularize(
+        self,
+        loss: torch.Tensor | None,
+        phase: str,
+        step: int,
+        *tensors,
+        passes=None,
+        source: torch.Tensor | None = None,
+    ):
         """``loss`` plus the phase's regularizer terms due at ``step``, and their logs;
-        ``passes``: the D phase's adversarial passes that were run for reuse."""
+        ``passes``: the D phase's adversarial passes that were run for reuse; ``source``: G's
+        input for the batch (``[input]``). ``loss`` None: the terms alone."""
         logs: dict[str, torch.Tensor] = {}
         ctx = None
         for name, every, regularizer in self.parts.regularizers:
-            if regularizer.phase != phase or step % every:
+            if regularizer.phase != phase or not self._due(name, every, step):
                 continue
             if ctx is None:  # built only when a term is due (launch-bound steps feel it)
-                ctx = RegularizerContext(phase, step, self.G, self.critic, *tensors, passes or {})
+                critic = self.critic if source is None else partial(self.critic, source=source)
+                ctx = RegularizerContext(
+                    phase, step, self.G, critic, *tensors, passes or {}, source=source
+                )
             term, reg_logs = regularizer(ctx)
-            loss = loss + every * term  # lazy regularization keeps the term's average weight
+            scaled = every * term  # lazy regularization keeps the term's average weight
+            loss = scaled if loss is None else loss + scaled
             logs[name] = term.detach()
             logs.update({f"{name}/{k}": v for k, v in reg_logs.items()})
+        if loss is None:  # nothing due (a term's start still ahead)
+            loss = torch.zeros((), device=self.acc.device, requires_grad=True)
         return loss, logs
 
     def _update(
@@ -405,9 +540,9 @@ class Trainer:
                     values = self._log_values(d, g, seen / max(now - last_time, 1e-9))
                     last_time, last_step = now, self.step
                     if main:
+                        shown = {"d": values.get("d_loss"), "g": values["g_loss"]}
                         bar.set_postfix(
-                            d=f"{values['d_loss']:.3f}",
-                            g=f"{values['g_loss']:.3f}",
+                            **{k: f"{v:.3f}" for k, v in shown.items() if v is not None},
                             img_s=f"{values['images_per_s']:.0f}",
                         )
                         for warning in watch.check(values):
@@ -458,22 +593,26 @@ class Trainer:
 
     def _log_values(self, d: Phase, g: Phase, images_per_s: float) -> dict[str, Any]:
         """*Collective.* The step's log record, averaged over the processes (one host read)."""
+        trained = d.real is not None  # the critic trained this step (not before [loss] start)
         named = {
-            "d_loss": d.loss,
+            "d_loss": d.loss if trained else None,
             "g_loss": g.loss,
-            "d_real": d.real.logits.detach().float().mean(),
-            "d_fake": d.fake.logits.detach().float().mean(),
+            "d_real": d.real.logits.detach().float().mean() if trained else None,
+            "d_fake": d.fake.logits.detach().float().mean() if trained else None,
             # The critic's sign accuracy: reals scored above 0, fakes below (equal counts).
             "d_accuracy": torch.cat(
                 [(d.real.logits.detach() > 0).flatten(), (d.fake.logits.detach() < 0).flatten()]
             )
             .float()
-            .mean(),
+            .mean()
+            if trained
+            else None,
             "grad_norm_d": d.grad_norm,
             "grad_norm_g": g.grad_norm,
             **{f"reg/{k}": v for k, v in {**d.logs, **g.logs}.items()},
             **(self.augmenter.logs() if self.augmenter is not None else {}),
         }
+        named = {k: v for k, v in named.items() if v is not None}
         stacked = torch.stack([v.detach().float().reshape(()) for v in named.values()])
         stacked = self.acc.reduce(stacked, reduction="mean")
         values = dict(zip(named, stacked.tolist(), strict=True))

@@ -51,6 +51,7 @@ LAYERS: dict[str, set[str]] = {
         "ganforge.evaluation",
         "ganforge.tracking",
         "ganforge.report",
+        "ganforge.paired",
     },
     "backends": {
         "ganforge.execution",
