@@ -141,7 +141,12 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "name": Key(str, "ganforge", None, _plain_text),
         "out_dir": Key(str, "", None, _own_folder),
         "seed": Key(int, 0, OPTIM),
-        "mixed_precision": Key(str, "auto", None, one_of("auto", "no", "fp16", "bf16")),
+        # "bf16_if_native": bf16 where the device runs it natively (GPUs with bf16, CPUs with
+        # AVX512-BF16 or AMX), float32 elsewhere (where bf16 would be emulated, many times
+        # slower); "auto": the launcher's --mixed_precision.
+        "mixed_precision": Key(
+            str, "auto", None, one_of("auto", "no", "fp16", "bf16", "bf16_if_native")
+        ),
         # Experiment trackers (Accelerate's): every logged value and sample grid goes to them.
         "log_with": Key(list, [], None, _trackers),
         # Per-tracker constructor options: [run.tracker_options.wandb] entity = "me".

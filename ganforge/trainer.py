@@ -28,7 +28,13 @@ from ganforge.components import (
 )
 from ganforge.data import BatchSource
 from ganforge.diagnostics import Watch
-from ganforge.distributed import make_accelerator, per_process_batch, plan_launch
+from ganforge.distributed import (
+    BF16_IF_NATIVE,
+    make_accelerator,
+    per_process_batch,
+    plan_launch,
+    resolve_precision,
+)
 from ganforge.errors import GanforgeError, RecipeError
 from ganforge.execution import configure_device, make_execution
 from ganforge.hookspecs import RunInfo
@@ -65,19 +71,23 @@ class Trainer:
     def __init__(self, recipe: Recipe, plugins: Plugins, accelerator=None):
         self.recipe, self.plugins = recipe, plugins
         run, train = recipe.section("run"), recipe.section("train")
+        precision = resolve_precision(run["mixed_precision"])
         self.launch = plan_launch(
             recipe.section("distributed"),
             train["grad_clip"],
-            run["mixed_precision"],
+            precision,
             regularizers=bool(recipe.regularizers()),
         )
         self.acc = accelerator or make_accelerator(
-            run["mixed_precision"],
+            precision,
             run["log_with"],
             recipe.run_dir,
             timeout=recipe.get("distributed.timeout"),
         )
         configure_device(self.acc, train["tf32"], train["cudnn_benchmark"])
+        if run["mixed_precision"] == BF16_IF_NATIVE:
+            chosen = "bf16" if precision == "bf16" else "float32 (bf16 would be emulated here)"
+            self.acc.print(f'ganforge: run.mixed_precision = "{BF16_IF_NATIVE}": {chosen}')
         self.steps, self.n_critic = train["steps"], train["n_critic"]
         self.batch_size, self.optim = train["batch_size"], recipe.section("optim")
         per_process = per_process_batch(self.batch_size, self.acc, recipe.source)

@@ -70,3 +70,21 @@ def test_bf16_on_a_cpu_without_native_bf16_says_it_is_slower(tmp_path, native):
     warned = "no native bfloat16 instructions" in done.stderr
     assert warned is not native
     assert "mixed precision bf16" in done.stdout + done.stderr  # the run still trains in bf16
+
+
+def test_bf16_if_native_picks_bf16_only_where_the_cpu_runs_it_natively(
+    monkeypatch, run_recipe, tiny_recipe, capsys
+):
+    from ganforge import distributed
+
+    env = {"ACCELERATE_USE_CPU": "1"}
+    for native, expected in ((True, "bf16"), (False, "no")):
+        monkeypatch.setattr(distributed, "native_cpu_bf16", lambda native=native: native)
+        assert distributed.resolve_precision("bf16_if_native", env) == expected
+        for explicit in ("no", "bf16", "fp16", "auto"):  # an explicit choice is kept
+            assert distributed.resolve_precision(explicit, env) == explicit
+    monkeypatch.setattr(distributed, "native_cpu_bf16", lambda: False)
+    run_recipe(tiny_recipe, "run.mixed_precision=bf16_if_native", steps=1)
+    out = capsys.readouterr().out
+    assert 'run.mixed_precision = "bf16_if_native": float32' in out
+    assert "mixed precision no" in out
