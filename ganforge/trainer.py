@@ -338,11 +338,16 @@ class Trainer:
     def _adaptive(self, adversarial: torch.Tensor, rest: torch.Tensor):
         """VQGAN's adaptive weight: the adversarial term scaled so that its gradient at G's
         last layer is as large as the other terms' (``||∇ rest|| / (||∇ adv|| + 1e-4)``,
-        clamped to ``[0, adaptive_max]``, no gradient through the ratio), times ``weight``."""
+        clamped to ``[0, adaptive_max]``, no gradient through the ratio), times ``weight``.
+        Under several processes the two gradients are averaged over them first: the ratio is
+        the global batch's, the same on every process and as one process computes it."""
         last = self.parts.generator.last_layer
         (rest_grad,) = torch.autograd.grad(rest, last, retain_graph=True)
         (adv_grad,) = torch.autograd.grad(adversarial, last, retain_graph=True)
-        ratio = rest_grad.float().norm() / (adv_grad.float().norm() + 1e-4)
+        grads = torch.stack([rest_grad.float(), adv_grad.float()])
+        if self.acc.num_processes > 1:  # the global batch's gradients, as one process has them
+            grads = self.acc.reduce(grads, reduction="mean")
+        ratio = grads[0].norm() / (grads[1].norm() + 1e-4)
         ratio = ratio.clamp(0.0, self.parts.adversarial.adaptive_max).detach()
         weight = ratio * self.parts.adversarial.weight
         return rest + weight * adversarial, weight

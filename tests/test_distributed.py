@@ -88,6 +88,26 @@ def test_two_processes_train_the_model_one_process_trains(tmp_path):
     assert [r["step"] for r in evaluated] == [3] and evaluated[0]["eval/toy2d/modes"] >= 0
 
 
+def test_two_processes_train_the_input_taking_model_one_process_trains(tmp_path):
+    """Super-resolution with a conditioned critic and VQGAN's adaptive weight: the weight is
+    the global batch's on every process, so two processes train what one does."""
+    pytest.importorskip("ganforge_superres", reason="the README's test command installs it")
+    sys.path.insert(0, str(ROOT / "tests"))
+    import launch_worker
+
+    launch_worker.paired(tmp_path)
+    single = load_file(str(tmp_path / "paired_1_rank0.safetensors"))
+    done = launch_two(tmp_path, "no", str(WORKER), "paired", str(tmp_path / "two"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    for rank in (0, 1):
+        two = load_file(str(tmp_path / "two" / f"paired_2_rank{rank}.safetensors"))
+        assert two.keys() == single.keys()
+        for key in single:
+            torch.testing.assert_close(two[key], single[key], rtol=0, atol=1e-6, msg=key)
+    records = [json.loads(x) for x in (tmp_path / "two" / "run" / "metrics.jsonl").open()]
+    assert [r["step"] for r in records if "reg/adversarial_weight" in r] == [2, 3]
+
+
 def test_two_process_quickstart_agrees_on_every_rank_exports_and_resumes_exactly(tmp_path):
     out = tmp_path / "worker"
     run = tmp_path / "run"

@@ -334,3 +334,29 @@ def test_sample_grids_show_input_output_and_target(plugins, run_recipe):
     run = run_recipe(PAIRED, "train.sample_every=1", steps=1, plugins=plugins)
     grid = Image.open(run / "samples" / "step_000001.png")
     assert grid.size[0] == 3 * 4 * (16 + 2) + 2  # four triplets in a row
+
+
+def test_the_perceptual_extractor_stays_frozen_and_out_of_checkpoints(plugins, digits_classifier):
+    from ganforge_plugins.digits import digits_extractor
+
+    trainer = build(plugins, "regularizers.perceptual={extractor='digits', weight=1.0}")
+    term = dict((n, r) for n, _, r in trainer.parts.regularizers)["perceptual"]
+    net = term._net[0]
+    trainer.fit()
+    fresh = digits_extractor().state_dict()
+    assert all(torch.equal(v, fresh[k]) for k, v in net.state_dict().items())
+    assert not net.training and not any(p.requires_grad for p in net.parameters())
+    logged = [r for r in read_metrics(trainer.run_dir) if "g_loss" in r]
+    assert all(r["reg/perceptual"] > 0 for r in logged)
+    checkpoint = next((trainer.run_dir / "checkpoints").iterdir())
+    names = [k for f in checkpoint.glob("*.safetensors") for k in load_file(f)]
+    assert names and not any("perceptual" in k for k in names)
+    # G's gradient from the term alone reaches its first layer
+    g = trainer.parts.generator
+    source = torch.rand(2, 1, 4, 4) * 2 - 1
+    real = torch.rand(2, 1, 16, 16) * 2 - 1
+    fake = g(torch.empty(2, 0), None, source=source)
+    ctx = type("Ctx", (), {"fake": fake, "real": real})()
+    loss, _ = term(ctx)
+    loss.backward()
+    assert g.body.weight.grad is not None and g.body.weight.grad.abs().sum() > 0

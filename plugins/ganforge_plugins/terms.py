@@ -85,7 +85,8 @@ class Perceptual:
     def features(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The extractor's normalised maps of ``x`` (with gradient into ``x``)."""
         net = self._net[0]
-        if next(net.parameters()).device != x.device:
+        weights = next(iter(net.parameters()), None)
+        if weights is not None and weights.device != x.device:
             net.to(x.device)
         self._maps = []
         final, _ = net(x)

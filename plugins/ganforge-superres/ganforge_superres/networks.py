@@ -1,10 +1,8 @@
-"""A U-Net generator that takes an image and a patch critic that may be conditioned on it.
+"""A U-Net generator that takes an image.
 
-The generator upsamples its input (bilinearly) to the output's size and refines it with a
-small U-Net (pix2pix's generator, without its dropout noise: it takes no latent). The critic
-scores overlapping patches (pix2pix's PatchGAN) of the output, concatenated with the input
-upsampled to the same size when ``conditioned`` (the pix2pix critic), with spectral
-normalisation on every layer.
+It upsamples its input (bilinearly) to the output's size and refines it with a small U-Net
+(pix2pix's generator, without its dropout noise: it takes no latent). Its critic is
+ganforge's built-in ``patch`` discriminator, conditioned on the same input.
 """
 
 from __future__ import annotations
@@ -12,7 +10,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils.parametrizations import spectral_norm
 
 
 def _block(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
@@ -81,45 +78,3 @@ class UNetGenerator(nn.Module):
             skip = skips.pop()
             h = up(torch.cat([F.interpolate(h, size=skip.shape[-2:], mode="nearest"), skip], 1))
         return torch.tanh(self.head(h))
-
-
-class PatchCritic(nn.Module):
-    """``D(x, y, source)``: a logit per overlapping patch of ``x``, B×1×h×w.
-
-    ``layers`` stride-2 4×4 convolutions (``width`` channels, doubled each) and a 3×3 one to a
-    logit. ``conditioned`` (and an ``[input]`` in the recipe): the input, upsampled to
-    ``x``'s size, is concatenated with ``x`` (pix2pix's conditional critic).
-    """
-
-    def __init__(
-        self,
-        *,
-        resolution: int,
-        channels: int,
-        num_classes: int,
-        input_channels: int = 0,
-        input_resolution: int = 0,
-        width: int = 64,
-        layers: int = 2,
-        conditioned: bool = True,
-    ):
-        super().__init__()
-        if num_classes:
-            raise ValueError("the patch critic takes no labels")
-        if width < 1 or layers < 1:
-            raise ValueError(f"width and layers must be >= 1, got {width} and {layers}")
-        self.takes_input = bool(conditioned and input_channels)
-        cin = channels + (input_channels if self.takes_input else 0)
-        body: list[nn.Module] = []
-        for i in range(layers):
-            cout = width * 2**i
-            body += [spectral_norm(nn.Conv2d(cin, cout, 4, 2, 1)), nn.LeakyReLU(0.2)]
-            cin = cout
-        body.append(spectral_norm(nn.Conv2d(cin, 1, 3, 1, 1)))
-        self.body = nn.Sequential(*body)
-
-    def forward(self, x, y=None, source: torch.Tensor | None = None) -> torch.Tensor:
-        if self.takes_input:
-            upsampled = F.interpolate(source.to(x.dtype), size=x.shape[-2:], mode="nearest")
-            x = torch.cat([x, upsampled], 1)
-        return self.body(x)

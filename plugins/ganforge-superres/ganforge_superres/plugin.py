@@ -1,7 +1,7 @@
 """The ``superres`` plugin: what this package registers with ganforge.
 
-Only new names: the ``unet`` generator, the ``patch`` discriminator, and the recipes
-``superres:fashion`` (L1 + a conditioned patch critic) and ``superres:fashion_l1`` (the same
+Only new names: the ``unet`` generator and the recipes ``superres:fashion`` (L1 and
+ganforge's ``patch`` critic, conditioned on the input) and ``superres:fashion_l1`` (the same
 generator trained with L1 alone, the baseline it is measured against).
 """
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ganforge import hookimpl
 
-from ganforge_superres.networks import PatchCritic, UNetGenerator
+from ganforge_superres.networks import UNetGenerator
 
 RECIPES = Path(__file__).parent / "recipes"
 
@@ -19,11 +19,6 @@ RECIPES = Path(__file__).parent / "recipes"
 @hookimpl
 def ganforge_register_generators(register):
     register("unet", UNetGenerator)
-
-
-@hookimpl
-def ganforge_register_discriminators(register):
-    register("patch", PatchCritic)
 
 
 @hookimpl

@@ -9,9 +9,10 @@ import torch
 from ganforge.plugins import Plugins
 from ganforge.recipe import load_recipe
 from ganforge.sampling import write_from_inputs
+from ganforge_plugins.patch import PatchCritic
 from PIL import Image
 
-from ganforge_superres.networks import PatchCritic, UNetGenerator
+from ganforge_superres.networks import UNetGenerator
 
 #: Every recipe of the plugin, shrunk to seconds on synthetic 28-px grey images.
 TINY = (
