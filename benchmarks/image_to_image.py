@@ -3,7 +3,7 @@ equal wall-clock time.
 
 ``--task superres``: 4× super-resolution, ``superres:fashion`` (a U-Net generator, L1 and the
 adversarial term of a patch critic that sees the 7×7 input) against ``superres:fashion_l1``
-(the same recipe with ``loss.weight = 0``: L1 alone, no critic at all).
+(the same recipe with ``loss.adversarial_weight = 0``: L1 alone, no critic at all).
 ``--task autoencoder``: ``autoencoder:fashion`` (L1, a perceptual term and a patch critic
 with VQGAN's adaptive weight after a warm-up) against ``autoencoder:fashion_rec`` (the same
 without the critic).
@@ -54,8 +54,8 @@ def evaluate(export: Path, num: int, out: Path) -> dict:
 
 
 def speed(out: Path, recipe: str, overrides: list[str]) -> float:
-    """Images/s of ``recipe`` over its steps 101-200 (after its critic starts: loss.start=0)."""
-    probe = [*overrides, "train.steps=200", "train.log_every=100", "loss.start=0"]
+    """Images/s of ``recipe`` over its steps 101-200 (its critic on from the start)."""
+    probe = [*overrides, "train.steps=200", "train.log_every=100", "loss.critic_start=0"]
     run_ganforge(out, probe, recipe)
     last = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()][-1]
     return last["images_per_s"]
@@ -69,7 +69,7 @@ def equal_time(recipes: dict, out: Path, overrides: list[str]) -> list[str]:
     from ganforge.recipe import load_recipe
 
     with_critic = load_recipe(recipes["with critic"], overrides, Plugins().registry)
-    steps, start = with_critic.get("train.steps"), with_critic.get("loss.start")
+    steps, start = with_critic.get("train.steps"), with_critic.get("loss.critic_start")
     fast = speed(out / "probe_without", recipes["without"], overrides)
     slow = speed(out / "probe_with", recipes["with critic"], overrides)
     equal = start + round((steps - start) * fast / slow)

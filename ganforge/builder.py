@@ -33,14 +33,14 @@ from ganforge.streams import stream_seed
 
 @dataclass
 class Adversarial:
-    """How G's adversarial term enters its loss (``[loss] weight, start, adaptive_weight``);
-    ``weight`` may follow a schedule (set before every step)."""
+    """How G's adversarial term enters its loss (``[loss] adversarial_weight, critic_start,
+    adaptive_weight``); ``weight`` may follow a schedule (set before every step)."""
 
     weight: float = 1.0
     start: int = 0
     adaptive: bool = False
     adaptive_max: float = 1e4
-    # weight = 0 (not scheduled): no adversarial term, and no critic work at all (a
+    # adversarial_weight = 0 (not scheduled): no adversarial term, and no critic work at all (a
     # reconstruction-only baseline with the same recipe)
     off: bool = False
 
@@ -50,10 +50,10 @@ class Adversarial:
 
     @classmethod
     def of(cls, loss: dict) -> Adversarial:
-        weight = loss["weight"]
+        weight = loss["adversarial_weight"]
         return cls(
             initial(weight),
-            loss["start"],
+            loss["critic_start"],
             loss["adaptive_weight"],
             loss["adaptive_max"],
             off=weight == 0,

@@ -170,7 +170,7 @@ class Schedules:
             return lambda v: setattr(ema, "half_life", v * 1000)
         if section == "augment":
             return parts.augmenter.p.fill_
-        if section == "loss":  # loss.weight: the adversarial term's weight in G's loss
+        if section == "loss":  # loss.adversarial_weight: the adversarial term's weight in G
             return lambda v: setattr(parts.adversarial, "weight", v)
         name, _, option = rest.partition(".")
         return _option_setter(regularizers[name], name, option)

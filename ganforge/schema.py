@@ -176,13 +176,14 @@ SCHEMA: dict[str, dict[str, Key]] = {
     "loss": {
         "name": Key(str, REQUIRED, OPTIM),
         # The adversarial term's weight in G's loss, beside the [regularizers] terms of the G
-        # phase (reconstruction, perceptual); `start`: the step the critic begins training
-        # and the term is added (before it: no critic work at all, VQGAN's
-        # discriminator_iter_start); `adaptive_weight`: the term is also scaled by
-        # ||grad L_rest|| / (||grad L_adv|| + 1e-4) at G's last layer, clamped to
-        # [0, adaptive_max] (VQGAN's adaptive weight; G names `last_layer`).
-        "weight": Key(float, 1.0, OPTIM, non_negative, schedulable=True),
-        "start": Key(int, 0, OPTIM, non_negative),
+        # phase (reconstruction, perceptual); 0: none, and no critic at all. `critic_start`:
+        # the step the critic begins training and the term is added (before it: no critic
+        # work at all, VQGAN's discriminator_iter_start); `adaptive_weight`: the term is also
+        # scaled by ||grad L_rest|| / (||grad L_adv|| + 1e-4) at G's last layer, clamped to
+        # [0, adaptive_max] (VQGAN's adaptive weight; G names `last_layer`). Named apart from
+        # any loss's own options (a loss may take a `weight` or `start` of its own).
+        "adversarial_weight": Key(float, 1.0, OPTIM, non_negative, schedulable=True),
+        "critic_start": Key(int, 0, OPTIM, non_negative),
         "adaptive_weight": Key(bool, False, OPTIM),
         "adaptive_max": Key(float, 1e4, OPTIM, positive),
     },

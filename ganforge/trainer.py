@@ -171,7 +171,7 @@ class Trainer:
 
     def _check_terms(self) -> None:
         """A term comparing G's output with its target (``needs_input``) needs an
-        ``[input]``; ``[loss] start`` and ``adaptive_weight`` need a G-phase term that
+        ``[input]``; ``[loss] critic_start`` and ``adaptive_weight`` need a G-phase term that
         applies at every step from the start (G learns from it alone before, and the
         adaptive weight is a ratio to it); the adaptive weight needs G's ``last_layer``,
         whole on this process."""
@@ -185,8 +185,8 @@ class Trainer:
                 raise RecipeError([(f"regularizers.{name}", problem)], self.recipe.source)
         if not (adversarial.start or adversarial.adaptive or adversarial.off):
             return
-        key = "loss.adaptive_weight" if adversarial.adaptive else "loss.start"
-        key = "loss.weight" if adversarial.off else key
+        key = "loss.adaptive_weight" if adversarial.adaptive else "loss.critic_start"
+        key = "loss.adversarial_weight" if adversarial.off else key
         steady = [
             name
             for name, every, regularizer in parts.regularizers
@@ -285,9 +285,9 @@ class Trainer:
     def train_step(self, step: int, measure: bool = True) -> tuple[Phase, Phase]:
         """One generator update: n_critic D updates on fresh reals, then one G update.
 
-        Before ``[loss] start`` (and throughout with ``weight = 0``) the critic is neither
-        called nor trained: G learns from its other terms (reconstruction, perceptual) on one
-        batch a step.
+        Before ``[loss] critic_start`` (and throughout with ``adversarial_weight = 0``) the
+        critic is neither called nor trained: G learns from its other terms (reconstruction,
+        perceptual) on one batch a step.
         ``measure=False`` leaves the gradient norms out (``Phase.grad_norm`` is None) unless
         clipping needs them: the loop passes it on the steps it does not log.
         """
@@ -317,7 +317,7 @@ class Trainer:
         tensors, weighting = (real, fake, z, y_real, y_fake), parts.adversarial
         self._critic_grad(False)
         with self.execution.no_sync("discriminator"):
-            term = None  # the adversarial term (none before [loss] start)
+            term = None  # the adversarial term (none before [loss] critic_start)
             if adversarial:
                 fake_out = self.critic(fake, y_fake, source=source)
                 real_out = None
@@ -608,7 +608,9 @@ class Trainer:
 
     def _log_values(self, d: Phase, g: Phase, images_per_s: float) -> dict[str, Any]:
         """*Collective.* The step's log record, averaged over the processes (one host read)."""
-        trained = d.real is not None  # the critic trained this step (not before [loss] start)
+        trained = (
+            d.real is not None
+        )  # the critic trained this step (not before [loss] critic_start)
         named = {
             "d_loss": d.loss if trained else None,
             "g_loss": g.loss,

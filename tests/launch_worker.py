@@ -110,7 +110,7 @@ PAIRED = (
     "input={name='downscale', factor=4}",
     "generator={name='unet', width=4, depth=1}",
     "discriminator={name='patch', width=4, layers=1}",
-    "loss={name='hinge', adaptive_weight=true, start=1}",
+    "loss={name='hinge', adaptive_weight=true, critic_start=1}",
     "regularizers.reconstruction.weight=1.0",
     "train.steps=3",
     "train.checkpoint_every=0",

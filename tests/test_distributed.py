@@ -69,20 +69,27 @@ def quickstart(tmp_path: Path, out: Path, *overrides: str):
     return launch_two(tmp_path, "bf16", str(WORKER), "quickstart", str(out), *overrides)
 
 
+def two_processes_match_one(tmp_path: Path, mode: str, run_one):
+    """Run the worker's ``mode`` in this process, then on two launched processes: every rank's
+    models equal the one process's to 1e-6. Returns the launch's result."""
+    run_one(tmp_path)
+    single = load_file(str(tmp_path / f"{mode}_1_rank0.safetensors"))
+    done = launch_two(tmp_path, "no", str(WORKER), mode, str(tmp_path / "two"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    for rank in (0, 1):
+        two = load_file(str(tmp_path / "two" / f"{mode}_2_rank{rank}.safetensors"))
+        assert two.keys() == single.keys()
+        for key in single:
+            torch.testing.assert_close(two[key], single[key], rtol=0, atol=1e-6, msg=key)
+    return done
+
+
 def test_two_processes_train_the_model_one_process_trains(tmp_path):
     sys.path.insert(0, str(ROOT / "tests"))
     import launch_worker
 
-    launch_worker.equivalence(tmp_path)
-    single = load_file(str(tmp_path / "equivalence_1_rank0.safetensors"))
-    done = launch_two(tmp_path, "no", str(WORKER), "equivalence", str(tmp_path / "two"))
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = two_processes_match_one(tmp_path, "equivalence", launch_worker.equivalence)
     assert "global batch 8 = 4 per process" in done.stdout
-    for rank in (0, 1):
-        two = load_file(str(tmp_path / "two" / f"equivalence_2_rank{rank}.safetensors"))
-        assert two.keys() == single.keys()
-        for key in single:
-            torch.testing.assert_close(two[key], single[key], rtol=0, atol=1e-6, msg=key)
     records = [json.loads(x) for x in (tmp_path / "two" / "run" / "metrics.jsonl").open()]
     evaluated = [r for r in records if "eval/fd" in r]
     assert [r["step"] for r in evaluated] == [3] and evaluated[0]["eval/toy2d/modes"] >= 0
@@ -95,15 +102,7 @@ def test_two_processes_train_the_input_taking_model_one_process_trains(tmp_path)
     sys.path.insert(0, str(ROOT / "tests"))
     import launch_worker
 
-    launch_worker.paired(tmp_path)
-    single = load_file(str(tmp_path / "paired_1_rank0.safetensors"))
-    done = launch_two(tmp_path, "no", str(WORKER), "paired", str(tmp_path / "two"))
-    assert done.returncode == 0, done.stderr[-3000:]
-    for rank in (0, 1):
-        two = load_file(str(tmp_path / "two" / f"paired_2_rank{rank}.safetensors"))
-        assert two.keys() == single.keys()
-        for key in single:
-            torch.testing.assert_close(two[key], single[key], rtol=0, atol=1e-6, msg=key)
+    two_processes_match_one(tmp_path, "paired", launch_worker.paired)
     records = [json.loads(x) for x in (tmp_path / "two" / "run" / "metrics.jsonl").open()]
     assert [r["step"] for r in records if "reg/adversarial_weight" in r] == [2, 3]
 

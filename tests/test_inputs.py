@@ -141,8 +141,8 @@ def test_g_and_the_critic_get_the_input_made_from_the_batch(plugins):
         assert fake.shape == real.shape
 
 
-def test_weight_zero_trains_g_alone_without_a_critic_call(plugins, tmp_path):
-    trainer = build(plugins, "loss.weight=0", "train.steps=3")
+def test_adversarial_weight_zero_trains_g_alone_without_a_critic_call(plugins, tmp_path):
+    trainer = build(plugins, "loss.adversarial_weight=0", "train.steps=3")
     before = {k: v.clone() for k, v in trainer.parts.discriminator.state_dict().items()}
     g_before = trainer.parts.generator.head.weight.detach().clone()
     trainer.fit()
@@ -154,8 +154,8 @@ def test_weight_zero_trains_g_alone_without_a_critic_call(plugins, tmp_path):
     assert all("d_loss" not in r and "reg/reconstruction" in r for r in logged)
 
 
-def test_the_critic_starts_at_loss_start(plugins):
-    trainer = build(plugins, "loss.start=2", "train.steps=4")
+def test_the_critic_starts_at_loss_critic_start(plugins):
+    trainer = build(plugins, "loss.critic_start=2", "train.steps=4")
     trainer.fit()
     logged = [r for r in read_metrics(trainer.run_dir) if "g_loss" in r]
     assert [("d_loss" in r) for r in logged] == [False, False, True, True]
@@ -167,17 +167,19 @@ def test_term_start_and_scheduled_weight(plugins):
     trainer = build(
         plugins,
         "regularizers.reconstruction.start=2",
-        "loss.weight={schedule='linear', start=0.0, end=1.0, kimg=0.032}",
+        "loss.adversarial_weight={schedule='linear', start=0.0, end=1.0, kimg=0.032}",
         "train.steps=4",
     )
     trainer.fit()
     logged = [r for r in read_metrics(trainer.run_dir) if "g_loss" in r]
     assert [("reg/reconstruction" in r) for r in logged] == [False, False, True, True]
-    assert [r["schedule/loss.weight"] for r in logged] == pytest.approx([0, 0.25, 0.5, 0.75])
+    assert [r["schedule/loss.adversarial_weight"] for r in logged] == pytest.approx(
+        [0, 0.25, 0.5, 0.75]
+    )
 
 
 def test_adaptive_weight_is_vqgans_ratio_at_the_last_layer(plugins):
-    trainer = build(plugins, "loss.adaptive_weight=true", "loss.weight=0.5")
+    trainer = build(plugins, "loss.adaptive_weight=true", "loss.adversarial_weight=0.5")
     last = trainer.parts.generator.last_layer
     a, b = torch.randn_like(last), torch.randn_like(last)
     rest, adversarial = (last * a).sum(), (last * b).sum()
@@ -201,7 +203,7 @@ def test_adaptive_weight_is_vqgans_ratio_at_the_last_layer(plugins):
         (("input={}",), "generator.name", "takes an input"),
         (("input.factor=3",), "input", "does not divide"),
         (("augment.name=diffaugment",), "augment.name", "conditioned on the generator's input"),
-        (("regularizers={}", "loss.start=5"), "loss.start", "G-phase term"),
+        (("regularizers={}", "loss.critic_start=5"), "loss.critic_start", "G-phase term"),
         (
             ("regularizers.reconstruction.every=2", "loss.adaptive_weight=true"),
             "loss.adaptive_weight",
@@ -242,7 +244,7 @@ def test_adaptive_weight_needs_the_last_layer(plugins):
 def test_resume_is_exact_with_a_random_input_start_and_adaptive_weight(plugins, run_recipe):
     overrides = (
         "input={name='mask', size=0.5}",
-        "loss.start=1",
+        "loss.critic_start=1",
         "loss.adaptive_weight=true",
         "train.checkpoint_every=2",
     )

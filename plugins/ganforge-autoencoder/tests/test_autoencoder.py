@@ -21,7 +21,7 @@ TINY = (
     "generator.width=8",
     "discriminator.width=4",
     "regularizers.perceptual.extractor=identity",
-    "loss.start=1",
+    "loss.critic_start=1",
     "train.batch_size=8",
     "train.log_every=1",
     "eval.every=0",
@@ -47,7 +47,7 @@ def test_each_recipe_trains_and_reconstructs_a_folder(name, run_recipe, tmp_path
     run = run_recipe(name, *TINY, steps=2)
     logged = [r for r in read_metrics(run) if "g_loss" in r]
     adversarial = name == "autoencoder:fashion"
-    # The critic trains from loss.start on (step 2), its term scaled by the adaptive weight.
+    # The critic trains from loss.critic_start on (step 2), its term scaled by the adaptive weight.
     assert [("d_loss" in r) for r in logged] == [False, adversarial]
     assert ("reg/adversarial_weight" in logged[-1]) is adversarial
     assert all("reg/perceptual" in r and "reg/reconstruction" in r for r in logged)
@@ -65,6 +65,6 @@ def test_the_baseline_differs_only_in_the_adversarial_weight():
     gan, rec = (
         load_recipe(f"autoencoder:{n}", (), registry).tables for n in ("fashion", "fashion_rec")
     )
-    assert gan["loss"]["weight"] > 0 and rec["loss"]["weight"] == 0
-    for section in ("data", "input", "generator", "regularizers", "optim", "train"):
+    assert gan["loss"]["adversarial_weight"] > 0 and rec["loss"]["adversarial_weight"] == 0
+    for section in ("data", "input", "generator", "regularizers", "optim"):
         assert gan[section] == rec[section], section

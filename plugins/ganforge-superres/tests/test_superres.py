@@ -77,6 +77,6 @@ def test_each_recipe_trains_and_its_export_upscales_a_folder(name, run_recipe, t
 def test_the_l1_baseline_differs_from_the_gan_recipe_only_in_the_adversarial_weight():
     registry = Plugins().registry
     gan, l1 = (load_recipe(f"superres:{n}", (), registry).tables for n in ("fashion", "fashion_l1"))
-    assert gan["loss"]["weight"] > 0 and l1["loss"]["weight"] == 0
+    assert gan["loss"]["adversarial_weight"] > 0 and l1["loss"]["adversarial_weight"] == 0
     for section in ("data", "input", "generator", "regularizers", "optim"):
         assert gan[section] == l1[section], section
