@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ganforge import paired
 from ganforge.augment import Augmentation, Augmenter
 from ganforge.averaging import EMA
 from ganforge.checkpoint import Checkpoint, warn
@@ -370,7 +371,7 @@ def _check_class_head(
     uses = bool(getattr(loss, "uses_class_logits", False))
     x = to_model_range(torch.from_numpy(np.array(data.images[:2]))).to(device)
     y = torch.from_numpy(np.array(data.labels[:2])).to(device) if num_classes else None
-    extra = {} if derive is None else {"source": derive(x)}
+    extra = {} if derive is None else {"source": paired.derive(derive, x, 0)}  # own RNG
     with eval_mode(discriminator) as critic:
         has = as_critic_output(critic(x, y, **extra)).class_logits is not None
     if uses and not has:

@@ -187,18 +187,18 @@ class Trainer:
             return
         key = "loss.adaptive_weight" if adversarial.adaptive else "loss.critic_start"
         key = "loss.adversarial_weight" if adversarial.off else key
+        # From step 0: before the critic starts, G's loss is these terms alone; after, the
+        # adaptive weight is a ratio to them.
         steady = [
             name
             for name, every, regularizer in parts.regularizers
-            if regularizer.phase == "g"
-            and every == 1
-            and self._starts[name] <= (0 if adversarial.off else adversarial.start)
+            if regularizer.phase == "g" and every == 1 and self._starts[name] == 0
         ]
         problem = None
         if not steady:
             problem = (
-                "needs a G-phase term applied at every step from the start (a "
-                "[regularizers.reconstruction] table, every = 1), which G learns from "
+                "needs a G-phase term applied at every step from step 0 (a "
+                "[regularizers.reconstruction] table, every = 1, start = 0), which G learns from "
                 + (
                     "and the adversarial term is weighed against"
                     if adversarial.adaptive
@@ -475,9 +475,7 @@ class Trainer:
             loss = scaled if loss is None else loss + scaled
             logs[name] = term.detach()
             logs.update({f"{name}/{k}": v for k, v in reg_logs.items()})
-        if loss is None:  # nothing due (a term's start still ahead)
-            loss = torch.zeros((), device=self.acc.device, requires_grad=True)
-        return loss, logs
+        return loss, logs  # never None: _check_terms keeps a G-phase term due at every step
 
     def _update(
         self, role: str, loss: torch.Tensor, measure: bool = True

@@ -205,6 +205,11 @@ def test_adaptive_weight_is_vqgans_ratio_at_the_last_layer(plugins):
         (("augment.name=diffaugment",), "augment.name", "conditioned on the generator's input"),
         (("regularizers={}", "loss.critic_start=5"), "loss.critic_start", "G-phase term"),
         (
+            ("regularizers.reconstruction.start=2", "loss.critic_start=5"),
+            "loss.critic_start",
+            "from step 0",
+        ),
+        (
             ("regularizers.reconstruction.every=2", "loss.adaptive_weight=true"),
             "loss.adaptive_weight",
             "every step",
