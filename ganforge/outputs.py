@@ -221,23 +221,20 @@ class RunOutputs:
         targets = self._evaluation_targets
         first = acc.process_index * per_process
         indices = (first + np.arange(per_process)) % len(targets)
-        scores = paired.PairScores()
         seed = stream_seed("evaluation", self.seed)
         with self.sampling() as generator:
-            batches = paired.paired_batches(
+            fake, scores = paired.score_outputs(
+                self._evaluation,
                 lambda source: generator(self._eval_latents(len(source)), None, source=source),
                 parts.input,
                 targets,
                 indices,
                 seed + first,
                 acc.device,
-                scores,
             )
-            fake = self._evaluation.features_of(batches, keep_samples=False)
         fake = evaluation.gather(fake, acc, cfg["num"])
         pairs = {
-            name: acc.gather(v.to(acc.device)).cpu()[: cfg["num"]]
-            for name, v in scores.tensors().items()
+            name: acc.gather(v.to(acc.device)).cpu()[: cfg["num"]] for name, v in scores.items()
         }
         if not acc.is_main_process:
             return None

@@ -102,6 +102,17 @@ def paired_batches(
         yield x, labels
 
 
+def score_outputs(evaluation, generate, make: Input, data: ImageData, indices, seed, device):
+    """The extracted features of the outputs for the inputs made from ``data``'s images at
+    ``indices`` (``evaluation``: a prepared ``ganforge.evaluation`` run), and each output's
+    PSNR and SSIM against its target (``{"psnr": ..., "ssim": ...}``, per image)."""
+    scores = PairScores()
+    batches = paired_batches(generate, make, data, indices, seed, device, scores)
+    with torch.no_grad():
+        fake = evaluation.features_of(batches, keep_samples=False)
+    return fake, scores.tensors()
+
+
 def psnr(x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Peak signal-to-noise ratio of each image (dB), images in [-1, 1] (peak: the range)."""
     mse = (x.float() - target.float()).div(2).square().flatten(1).mean(1)

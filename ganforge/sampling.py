@@ -13,7 +13,7 @@ from ganforge.components import Input, grid_labels
 from ganforge.data import to_model_range
 from ganforge.errors import GanforgeError
 from ganforge.export import GeneratorInfo, generate, latents_from, load_generator
-from ganforge.paired import PairScores, derive, paired_batches
+from ganforge.paired import PairScores, derive, score_outputs
 from ganforge.plugins import Plugins
 from ganforge.runfiles import atomic_write, save_grid, save_scatter
 
@@ -172,15 +172,21 @@ def rebuild_input(info: GeneratorInfo, registry) -> Input:
     return registry.build("input", record["name"], {}, dict(record["kwargs"]), Input)
 
 
-def _read_image(path: Path, channels: int) -> torch.Tensor:
-    """One image file as 1×C×H×W in [-1, 1] (grey or RGB, as ``channels`` asks)."""
+def _read_image(path: Path):
+    """One image file, opened (PIL), or a message naming it."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as picture:
-            array = np.asarray(picture.convert("L" if channels == 1 else "RGB"))
+            picture.load()
+            return picture
     except (OSError, UnidentifiedImageError, ValueError) as err:
         raise GanforgeError(f"--input: cannot read {path}: {err}") from None
+
+
+def _as_tensor(picture, channels: int) -> torch.Tensor:
+    """A PIL image as 1×C×H×W in [-1, 1] (grey for 1 channel, else RGB)."""
+    array = np.asarray(picture.convert("L" if channels == 1 else "RGB"))
     if array.ndim == 2:
         array = array[:, :, None]
     return to_model_range(torch.from_numpy(array.copy()).permute(2, 0, 1)[None])
@@ -193,21 +199,21 @@ def _folder_inputs(folder: Path, info: GeneratorInfo, make: Input, seed: int, de
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise GanforgeError(f"--input {folder}: no image files ({', '.join(IMAGE_SUFFIXES)})")
-    record = info.input
+    side, channels = info.input["resolution"], info.input["channels"]
     for i, path in enumerate(files):
-        side = record["resolution"]
-        image = _read_image(path, record["channels"] if record["channels"] in (1, 3) else 3)
-        if image.shape[-2:] == (side, side) and image.shape[1] == record["channels"]:
-            yield path.stem, image.to(device)
-            continue
-        image = _read_image(path, info.channels)
-        if image.shape[-2:] != (info.resolution, info.resolution):
+        picture = _read_image(path)
+        if picture.size == (side, side) and channels in (1, 3):
+            yield path.stem, _as_tensor(picture, channels).to(device)
+        elif picture.size == (info.resolution, info.resolution):
+            image = _as_tensor(picture, info.channels).to(device)
+            yield path.stem, derive(make, image, seed + i)
+        else:
+            width, height = picture.size
             raise GanforgeError(
-                f"--input: {path} is {image.shape[-1]}×{image.shape[-2]}; the generator takes "
+                f"--input: {path} is {width}×{height}; the generator takes "
                 f"{side}×{side} inputs, or {info.resolution}×{info.resolution} images made "
                 "into inputs as in training"
             )
-        yield path.stem, derive(make, image.to(device), seed + i)
 
 
 def write_from_inputs(
@@ -307,21 +313,17 @@ def _chosen_metrics(metrics: list[str] | None, eval_cfg: dict) -> dict[str, dict
 def _score_pairs(generator, info, images, evaluation, num, seed, device, plugins) -> dict:
     """The metrics of an input-taking generator's outputs for the inputs made from the first
     ``num`` held-out images, and their PSNR and SSIM against those images."""
-    make = rebuild_input(info, plugins.registry)
-    scores = PairScores()
     z = latents_from(info, 1, torch.Generator().manual_seed(seed)).to(device)
-    batches = paired_batches(
+    fake, scores = score_outputs(
+        evaluation,
         lambda source: generator(z.expand(len(source), *z.shape[1:]), None, source=source),
-        make,
+        rebuild_input(info, plugins.registry),
         images,
         np.arange(num),
         seed,
         device,
-        scores,
     )
-    with torch.no_grad():
-        fake = evaluation.features_of(batches, keep_samples=False)
-    return {**evaluation.score(fake), **scores.means(scores.tensors())}
+    return {**evaluation.score(fake), **PairScores.means(scores)}
 
 
 def evaluate_model(
