@@ -23,12 +23,14 @@ from ganforge.averaging import EMA
 from ganforge.checkpoint import Checkpoint, warn
 from ganforge.clusters import cluster_labels, cluster_names, label_prior
 from ganforge.components import Input, Loss, Regularizer, as_critic_output, eval_mode
+from ganforge.critics import FIRST, CriticSet, CriticTerms
 from ganforge.data import DataSource, ImageData, open_store, to_model_range
 from ganforge.distributed import main_decides
 from ganforge.errors import DataError, RecipeError
 from ganforge.recipe import Component, Recipe, takes_input
-from ganforge.registry import Registry
+from ganforge.registry import INPUT_ARGS, Registry
 from ganforge.schedules import initial
+from ganforge.schema import CRITIC_KEYS, CRITIC_TABLES
 from ganforge.streams import stream_seed
 
 
@@ -89,6 +91,10 @@ class Parts:
     input_shape: tuple[int, int] | None = None
     critic_takes_input: bool = False
     adversarial: Adversarial = field(default_factory=Adversarial)
+    # How each critic's outputs enter the losses, in the order D returns them: one entry (the
+    # [discriminator], whose loss is `loss`) unless the recipe has [critics.NAME] tables, and
+    # then D is a critics.CriticSet.
+    critics: list[CriticTerms] = field(default_factory=list)
     # A whole copy of G (decay 0) where the backend shards G and no EMA is kept: samples and
     # the export need the whole generator on one process. Set by the trainer.
     mirror: EMA | None = None
@@ -143,39 +149,51 @@ def build_parts(
             d_core = core
     generator = build("generator", g_spec.name, core, g_spec.kwargs, nn.Module)
     discriminator = build("discriminator", d_spec.name, d_core, d_spec.kwargs, nn.Module)
-    critic_takes_input = derive is not None and bool(getattr(discriminator, "takes_input", False))
+    loss_spec = recipe.component("loss")
+    loss = build("loss", loss_spec.name, {}, loss_spec.kwargs, Loss)
+    # The [discriminator] and each [critics.NAME]: (critic, registry name, its terms).
+    critics = [(discriminator, d_spec.name, CriticTerms(FIRST, 1.0, loss, loss_spec.name))]
+    for name, table in recipe.critics():
+        critics.append(_further_critic(name, table, registry, build, core, loss_spec))
+    critic_takes_input = derive is not None and any(
+        getattr(critic, "takes_input", False) for critic, _, _ in critics
+    )
     if critic_takes_input and recipe.get("augment.name"):
         problem = (
             f"discriminator {d_spec.name!r} is conditioned on the generator's input, which an "
             "augmentation of the images would no longer match: remove [augment]"
         )
         raise RecipeError([("augment.name", problem)], recipe.source)
-    loss_spec = recipe.component("loss")
-    loss = build("loss", loss_spec.name, {}, loss_spec.kwargs, Loss)
-    regularizers = [
-        (name, every, build("regularizer", name, {}, kwargs, Regularizer))
-        for name, every, kwargs in recipe.regularizers()
+    regularizers = [  # [regularizers.NAME] and every critic's own (critics.CRITIC.NAME)
+        (key, every, build("regularizer", key.rpartition(".")[2], {}, kwargs, Regularizer))
+        for key, every, kwargs in recipe.regularizers()
     ]
     for _, _, regularizer in regularizers:
         if isinstance(regularizer, nn.Module):  # its state (buffers) lives beside the models
             regularizer.to(device)
     augmenter = _augmenter(recipe, build, device)
     memory_format = _memory_format(recipe, accelerator)
-    generator, discriminator = generator.to(device), discriminator.to(device)
+    generator = generator.to(device)
+    for critic, name, terms in critics:
+        critic.to(device)
+        if memory_format is not None and data.is_image:
+            critic.to(memory_format=memory_format)
+        conditioned = derive is not None and getattr(critic, "takes_input", False)
+        _check_class_head(
+            terms.loss,
+            terms.loss_name,
+            critic,
+            name,
+            data,
+            num_classes,
+            recipe,
+            device,
+            derive if conditioned else None,
+        )
     if memory_format is not None and data.is_image:
         generator.to(memory_format=memory_format)
-        discriminator.to(memory_format=memory_format)
-    _check_class_head(
-        loss,
-        loss_spec.name,
-        discriminator,
-        d_spec.name,
-        data,
-        num_classes,
-        recipe,
-        device,
-        derive if critic_takes_input else None,
-    )
+    if len(critics) > 1:
+        discriminator = CriticSet({terms.name: critic for critic, _, terms in critics})
     ema_cfg = recipe.section("ema")
     ema = None
     if ema_cfg["decay"] or ema_cfg["half_life_kimg"]:
@@ -206,7 +224,24 @@ def build_parts(
         input_shape=input_shape,
         critic_takes_input=critic_takes_input,
         adversarial=Adversarial.of(recipe.section("loss")),
+        critics=[terms for _, _, terms in critics],
     )
+
+
+def _further_critic(name: str, table: dict, registry: Registry, build, core: dict, loss):
+    """A ``[critics.NAME]`` critic: its discriminator (given the input's shape when its
+    factory takes it), and its terms: its weight and its loss (the recipe's ``[loss]`` unless
+    its table names one)."""
+    kwargs = {k: v for k, v in table.items() if k not in (*CRITIC_KEYS, *CRITIC_TABLES)}
+    if not takes_input(registry.get("discriminator", table["name"])):
+        core = {k: v for k, v in core.items() if k not in INPUT_ARGS}
+    critic = build("discriminator", table["name"], core, kwargs, nn.Module)
+    spec = loss
+    if table["loss"]:
+        options = {k: v for k, v in table["loss"].items() if k != "name"}
+        spec = Component(table["loss"]["name"], options)
+    built = build("loss", spec.name, {}, spec.kwargs, Loss)
+    return critic, table["name"], CriticTerms(name, table["weight"], built, spec.name)
 
 
 def _builder(recipe: Recipe, registry: Registry):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol, runtime_checkable
@@ -12,10 +12,13 @@ from torch import nn
 
 
 class CriticOutput(NamedTuple):
-    """What ``critic(x, y)`` returns: logits ``(B,)`` plus optional extras.
+    """What ``critic(x, y)`` returns: logits ``(B,)`` (or ``(B, N)``: one per patch, period
+    or position) plus optional extras.
 
-    ``class_logits`` (B×num_classes) serve auxiliary-classifier losses; ``features`` (the
-    penultimate activations) serve feature-matching and consistency terms.
+    ``class_logits`` (B×num_classes) serve auxiliary-classifier losses; ``features``, a list
+    of the critic's intermediate activations (per layer, any shapes, the penultimate last),
+    serve feature matching (pix2pixHD, MelGAN, HiFi-GAN) and consistency terms. A single
+    tensor is taken as a list of one.
 
     A named tuple, so that every backend sees the tensors a discriminator returns: DeepSpeed
     ZeRO-3 and FSDP2 hook a module's backward on its output tensors, found in tuples and
@@ -24,7 +27,7 @@ class CriticOutput(NamedTuple):
 
     logits: torch.Tensor
     class_logits: torch.Tensor | None = None
-    features: torch.Tensor | None = None
+    features: list[torch.Tensor] | None = None
 
 
 def as_critic_output(out: torch.Tensor | CriticOutput) -> CriticOutput:
@@ -33,6 +36,8 @@ def as_critic_output(out: torch.Tensor | CriticOutput) -> CriticOutput:
         out = CriticOutput(logits=out)
     if out.logits.dim() > 1:
         out = out._replace(logits=out.logits.reshape(out.logits.shape[0], -1).squeeze(1))
+    if isinstance(out.features, torch.Tensor):
+        out = out._replace(features=[out.features])
     return out
 
 
@@ -95,6 +100,13 @@ class RegularizerContext:
     ``source`` is G's input for this batch when the recipe has an ``[input]`` (``fake`` was
     generated from it, ``real`` is its target), else None; ``critic`` is then already
     conditioned on it where the discriminator takes it.
+
+    With several critics (``[critics.NAME]``), ``critic`` is the one this regularizer belongs
+    to (a critic's own regularizers get that critic, ``[regularizers]`` the
+    ``[discriminator]``), and ``passes`` are its passes. ``critics(x, y)`` gives every
+    critic's output as a list (one entry with one critic), and ``outputs`` the G phase's
+    adversarial passes of every critic: ``outputs["fake"]`` (with a graph into G) and, when a
+    loss needs them, ``outputs["real"]`` (empty in the D phase and before ``critic_start``).
     """
 
     phase: str
@@ -108,6 +120,8 @@ class RegularizerContext:
     y_fake: torch.Tensor | None
     passes: dict[str, CriticPass] = field(default_factory=dict)
     source: torch.Tensor | None = None
+    critics: Callable[..., list[CriticOutput]] | None = None
+    outputs: dict[str, list[CriticOutput]] = field(default_factory=dict)
     _gradients: dict[str, torch.Tensor] | None = field(default=None, repr=False)
 
     def __post_init__(self):

@@ -24,6 +24,9 @@ from ganforge.registry import CORE_ARGS, INPUT_ARGS, Registry
 from ganforge.schedules import initial, is_schedule, resolve
 from ganforge.schema import (
     COMPONENT_SECTIONS,
+    CRITIC_KEYS,
+    CRITIC_OPTIM,
+    CRITIC_TABLES,
     EVAL_TABLES,
     OPTIM,
     OPTIMIZER,
@@ -59,17 +62,32 @@ class Recipe:
         core = SCHEMA[section]
         return Component(table["name"], {k: v for k, v in table.items() if k not in core})
 
+    def regularizer_tables(self) -> dict[str, dict[str, Any]]:
+        """Every regularizer's table by its key: ``NAME`` for ``[regularizers.NAME]``,
+        ``critics.CRITIC.NAME`` for a further critic's own (the registry name is the key's
+        last part)."""
+        found = dict(self.tables.get("regularizers", {}))
+        for critic, table in self.critics():
+            for name, sub in table.get("regularizers", {}).items():
+                found[f"critics.{critic}.{name}"] = sub
+        return found
+
     def regularizers(self) -> list[tuple[str, int, dict[str, Any]]]:
-        """``(name, every, kwargs)`` for each ``[regularizers.NAME]`` table; a scheduled
-        option is given its value at 0 images (``ganforge.schedules`` sets it every step)."""
+        """``(key, every, kwargs)`` for each regularizer (:meth:`regularizer_tables`); a
+        scheduled option is given its value at 0 images (``ganforge.schedules`` sets it every
+        step)."""
         return [
             (
-                name,
+                key,
                 table.get("every", 1),
                 {k: initial(v) for k, v in table.items() if k not in REGULARIZER_KEYS},
             )
-            for name, table in self.tables.get("regularizers", {}).items()
+            for key, table in self.regularizer_tables().items()
         ]
+
+    def critics(self) -> list[tuple[str, dict[str, Any]]]:
+        """``(name, table)`` of each further critic (``[critics.NAME]``), in recipe order."""
+        return [(name, dict(table)) for name, table in self.tables.get("critics", {}).items()]
 
     def get(self, dotted: str) -> Any:
         node: Any = self.tables
@@ -239,6 +257,8 @@ def validate(
             value = {}
         if section == "regularizers":
             resolved[section] = _check_regularizers(value, registry, problems)
+        elif section == "critics":
+            resolved[section] = _check_critics(value, problems)
         elif section == "optim":
             resolved[section] = _check_optim(value, problems)
         elif section == "eval":
@@ -278,6 +298,8 @@ def validate(
         for section, kind in COMPONENT_SECTIONS.items():
             table = resolved[section]
             _check_component(section, kind, table, registry, conditioning, problems, has_input)
+        for name, table in resolved["critics"].items():
+            _check_critic(f"critics.{name}", table, registry, conditioning, problems)
     if problems:
         raise RecipeError(problems, source)
     if not resolved["run"]["out_dir"]:
@@ -361,10 +383,10 @@ def _check_optim(table, problems) -> dict[str, Any]:
     return out
 
 
-def _check_regularizers(table, registry, problems) -> dict[str, Any]:
+def _check_regularizers(table, registry, problems, prefix="regularizers") -> dict[str, Any]:
     out = {}
     for name, sub in table.items():
-        where = f"regularizers.{name}"
+        where = f"{prefix}.{name}"
         if not isinstance(sub, Mapping):
             problems.append((where, "must be a table of the regularizer's options"))
             continue
@@ -381,6 +403,81 @@ def _check_regularizers(table, registry, problems) -> dict[str, Any]:
                 _bind_kwargs(where, entry, kwargs, problems)
         out[name] = resolved
     return out
+
+
+def _check_critics(table, problems) -> dict[str, Any]:
+    """Each ``[critics.NAME]`` table: its core keys, its factory's options, and its ``loss``
+    (a table naming a loss; default the recipe's ``[loss]``), ``optim`` (what differs from
+    ``[optim.discriminator]``) and ``regularizers`` (D-phase terms on this critic)."""
+    out = {}
+    for name, sub in table.items():
+        where = f"critics.{name}"
+        if name == "discriminator" or not re.fullmatch(r"[A-Za-z_]\w*", name):
+            problems.append((where, "a critic's name is a word other than 'discriminator'"))
+            continue
+        if not isinstance(sub, Mapping):
+            problems.append((where, "must be a table naming a discriminator"))
+            continue
+        core = {k: v for k, v in sub.items() if k not in CRITIC_TABLES}
+        resolved = _check_table(where, core, CRITIC_KEYS, problems, extra_allowed=True)
+        loss = sub.get("loss", {})
+        if not isinstance(loss, Mapping) or (loss and not isinstance(loss.get("name"), str)):
+            problems.append((f"{where}.loss", 'must be a table naming a loss: { name = "hinge" }'))
+            loss = {}
+        optim = sub.get("optim", {})
+        if not isinstance(optim, Mapping):
+            problems.append((f"{where}.optim", "must be a table"))
+            optim = {}
+        checked = _check_table(f"{where}.optim", optim, CRITIC_OPTIM, problems)
+        regularizers = sub.get("regularizers", {})
+        if not isinstance(regularizers, Mapping):
+            problems.append((f"{where}.regularizers", "must be a table of regularizer tables"))
+            regularizers = {}
+        resolved["loss"] = dict(loss)
+        resolved["optim"] = {k: v for k, v in checked.items() if v is not None}
+        resolved["regularizers"] = _check_regularizers(
+            regularizers, None, problems, f"{where}.regularizers"
+        )
+        out[name] = resolved
+    return out
+
+
+def _check_critic(where, table, registry, conditioning, problems) -> None:
+    """A further critic's discriminator, loss and regularizers against the registry; its
+    regularizers must be D-phase terms (G-phase ones go in ``[regularizers]``)."""
+    name = table.get("name")
+    if not isinstance(name, str):
+        return
+    entry = registry.find("discriminator", name)
+    if entry is None:
+        problems.append((f"{where}.name", registry.unknown_message("discriminator", name)))
+    else:
+        if conditioning and not entry.conditional:
+            problem = f"discriminator {name!r} cannot condition on labels, but {conditioning}"
+            problems.append((f"{where}.name", problem))
+        kwargs = {k: v for k, v in table.items() if k not in (*CRITIC_KEYS, *CRITIC_TABLES)}
+        _bind_kwargs(where, entry, kwargs, problems)
+    loss = table["loss"]
+    if loss:
+        entry = registry.find("loss", loss["name"])
+        if entry is None:
+            message = registry.unknown_message("loss", loss["name"])
+            problems.append((f"{where}.loss.name", message))
+        else:
+            options = {k: v for k, v in loss.items() if k != "name"}
+            _bind_kwargs(f"{where}.loss", entry, options, problems)
+    for reg, sub in table["regularizers"].items():
+        entry = registry.find("regularizer", reg)
+        at = f"{where}.regularizers.{reg}"
+        if entry is None:
+            problems.append((at, registry.unknown_message("regularizer", reg)))
+            continue
+        if getattr(entry.factory, "phase", "d") != "d":
+            problem = "is a G-phase term: put it in [regularizers], which G's loss reads"
+            problems.append((at, problem))
+            continue
+        kwargs = {k: initial(v) for k, v in sub.items() if k not in REGULARIZER_KEYS}
+        _bind_kwargs(at, entry, kwargs, problems)
 
 
 def _check_eval(table, registry, problems) -> dict[str, Any]:

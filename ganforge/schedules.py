@@ -172,6 +172,11 @@ class Schedules:
             return parts.augmenter.p.fill_
         if section == "loss":  # loss.adversarial_weight: the adversarial term's weight in G
             return lambda v: setattr(parts.adversarial, "weight", v)
+        if section == "critics":  # critics.CRITIC.regularizers.NAME.OPTION
+            critic, _, rest = rest.partition(".")
+            name, _, option = rest.partition(".")[2].partition(".")
+            key = f"critics.{critic}.{name}"
+            return _option_setter(regularizers[key], key, option)
         name, _, option = rest.partition(".")
         return _option_setter(regularizers[name], name, option)
 
@@ -215,7 +220,7 @@ def _option_setter(instance: Any, name: str, option: str) -> Callable[[float], N
         raise RecipeError(
             [
                 (
-                    f"regularizers.{name}.{option}",
+                    f"{_where(name)}.{option}",
                     f"{type(instance).__name__} keeps no number attribute {option!r}, so it "
                     "cannot follow a schedule",
                 )
@@ -224,13 +229,24 @@ def _option_setter(instance: Any, name: str, option: str) -> Callable[[float], N
     return lambda v: setattr(instance, option, v)
 
 
+def _where(key: str) -> str:
+    """The recipe table of regularizer ``key`` (``critics.CRITIC.NAME`` is a critic's own)."""
+    if key.startswith("critics."):
+        _, critic, name = key.split(".", 2)
+        return f"critics.{critic}.regularizers.{name}"
+    return f"regularizers.{key}"
+
+
 def _set_group(execution, role: str, key: str, value: float) -> None:
     for group in execution.param_groups(role):
-        group[key] = value
+        # A critic with its own lr keeps its ratio to the base lr (critics.parameter_groups).
+        group[key] = value * group["lr_ratio"] if "lr_ratio" in group else value
 
 
 def _set_beta(execution, role: str, index: int, value: float) -> None:
     for group in execution.param_groups(role):
+        if group.get("own_betas"):  # a critic's own betas: fixed
+            continue
         betas = list(group["betas"])
         betas[index] = value
         group["betas"] = tuple(betas)

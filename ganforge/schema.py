@@ -294,6 +294,21 @@ REGULARIZER_KEYS = {
     # The first step the term is applied (a reconstruction term's warm-up, a late penalty).
     "start": Key(int, 0, OPTIM, non_negative),
 }
+#: Core keys of a further critic's table (``[critics.NAME]``); its other keys are the
+#: discriminator factory's options, and its tables ``loss``, ``optim`` and ``regularizers``
+#: (:data:`CRITIC_TABLES`) its own loss, optimizer settings and D-phase regularizers.
+CRITIC_KEYS = {
+    "name": Key(str, REQUIRED, MODEL),
+    # Its adversarial terms' weight, in D's loss and in G's (the [discriminator]'s is 1).
+    "weight": Key(float, 1.0, OPTIM, non_negative),
+}
+CRITIC_TABLES = ("loss", "optim", "regularizers")
+#: What a critic's ``optim`` table may set apart from ``[optim.discriminator]`` (plain values:
+#: a schedule or decay of ``optim.discriminator.lr`` scales every critic's lr alike).
+CRITIC_OPTIM = {
+    k: Key(OPTIMIZER[k].type, None, OPTIM, OPTIMIZER[k].check)
+    for k in ("lr", "betas", "eps", "weight_decay")
+}
 #: Sections whose extra keys go to a registered factory, and the registry kind of each.
 COMPONENT_SECTIONS = {
     "data": "dataset",
@@ -307,6 +322,7 @@ SECTION_ROLES = {
     "data": MODEL,
     "generator": MODEL,
     "discriminator": MODEL,
+    "critics": MODEL,
     "loss": OPTIM,
     "augment": OPTIM,
     "input": MODEL,
@@ -317,6 +333,7 @@ SECTIONS = (
     "input",
     "generator",
     "discriminator",
+    "critics",
     "loss",
     "regularizers",
     "augment",

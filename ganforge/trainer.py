@@ -26,6 +26,7 @@ from ganforge.components import (
     as_critic_output,
     sample_latents,
 )
+from ganforge.critics import CriticSet, parameter_groups
 from ganforge.data import BatchSource
 from ganforge.diagnostics import Watch
 from ganforge.distributed import (
@@ -56,7 +57,13 @@ from ganforge.stopping import (
 )
 from ganforge.updates import Phase, build_optimizer
 
-__all__ = ["Phase", "RunInfo", "Trainer", "read_metrics"]  # Phase and RunInfo: their old home
+__all__ = ["Phase", "RunInfo", "Trainer", "read_metrics"]
+PER_CRITIC = ("d_loss/", "g_loss/")  # log keys of each critic's term
+
+
+def _member(critics, k: int, x, y, *, float32: bool = False) -> CriticOutput:
+    """Critic ``k``'s output of ``critics(x, y)`` (every critic runs: D is one module)."""
+    return critics(x, y, float32=float32)[k]  # Phase and RunInfo: their old home
 
 
 class Trainer:
@@ -165,8 +172,16 @@ class Trainer:
         self._reuse_passes = True
         images_per_step = self.batch_size * self.n_critic
         self.schedules = Schedules(self.recipe, parts, self.execution, images_per_step)
-        tables = self.recipe.section("regularizers")
-        self._starts = {name: table.get("start", 0) for name, table in tables.items()}
+        tables = self.recipe.regularizer_tables()
+        self._starts = {key: table.get("start", 0) for key, table in tables.items()}
+        # Which critic each regularizer is given (an index into D's outputs): a critic's own
+        # (critics.NAME.REG) that one, the rest the [discriminator].
+        names = [terms.name for terms in parts.critics]
+        self._member = {
+            key: names.index(key.split(".")[1]) if key.startswith("critics.") else 0
+            for key in tables
+        }
+        self._several = len(parts.critics) > 1
         self._check_terms()
 
     def _check_terms(self) -> None:
@@ -221,6 +236,12 @@ class Trainer:
             raise RecipeError([(key, problem)], self.recipe.source)
 
     def _make_optimizer(self, role: str, parameters) -> torch.optim.Optimizer:
+        if role == "discriminator" and isinstance(self.parts.discriminator, CriticSet):
+            # One parameter group per critic, with the settings its optim table changes.
+            overrides = [dict(table["optim"]) for _, table in self.recipe.critics()]
+            parameters = parameter_groups(
+                self.parts.discriminator, self.optim[role], [{}, *overrides]
+            )
         return build_optimizer(parameters, self.optim[role])
 
     # What plugins, benchmarks and users read of a run.
@@ -266,6 +287,18 @@ class Trainer:
         gradients: under mixed precision their double backward would lose precision and
         overflow, and the loss scaler must only scale the final backward.
         """
+        return self.critics(x, y, float32=float32, source=source)[0]
+
+    def critics(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor | None,
+        *,
+        float32: bool = False,
+        source: torch.Tensor | None = None,
+    ) -> list[CriticOutput]:
+        """Every critic's output on ``x``, in recipe order (the ``[discriminator]`` first;
+        one entry without ``[critics]``): one call of D, as :meth:`critic` describes."""
         if float32:
             x = x.float()
         if self.augmenter is not None:
@@ -274,9 +307,11 @@ class Trainer:
         if self.parts.critic_takes_input:
             extra["source"] = source.float() if float32 else source
         if not float32:
-            return as_critic_output(self.D(x, y, **extra))
-        with self.execution.float32(self.D):
-            return as_critic_output(self.D(x.float(), y, **extra))
+            out = self.D(x, y, **extra)
+        else:
+            with self.execution.float32(self.D):
+                out = self.D(x.float(), y, **extra)
+        return list(out) if self._several else [as_critic_output(out)]
 
     def latents(self, n: int) -> torch.Tensor:
         """``n`` training latents from this process's stream."""
@@ -318,19 +353,22 @@ class Trainer:
         self._critic_grad(False)
         with self.execution.no_sync("discriminator"):
             term = None  # the adversarial term (none before [loss] critic_start)
+            outputs: dict[str, list[CriticOutput]] = {}  # for G-phase terms (feature matching)
+            per_critic: dict[str, torch.Tensor] = {}
             if adversarial:
-                fake_out = self.critic(fake, y_fake, source=source)
-                real_out = None
-                if parts.loss.needs_real_for_g:
-                    real_out = self.critic(real, y_real, source=source)
-                term = parts.loss.g_loss(fake_out, real_out, y_real, y_fake)
+                outputs["fake"] = self.critics(fake, y_fake, source=source)
+                if any(terms.loss.needs_real_for_g for terms in parts.critics):
+                    outputs["real"] = self.critics(real, y_real, source=source)
+                term, per_critic = self._weighed("g_loss", outputs, y_real, y_fake)
+            reg = partial(self._regularize, phase="g", step=step, source=source, outputs=outputs)
             if term is not None and weighting.adaptive:
-                rest, logs = self._regularize(None, "g", step, *tensors, source=source)
+                rest, logs = reg(None, tensors)
                 loss, logs["adversarial_weight"] = self._adaptive(term, rest)
             else:
                 if term is not None and weighting.weight != 1.0:
                     term = term * weighting.weight
-                loss, logs = self._regularize(term, "g", step, *tensors, source=source)
+                loss, logs = reg(term, tensors)
+            logs.update(per_critic)
             norm, skipped = self._update("generator", loss, measure)
         self._critic_grad(True)
         return Phase(loss.detach(), norm, skipped, logs)
@@ -382,16 +420,37 @@ class Trainer:
         real, y_real, y_fake, z, generated, source = batch
         fake = generated.detach()
         passes = self._critic_passes(step, real, fake, y_real, y_fake, source)
-        real_out, fake_out = passes["real"].out, passes["fake"].out
-        loss = parts.loss.d_loss(real_out, fake_out, y_real, y_fake)
-        loss, logs = self._regularize(
-            loss, "d", step, real, fake, z, y_real, y_fake, passes=passes, source=source
-        )
+        outputs = {which: [out for _, out in members] for which, members in passes.items()}
+        loss, per_critic = self._weighed("d_loss", outputs, y_real, y_fake)
+        tensors = (real, fake, z, y_real, y_fake)
+        loss, logs = self._regularize(loss, tensors, "d", step, passes=passes, source=source)
+        logs.update(per_critic)
         norm, skipped = self._update("discriminator", loss, measure)
+        real_out, fake_out = outputs["real"][0], outputs["fake"][0]  # the [discriminator]'s
         if parts.augmenter is not None:
             parts.augmenter.observe(real_out.logits)
         d = Phase(loss.detach(), norm, skipped, logs, real_out, fake_out)
         return d, batch
+
+    def _weighed(self, which: str, outputs, y_real, y_fake):
+        """Every critic's ``d_loss`` or ``g_loss`` (``which``) on its ``outputs["real"]`` and
+        ``outputs["fake"]``, weighed and summed; with several critics also each critic's term,
+        for the log (``d_loss/NAME``, ``g_loss/NAME``)."""
+        fakes, reals = outputs["fake"], outputs.get("real")
+        total, logs = None, {}
+        for k, terms in enumerate(self.parts.critics):
+            real = reals[k] if reals is not None else None
+            if which == "d_loss":
+                term = terms.loss.d_loss(real, fakes[k], y_real, y_fake)
+            else:
+                real = real if terms.loss.needs_real_for_g else None
+                term = terms.loss.g_loss(fakes[k], real, y_real, y_fake)
+            if self._several:
+                logs[f"{which}/{terms.name}"] = term.detach()
+            if terms.weight != 1.0:
+                term = term * terms.weight
+            total = term if total is None else total + term
+        return total, logs
 
     def _critic_passes(
         self,
@@ -401,8 +460,9 @@ class Trainer:
         y_real: torch.Tensor | None,
         y_fake: torch.Tensor | None,
         source: torch.Tensor | None = None,
-    ) -> dict[str, CriticPass]:
-        """The D phase's adversarial passes on the reals and the fakes.
+    ) -> dict[str, list[CriticPass]]:
+        """The D phase's adversarial passes on the reals and the fakes: each critic's, in
+        D's order (one call of D gives them all).
 
         A pass that a regularizer due at ``step`` reuses (its ``reuses``: R1 the reals', R2
         the fakes') runs on inputs requiring grad, in float32 with autocast off, so the
@@ -420,8 +480,8 @@ class Trainer:
         for which, x, y in (("real", real, y_real), ("fake", fake, y_fake)):
             if which in reused:
                 x = x.detach().float().requires_grad_(True)
-            out = self.critic(x, y, float32=which in reused, source=source)
-            passes[which] = CriticPass(x, out)
+            outs = self.critics(x, y, float32=which in reused, source=source)
+            passes[which] = [CriticPass(x, out) for out in outs]
         return passes
 
     def _after_updates(self, step: int, skips: list[torch.Tensor]) -> None:
@@ -451,31 +511,55 @@ class Trainer:
     def _regularize(
         self,
         loss: torch.Tensor | None,
+        tensors: tuple,
         phase: str,
         step: int,
-        *tensors,
+        *,
         passes=None,
         source: torch.Tensor | None = None,
+        outputs=None,
     ):
         """``loss`` plus the phase's regularizer terms due at ``step``, and their logs;
-        ``passes``: the D phase's adversarial passes that were run for reuse; ``source``: G's
-        input for the batch (``[input]``). ``loss`` None: the terms alone."""
+        ``tensors``: ``(real, fake, z, y_real, y_fake)``; ``passes``: the D phase's
+        adversarial passes (each critic's), run for reuse where a term due asked; ``source``:
+        G's input for the batch (``[input]``); ``outputs``: the G phase's adversarial critic
+        outputs. ``loss`` None: the terms alone. A critic's own regularizers are given that
+        critic, the others the ``[discriminator]``."""
         logs: dict[str, torch.Tensor] = {}
-        ctx = None
+        contexts: dict[int, RegularizerContext] = {}
         for name, every, regularizer in self.parts.regularizers:
             if regularizer.phase != phase or not self._due(name, every, step):
                 continue
+            k = self._member[name]
+            ctx = contexts.get(k)
             if ctx is None:  # built only when a term is due (launch-bound steps feel it)
-                critic = self.critic if source is None else partial(self.critic, source=source)
-                ctx = RegularizerContext(
-                    phase, step, self.G, critic, *tensors, passes or {}, source=source
-                )
+                ctx = contexts[k] = self._context(k, phase, step, tensors, passes, source, outputs)
             term, reg_logs = regularizer(ctx)
             scaled = every * term  # lazy regularization keeps the term's average weight
             loss = scaled if loss is None else loss + scaled
             logs[name] = term.detach()
             logs.update({f"{name}/{k}": v for k, v in reg_logs.items()})
         return loss, logs  # never None: _check_terms keeps a G-phase term due at every step
+
+    def _context(self, k, phase, step, tensors, passes, source, outputs) -> RegularizerContext:
+        """What a regularizer of critic ``k`` (an index into D's outputs) is given."""
+        critics = self.critics if source is None else partial(self.critics, source=source)
+        if self._several:
+            critic = partial(_member, critics, k)
+        else:
+            critic = self.critic if source is None else partial(self.critic, source=source)
+        mine = {which: members[k] for which, members in (passes or {}).items()}
+        return RegularizerContext(
+            phase,
+            step,
+            self.G,
+            critic,
+            *tensors,
+            mine,
+            source=source,
+            critics=critics,
+            outputs=outputs or {},
+        )
 
     def _update(
         self, role: str, loss: torch.Tensor, measure: bool = True
@@ -624,7 +708,12 @@ class Trainer:
             else None,
             "grad_norm_d": d.grad_norm,
             "grad_norm_g": g.grad_norm,
-            **{f"reg/{k}": v for k, v in {**d.logs, **g.logs}.items()},
+            # Regularizer terms as reg/NAME; with several critics each one's loss as
+            # d_loss/CRITIC and g_loss/CRITIC.
+            **{
+                k if k.startswith(PER_CRITIC) else f"reg/{k}": v
+                for k, v in {**d.logs, **g.logs}.items()
+            },
             **(self.augmenter.logs() if self.augmenter is not None else {}),
         }
         named = {k: v for k, v in named.items() if v is not None}

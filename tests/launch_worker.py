@@ -125,6 +125,36 @@ def paired(out: Path) -> None:
     save_file(model_state(trainer), str(out / f"paired_{world}_rank{rank}.safetensors"))
 
 
+#: Two critics on the 1-D toy (tests/test_critics.py's SIGNALS): a period critic, a scale
+#: critic with its own weight, lr, betas and R1, LSGAN and feature matching; nothing random
+#: beyond the data order and the latents.
+CRITICS = (
+    "data={name='signals', length=32, size=64}",
+    "generator={name='mlp', hidden=16, latent_dim=4}",
+    "discriminator={name='signal_period', periods=[2, 3], width=4, layers=2}",
+    "critics.scale={name='signal_scale', scales=2, width=4, layers=2, weight=0.5, "
+    "optim={lr=1e-3, betas=[0.0, 0.9]}, regularizers={r1={gamma=1.0}}}",
+    "loss.name=lsgan",
+    "regularizers.feature_matching.weight=1.0",
+    "train.steps=3",
+    "train.checkpoint_every=0",
+    "eval.every=0",
+)
+
+
+def critics(out: Path, *overrides: str) -> None:
+    """3 steps of :data:`CRITICS` on the same global batches and latents, under the launch's
+    backend (``overrides`` may name one), whatever the number of processes: every rank
+    records the whole models and optimizer state."""
+    trainer = make_trainer(out, *CRITICS, *overrides)
+    rank, world = trainer.acc.process_index, trainer.acc.num_processes
+    use_global_latents(trainer)
+    trainer.fit()
+    state = full_state(trainer)
+    (out / f"critics_{world}_rank{rank}.json").write_text(json.dumps(trainer.backend_name))
+    save_file(state, str(out / f"critics_{world}_rank{rank}.safetensors"))
+
+
 #: The backend checks' recipe: EQUIVALENCE with a gradient penalty beside R1 (n_critic 2, EMA),
 #: gradients clipped (train.grad_clip: ganforge's clipping, whichever backend), a checkpoint
 #: every 2 steps and no evaluation.
@@ -336,7 +366,7 @@ def refuse_unpickling() -> None:
 if __name__ == "__main__":
     mode, out, *rest = sys.argv[1:]
     shared_group = False
-    if mode in ("backend", "bf16"):  # DeepSpeed and FSDP2 paths run with unpickling refused
+    if mode in ("backend", "bf16", "critics"):  # DeepSpeed and FSDP2 run with unpickling refused
         refuse_unpickling()
         from accelerate import Accelerator
 
@@ -348,6 +378,7 @@ if __name__ == "__main__":
     modes = {
         "equivalence": equivalence,
         "paired": paired,
+        "critics": critics,
         "quickstart": quickstart,
         "precision": precision,
         "backend": backend,

@@ -52,9 +52,12 @@ def references(tmp_path_factory):
     return reference
 
 
-def launch(case: str, world: int, tmp_path: Path, reference_checkpoint: Path):
-    """The backend worker under ``case`` on ``world`` processes, launched as a user would."""
-    args = ["backend", str(tmp_path / "out"), str(reference_checkpoint), *PENALTIES.get(case, ())]
+def launch(case: str, world: int, tmp_path: Path, reference_checkpoint: Path | None, args=None):
+    """The backend worker under ``case`` on ``world`` processes, launched as a user would;
+    ``args``: the worker's mode and arguments (default: the backend checks)."""
+    if args is None:
+        args = ["backend", str(tmp_path / "out"), str(reference_checkpoint)]
+        args += PENALTIES.get(case, ())
     python = sys.executable
     if world == 1:  # a recipe switch, no launcher
         backend = (
@@ -137,6 +140,22 @@ def test_backend_trains_resumes_and_skips_like_the_plain_step(tmp_path, referenc
         back = launch_worker.make_trainer(tmp_path / "back", *recipe, f"train.resume={checkpoint}")
         assert back.step == 2
         close(launch_worker.full_state(back), checkpoint_tensors(checkpoint), 0.0, "back")
+
+
+@pytest.mark.parametrize("case", ["zero2", "fsdp"])
+def test_several_critics_train_under_a_backend_as_the_plain_step(tmp_path, case):
+    """Two critics (one module of D's, one parameter group each, a critic's own R1, feature
+    matching) on two processes under ZeRO-2 or FSDP2: what the plain step trains on one."""
+    launch_worker.critics(tmp_path / "plain")
+    plain = load_file(str(tmp_path / "plain" / "critics_1_rank0.safetensors"))
+    done = launch(case, 2, tmp_path, None, ["critics", str(tmp_path / "out")])
+    assert done.returncode == 0, done.stderr[-4000:]
+    for rank in (0, 1):
+        assert json.loads((tmp_path / "out" / f"critics_2_rank{rank}.json").read_text()) == (
+            NAMES[case]
+        )
+        two = load_file(str(tmp_path / "out" / f"critics_2_rank{rank}.safetensors"))
+        close(two, plain, 1e-6, f"{case} x2 vs plain")
 
 
 @pytest.mark.parametrize("case", ["zero2", "fsdp"])

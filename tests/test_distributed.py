@@ -107,6 +107,16 @@ def test_two_processes_train_the_input_taking_model_one_process_trains(tmp_path)
     assert [r["step"] for r in records if "reg/adversarial_weight" in r] == [2, 3]
 
 
+def test_two_processes_train_two_critics_as_one_process_does(tmp_path):
+    """The 1-D toy's two critics (own weight, lr, betas and R1) with feature matching: one D
+    module under DDP, so two processes train what one does."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    import launch_worker
+
+    done = two_processes_match_one(tmp_path, "critics", launch_worker.critics)
+    assert "(DDP)" in done.stdout
+
+
 def test_two_process_quickstart_agrees_on_every_rank_exports_and_resumes_exactly(tmp_path):
     out = tmp_path / "worker"
     run = tmp_path / "run"

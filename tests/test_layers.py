@@ -23,6 +23,7 @@ LAYERS: dict[str, set[str]] = {
         "ganforge",
         "ganforge.errors",
         "ganforge.components",
+        "ganforge.critics",
         "ganforge.schema",
         "ganforge.runfiles",
         "ganforge.updates",

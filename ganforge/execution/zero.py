@@ -85,11 +85,15 @@ class ZeroExecution(Execution):
         }
 
     def prepare(self, generator, discriminator, make_optimizer):
+        self._group_indices: dict[str, list[list[int]]] = {}
         for role, model in (("generator", generator), ("discriminator", discriminator)):
+            optimizer = make_optimizer(role, model.parameters())
+            index = {id(p): i for i, p in enumerate(model.parameters())}
+            self._group_indices[role] = [
+                [index[id(p)] for p in group["params"]] for group in optimizer.param_groups
+            ]
             engine, *_ = self.deepspeed.initialize(
-                model=model,
-                optimizer=make_optimizer(role, model.parameters()),
-                config=self._config(),
+                model=model, optimizer=optimizer, config=self._config()
             )
             self.engines[role] = engine
             self.modules[role] = engine.module
@@ -138,36 +142,63 @@ class ZeroExecution(Execution):
     def _params(self, role) -> list[torch.nn.Parameter]:
         return list(self.modules[role].parameters())
 
+    def _groups(self, role) -> list[list[int]]:
+        """Each optimizer parameter group's parameters, as indices into the module's
+        parameters (the unsharded optimizer's ``state_dict`` numbering)."""
+        return self._group_indices[role]
+
+    def _relink(self, role) -> None:
+        """ZeRO-1/2 links each parameter to its optimizer state after the first step, once,
+        but before the later groups' state exists (DeepSpeed 0.19.8): with several parameter
+        groups (several critics) those links are empty. Linked again where state exists."""
+        zero = self.engines[role].optimizer
+        flats = self._flat_partitions(role)
+        if hasattr(zero, "_hp_optimizer_states_linked") and all(
+            self.optimizers[role].state.get(flat) for flat in flats
+        ):
+            zero._hp_optimizer_states_linked = False
+            zero._lazy_init_hp_params_optimizer_state()
+
     def optimizer_state(self, role):
         from deepspeed.utils import safe_get_full_optimizer_state
 
-        inner = self.optimizers[role]
-        groups = [_group_without_params(inner.param_groups[0], len(self._params(role)))]
-        first = inner.state.get(self._flat_partitions(role)[0], {})
-        if not first:  # no update yet: Adam's state is created at its first step
+        inner, params = self.optimizers[role], self._params(role)
+        members = self._groups(role)
+        groups = [
+            {**{k: v for k, v in group.items() if k != "params"}, "params": list(indices)}
+            for group, indices in zip(inner.param_groups, members, strict=True)
+        ]
+        flats = self._flat_partitions(role)
+        firsts = [inner.state.get(flat, {}) for flat in flats]
+        if not all(firsts):  # no update yet: Adam's state is created at its first step
             return {"state": {}, "param_groups": groups}
-        moments = [k for k, v in first.items() if torch.is_tensor(v) and v.dim() > 0]
+        self._relink(role)
         state = {}
-        for index, param in enumerate(self._params(role)):
-            shape = getattr(param, "ds_shape", param.shape)
-            entry = {k: v.detach().clone() for k, v in first.items() if k not in moments}
-            for key in moments:  # collective: every rank, same order
-                entry[key] = safe_get_full_optimizer_state(param, key).reshape(shape).clone()
-            state[index] = entry
-        return {"state": state, "param_groups": groups}
+        for first, indices in zip(firsts, members, strict=True):
+            moments = [k for k, v in first.items() if torch.is_tensor(v) and v.dim() > 0]
+            for index in indices:
+                param = params[index]
+                shape = getattr(param, "ds_shape", param.shape)
+                entry = {k: v.detach().clone() for k, v in first.items() if k not in moments}
+                for key in moments:  # collective: every rank, same order
+                    full = safe_get_full_optimizer_state(param, key)
+                    entry[key] = full.reshape(shape).clone()
+                state[index] = entry
+        return {"state": {i: state[i] for i in sorted(state)}, "param_groups": groups}
 
     def load_optimizer_state(self, role, state):
         from deepspeed.utils import safe_set_full_optimizer_state
 
-        inner = self.optimizers[role]
-        saved_group = state["param_groups"][0]
-        for group in inner.param_groups:
-            group.update({k: v for k, v in saved_group.items() if k != "params"})
+        inner, params = self.optimizers[role], self._params(role)
+        for group, saved in zip(inner.param_groups, state["param_groups"], strict=True):
+            group.update({k: v for k, v in saved.items() if k != "params"})
         if not state["state"]:
             return
-        first = state["state"][0]
-        moments = [k for k, v in first.items() if torch.is_tensor(v) and v.dim() > 0]
-        for flat in self._flat_partitions(role):  # Adam's state, created as its step would
+        saved_state = {int(k): v for k, v in state["state"].items()}
+        flats, members = self._flat_partitions(role), self._groups(role)
+        for flat, indices in zip(flats, members, strict=True):
+            first = saved_state[indices[0]]  # Adam's state, created as its step would
+            moments = [k for k, v in first.items() if torch.is_tensor(v) and v.dim() > 0]
             inner.state[flat] = {
                 **{
                     k: torch.as_tensor(v).clone().to(flat.device)
@@ -178,10 +209,12 @@ class ZeroExecution(Execution):
             }
         zero = self.engines[role].optimizer
         if hasattr(zero, "_lazy_init_hp_params_optimizer_state"):  # ZeRO-1/2: link the views
+            zero._hp_optimizer_states_linked = False
             zero._lazy_init_hp_params_optimizer_state()
-        for index, param in enumerate(self._params(role)):
-            for key in moments:
-                value = state["state"][index][key].float()
+        for index, param in enumerate(params):
+            entry = saved_state[index]
+            for key in (k for k, v in entry.items() if torch.is_tensor(v) and v.dim() > 0):
+                value = entry[key].float()
                 if self.stage == 3:
                     _set_zero3_partition(zero, param, value, key)
                 else:
@@ -211,7 +244,3 @@ def _set_zero3_partition(zero, param, value: torch.Tensor, key: str) -> None:
     partition.data.zero_()
     partition.data[: piece.numel()].copy_(piece)
 
-
-def _group_without_params(group: dict[str, Any], count: int) -> dict[str, Any]:
-    """A param group as the unsharded optimizer's state_dict has it: parameters by index."""
-    return {**{k: v for k, v in group.items() if k != "params"}, "params": list(range(count))}

@@ -1,10 +1,12 @@
-"""G-phase terms beside the adversarial one, for generators that take an input: a pixel
-reconstruction term and a perceptual term over a frozen feature extractor.
+"""G-phase terms beside the adversarial one: a pixel reconstruction term and a perceptual
+term over a frozen feature extractor (for generators that take an input), and feature
+matching over the critics' features.
 
-Both are regularizers of the G phase (``[regularizers.reconstruction]``,
-``[regularizers.perceptual]``) with a ``weight`` (which may follow a schedule), and the core's
-``every`` and ``start``. They compare G's output with its target: the real image its input
-was derived from (``[input]``), so they need one.
+All are regularizers of the G phase (``[regularizers.reconstruction]``,
+``[regularizers.perceptual]``, ``[regularizers.feature_matching]``) with a ``weight`` (which
+may follow a schedule), and the core's ``every`` and ``start``. The first two compare G's
+output with its target: the real image its input was derived from (``[input]``), so they
+need one.
 """
 
 from __future__ import annotations
@@ -102,7 +104,44 @@ class Perceptual:
         return self.weight * distance, {"distance": distance.detach()}
 
 
+class FeatureMatching:
+    """``weight`` × the mean absolute difference between the critics' intermediate features
+    of G's output and of the real samples, summed over every layer of every critic that
+    returns ``CriticOutput.features`` (pix2pixHD, MelGAN, HiFi-GAN).
+
+    The fakes' features are those of the step's adversarial pass (with a graph into G
+    through the frozen critics); the reals' are taken without gradient: they are the target.
+    Before ``[loss] critic_start`` the critics are called for it. Needs no ``[input]``.
+    """
+
+    phase = "g"
+
+    def __init__(self, *, weight: float = 1.0):
+        self.weight = _non_negative("weight", weight)
+
+    def __call__(self, ctx):
+        fakes = ctx.outputs.get("fake") or ctx.critics(ctx.fake, ctx.y_fake)
+        reals = ctx.outputs.get("real")
+        if reals is None:
+            with torch.no_grad():
+                reals = ctx.critics(ctx.real, ctx.y_real)
+        distance, layers = 0.0, 0
+        for fake, real in zip(fakes, reals, strict=True):
+            for f, r in zip(fake.features or (), real.features or (), strict=True):
+                distance = distance + (f.float() - r.detach().float()).abs().mean()
+                layers += 1
+        if not layers:
+            from ganforge.errors import PluginError
+
+            raise PluginError(
+                "regularizers.feature_matching: no critic returns features "
+                "(CriticOutput.features): use critics that do, or remove the term"
+            )
+        return self.weight * distance, {"distance": distance.detach()}
+
+
 @hookimpl
 def ganforge_register_regularizers(register):
     register("reconstruction", Reconstruction)
     register("perceptual", Perceptual)
+    register("feature_matching", FeatureMatching)
