@@ -194,6 +194,8 @@ def build_parts(
         generator.to(memory_format=memory_format)
     if len(critics) > 1:
         discriminator = CriticSet({terms.name: critic for critic, _, terms in critics})
+    for model in (generator, discriminator):
+        keep_frozen_in_eval(model)
     ema_cfg = recipe.section("ema")
     ema = None
     if ema_cfg["decay"] or ema_cfg["half_life_kimg"]:
@@ -242,6 +244,36 @@ def _further_critic(name: str, table: dict, registry: Registry, build, core: dic
         spec = Component(table["loss"]["name"], options)
     built = build("loss", spec.name, {}, spec.kwargs, Loss)
     return critic, table["name"], CriticTerms(name, table["weight"], built, spec.name)
+
+
+def frozen_submodules(model: nn.Module) -> list[nn.Module]:
+    """The largest submodules of ``model`` whose parameters all have ``requires_grad``
+    False (a pretrained encoder inside G, a fixed feature network inside D)."""
+    found: list[nn.Module] = []
+
+    def visit(module: nn.Module) -> None:
+        for child in module.children():
+            params = list(child.parameters())
+            if params and not any(p.requires_grad for p in params):
+                found.append(child)
+            else:
+                visit(child)
+
+    visit(model)
+    return found
+
+
+def keep_frozen_in_eval(model: nn.Module) -> None:
+    """Frozen submodules (:func:`frozen_submodules`) run in eval mode at every call, whatever
+    mode the model is put in (their batch-norm statistics and dropout stay as loaded); the
+    optimizers leave them out (they step parameters that require grad)."""
+    for module in frozen_submodules(model):
+        module.register_forward_pre_hook(_stay_in_eval)
+
+
+def _stay_in_eval(module: nn.Module, args) -> None:
+    if module.training:
+        module.eval()
 
 
 def _builder(recipe: Recipe, registry: Registry):

@@ -343,6 +343,23 @@ def load_module(module: torch.nn.Module, tensors: dict[str, torch.Tensor], what:
         raise CheckpointError(f"{what} do not fit the model this recipe builds: {detail}") from None
 
 
+def load_matching(
+    module: torch.nn.Module, tensors: dict[str, torch.Tensor], what: str
+) -> tuple[int, int]:
+    """Load the ``tensors`` whose names and shapes match ``module``'s (another architecture's
+    weights); returns how many of the module's tensors were loaded, of how many. None matching
+    is an error: the source is not related to this model."""
+    own = module.state_dict()
+    fitting = {k: v for k, v in tensors.items() if k in own and own[k].shape == v.shape}
+    if not fitting:
+        raise CheckpointError(
+            f"none of the {len(tensors)} tensors of the {what} match a name and shape of the "
+            "model this recipe builds"
+        )
+    module.load_state_dict(fitting, strict=False)
+    return len(fitting), len(own)
+
+
 # --------------------------------------------------------------------------- optimizer state
 
 

@@ -70,7 +70,7 @@ def parameter_groups(
     base_lr = initial(base["lr"])
     groups = []
     for critic, own in zip(critics.members.values(), overrides, strict=True):
-        group: dict[str, Any] = {"params": list(critic.parameters())}
+        group: dict[str, Any] = {"params": [p for p in critic.parameters() if p.requires_grad]}
         if "lr" in own:
             group["lr"], group["lr_ratio"] = own["lr"], own["lr"] / base_lr
         if "betas" in own:

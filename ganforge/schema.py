@@ -202,8 +202,13 @@ SCHEMA: dict[str, dict[str, Key]] = {
         # "auto": continue from the newest checkpoint in the run directory, if any; "never": a
         # new run (an earlier one in the folder is moved aside); or a checkpoint or run folder.
         "resume": Key(str, "auto", None, lambda v: None if v.strip() else "must not be empty"),
-        # A checkpoint or run folder whose weights (not optimizer state) a new run starts from.
+        # A checkpoint or run folder whose weights (not optimizer state) a new run starts from,
+        # or an export (generator.safetensors): G's (and the EMA's) weights, D fresh.
         "init_from": Key(str, ""),
+        # What init_from must match: "all" (every tensor of G and D, as saved, fits this
+        # recipe's models) or "matching" (each model takes the tensors whose names and shapes
+        # match, e.g. from another architecture; the rest stay freshly initialised).
+        "init_keys": Key(str, "all", None, one_of("all", "matching")),
         # Stop (exit status 3) once this many steps in a row were skipped for a non-finite loss
         # or gradient (0: never); read at log and checkpoint steps only.
         "max_skipped_in_a_row": Key(int, 100, None, non_negative),

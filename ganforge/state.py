@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -27,6 +28,7 @@ from ganforge.checkpoint import (
     check_resumable,
     find_checkpoint,
     flatten_optimizer,
+    load_matching,
     load_module,
     restore_rng,
     resume_target,
@@ -41,6 +43,7 @@ from ganforge.data import ShardedSampler
 from ganforge.distributed import agree, broadcast_buffers, decide_together, gather_rank_states
 from ganforge.errors import GanforgeError
 from ganforge.execution import ROLES, Execution
+from ganforge.export import ExportError, read_export, tensors_digest
 from ganforge.runfiles import cpu_tensors
 from ganforge.stopping import non_finite_weights
 from ganforge.streams import stream_seed
@@ -105,7 +108,10 @@ def targets(recipe: Recipe) -> Targets:
     train = recipe.section("train")
     resumed = resume_target(train["resume"], recipe.run_dir)
     if resumed is None and train["init_from"]:
-        return Targets(None, find_checkpoint(train["init_from"]))
+        path = Path(train["init_from"])
+        if path.suffix == ".safetensors" and path.is_file():
+            return Targets(None, ExportWeights.open(path))
+        return Targets(None, find_checkpoint(path))
     return Targets(resumed, None)
 
 
@@ -267,7 +273,7 @@ def load_weights(parts: Parts, targets: Targets, recipe: Recipe, accelerator) ->
         for name, module in parts.state_modules().items():
             load_module(module, strip_prefix(models, f"{name}."), f"the {name} weights in {where}")
     elif source is not None:
-        _initialise_from(parts, source)
+        _initialise_from(parts, source, recipe.get("train.init_keys"), accelerator)
 
 
 def _check_continuable(checkpoint: Checkpoint, recipe: Recipe, accelerator) -> None:
@@ -287,16 +293,52 @@ def _check_continuable(checkpoint: Checkpoint, recipe: Recipe, accelerator) -> N
         )
 
 
-def _initialise_from(parts: Parts, checkpoint: Checkpoint) -> None:
-    """Start from another run's G, D (and EMA) weights, with fresh optimizers and counters."""
+class ExportWeights(Checkpoint):
+    """An export (``generator.safetensors``) as ``train.init_from`` reads it: G's weights
+    (those samples came from: the EMA's where the run kept one) for G and the EMA; no critic,
+    no optimizer state, no clusters."""
+
+    @classmethod
+    def open(cls, path: Path) -> ExportWeights:
+        try:
+            tensors, info = read_export(path)
+        except ExportError as err:
+            raise CheckpointError(f"train.init_from: {err}") from None
+        state = {"step": info.step, "recipe": {}, "files": {}}
+        state[STATE_DIGEST] = tensors_digest(tensors)
+        weights = cls(path, state)
+        object.__setattr__(weights, "_tensors", tensors)
+        return weights
+
+    def tensors(self, name: str) -> dict[str, torch.Tensor]:
+        if name != "models":
+            return {}
+        return {f"generator.{k}": v for k, v in self._tensors.items()}
+
+
+def _initialise_from(parts: Parts, checkpoint: Checkpoint, keys: str, accelerator) -> None:
+    """Start from another run's G, D (and EMA) weights, with fresh optimizers and counters;
+    ``keys = "matching"``: each model takes the tensors whose names and shapes match."""
     models, where = checkpoint.tensors("models"), checkpoint.path
-    load_module(parts.generator, strip_prefix(models, "generator."), f"generator in {where}")
-    load_module(
-        parts.discriminator, strip_prefix(models, "discriminator."), f"discriminator in {where}"
-    )
+    taken = []
+    for name, module in (("generator", parts.generator), ("discriminator", parts.discriminator)):
+        tensors = strip_prefix(models, f"{name}.")
+        if not tensors:  # an export holds no critic: D starts fresh
+            taken.append(f"{name}: fresh (none in {where.name})")
+        elif keys == "matching":
+            count, total = load_matching(module, tensors, f"{name} in {where}")
+            taken.append(f"{name}: {count} of {total} tensors")
+        else:
+            load_module(module, tensors, f"{name} in {where}")
     if parts.ema is not None:
         ema = strip_prefix(models, "ema.") or parts.generator.state_dict()
-        load_module(parts.ema.module, ema, f"EMA generator in {where}")
+        if keys == "matching":
+            parts.ema.module.load_state_dict(parts.generator.state_dict())
+            load_matching(parts.ema.module, ema, f"EMA generator in {where}")
+        else:
+            load_module(parts.ema.module, ema, f"EMA generator in {where}")
+    if taken:
+        accelerator.print(f"ganforge: train.init_from {where}: {'; '.join(taken)}")
 
 
 def restore(

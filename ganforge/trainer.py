@@ -166,7 +166,8 @@ class Trainer:
         )
         parts.generator = self.execution.modules["generator"]
         parts.discriminator = self.execution.modules["discriminator"]
-        self._critic_params = list(parts.discriminator.parameters())
+        # D's trained parameters (frozen submodules stay frozen in the G phase's unfreezing).
+        self._critic_params = [p for p in parts.discriminator.parameters() if p.requires_grad]
         # Penalties differentiate the adversarial passes (Trainer._critic_passes); off: each
         # makes its own critic pass (what the benchmark and the tests compare with).
         self._reuse_passes = True
@@ -236,6 +237,7 @@ class Trainer:
             raise RecipeError([(key, problem)], self.recipe.source)
 
     def _make_optimizer(self, role: str, parameters) -> torch.optim.Optimizer:
+        parameters = [p for p in parameters if p.requires_grad]  # frozen submodules: none
         if role == "discriminator" and isinstance(self.parts.discriminator, CriticSet):
             # One parameter group per critic, with the settings its optim table changes.
             overrides = [dict(table["optim"]) for _, table in self.recipe.critics()]

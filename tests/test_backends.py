@@ -151,8 +151,9 @@ def test_several_critics_train_under_a_backend_as_the_plain_step(tmp_path, case)
     done = launch(case, 2, tmp_path, None, ["critics", str(tmp_path / "out")])
     assert done.returncode == 0, done.stderr[-4000:]
     for rank in (0, 1):
-        assert json.loads((tmp_path / "out" / f"critics_2_rank{rank}.json").read_text()) == (
-            NAMES[case]
+        assert (
+            json.loads((tmp_path / "out" / f"critics_2_rank{rank}.json").read_text())
+            == (NAMES[case])
         )
         two = load_file(str(tmp_path / "out" / f"critics_2_rank{rank}.safetensors"))
         close(two, plain, 1e-6, f"{case} x2 vs plain")

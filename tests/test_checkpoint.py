@@ -459,6 +459,57 @@ def test_init_from_takes_weights_but_not_optimizer_state_or_counters(tmp_path, t
         tiny(f"train.init_from={source.run_dir}", "generator.width=8", "run.out_dir=other")
 
 
+def test_init_from_another_architecture_takes_the_matching_tensors(tmp_path, tiny, capsys):
+    """train.init_keys = "matching": a generator with another latent size takes every tensor
+    whose name and shape match (all but its first layer), from a run folder or from an
+    export; the rest stay as freshly initialised. "all" refuses, naming the mismatch."""
+    source = tiny("train.steps=2")
+    source.fit()
+    export = source.run_dir / "generator.safetensors"
+    fresh = tiny("generator.latent_dim=16", f"run.out_dir={tmp_path / 'fresh'}")
+    for origin in (source.run_dir, export):
+        other = tiny(
+            f"train.init_from={origin}",
+            "train.init_keys=matching",
+            "generator.latent_dim=16",
+            f"run.out_dir={tmp_path / 'other'}",
+        )
+        theirs, mine = source.generator.state_dict(), other.generator.state_dict()
+        same = [k for k in mine if k in theirs and mine[k].shape == theirs[k].shape]
+        assert 0 < len(same) < len(mine)
+        for k, v in mine.items():
+            expected = theirs[k] if k in same else fresh.generator.state_dict()[k]
+            assert torch.equal(v, expected), k
+        said = capsys.readouterr().out
+        assert f"generator: {len(same)} of {len(mine)} tensors" in said
+        if origin == export:  # an export holds G alone: D starts fresh
+            assert "discriminator: fresh" in said
+            for k, v in other.discriminator.state_dict().items():
+                assert torch.equal(v, fresh.discriminator.state_dict()[k]), k
+        other.directory.release()
+    with pytest.raises(CheckpointError, match="do not fit"):
+        tiny(f"train.init_from={export}", "generator.latent_dim=16", "run.out_dir=o2")
+    from ganforge.checkpoint import load_matching
+
+    unrelated = torch.nn.Sequential(torch.nn.Linear(3, 5))  # no name and shape in common
+    with pytest.raises(CheckpointError, match="none of the 13 tensors of the G in x match"):
+        load_matching(unrelated, source.generator.state_dict(), "G in x")
+
+
+def test_init_from_an_export_starts_g_and_its_average_from_it(tmp_path, tiny):
+    source = tiny("train.steps=2", "ema.decay=0.5")
+    source.fit()
+    tuned = tiny(
+        f"train.init_from={source.run_dir / 'generator.safetensors'}",
+        "ema.decay=0.5",
+        f"run.out_dir={tmp_path / 'tuned'}",
+    )
+    exported = source.ema.module.state_dict()  # what the export holds: the EMA generator
+    for module in (tuned.generator, tuned.ema.module):
+        for k, v in module.state_dict().items():
+            assert torch.equal(v, exported[k]), k
+
+
 def test_checkpoints_load_with_pickle_disabled(tiny, no_unpickling):
     trainer = tiny("train.steps=2", "ema.decay=0.5")
     trainer.fit()

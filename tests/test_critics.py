@@ -84,8 +84,10 @@ def test_two_critics_train_together_each_with_its_own_settings(tmp_path):
 
 
 def test_a_critic_weighed_zero_gets_no_gradient_and_the_others_do(tmp_path):
-    weightless = SIGNALS[3].replace("weight=0.5", "weight=0.0").replace(
-        ", regularizers={r1={gamma=1.0}}", ""
+    weightless = (
+        SIGNALS[3]
+        .replace("weight=0.5", "weight=0.0")
+        .replace(", regularizers={r1={gamma=1.0}}", "")
     )
     overrides = [weightless if o.startswith("critics.scale") else o for o in SIGNALS]
     overrides = [o for o in overrides if not o.startswith("regularizers.feature")]

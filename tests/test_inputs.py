@@ -367,3 +367,44 @@ def test_the_perceptual_extractor_stays_frozen_and_out_of_checkpoints(plugins, d
     loss, _ = term(ctx)
     loss.backward()
     assert g.body.weight.grad is not None and g.body.weight.grad.abs().sum() > 0
+
+
+class WithFrozenPart(nn.Module):
+    """A generator around a frozen "pretrained" part (batch norm and dropout inside it)."""
+
+    latent_shape = (8,)
+    latent_prior = "normal"
+
+    def __init__(self, *, resolution, channels, num_classes):
+        super().__init__()
+        self.shape = (channels, resolution, resolution)
+        self.pretrained = nn.Sequential(nn.Linear(8, 16), nn.BatchNorm1d(16), nn.Dropout(0.5))
+        self.pretrained.requires_grad_(False)
+        self.head = nn.Linear(16, channels * resolution * resolution)
+        self.modes: list[bool] = []
+
+    def forward(self, z, y=None):
+        h = self.pretrained(z)
+        self.modes.append(self.pretrained.training)
+        return torch.tanh(self.head(h)).view(len(z), *self.shape)
+
+
+def test_frozen_submodules_stay_in_eval_mode_and_out_of_the_optimizer(tmp_path):
+    class Plugin:
+        @hookimpl
+        def ganforge_register_generators(self, register):
+            register("with_frozen", WithFrozenPart)
+
+    from conftest import make_trainer
+
+    trainer = make_trainer(tmp_path, "generator={name='with_frozen'}", extra=[("f", Plugin())])
+    G = trainer.generator
+    stepped = [p for g in trainer.execution.param_groups("generator") for p in g["params"]]
+    assert {id(p) for p in stepped} == {id(p) for p in G.head.parameters()}
+    before = {k: v.clone() for k, v in G.state_dict().items()}
+    trainer.fit()  # sample grids and the export put G in eval mode and back in between
+    after = G.state_dict()
+    for k in before:  # the frozen part's weights and batch-norm statistics are as loaded
+        assert torch.equal(before[k], after[k]) == k.startswith("pretrained."), k
+    assert G.modes and not any(G.modes)  # eval mode at every call, training included
+    assert G.training  # the rest trains as before

@@ -59,7 +59,9 @@ class FSDPExecution(Execution):
             self.modules[role] = model
             # Built on the sharded parameters (DTensors): each rank steps its own shards.
             self.optimizers[role] = make_optimizer(role, model.parameters())
-            self._params[role] = list(model.parameters())
+            # In the optimizer's order (its state_dict numbering; frozen parameters left out).
+            groups = self.optimizers[role].param_groups
+            self._params[role] = [p for group in groups for p in group["params"]]
         return generator, discriminator
 
     def update(self, role, loss, measure):

@@ -85,12 +85,12 @@ class ZeroExecution(Execution):
         }
 
     def prepare(self, generator, discriminator, make_optimizer):
-        self._group_indices: dict[str, list[list[int]]] = {}
+        self._group_params: dict[str, list[list[tuple[int, torch.nn.Parameter]]]] = {}
         for role, model in (("generator", generator), ("discriminator", discriminator)):
             optimizer = make_optimizer(role, model.parameters())
-            index = {id(p): i for i, p in enumerate(model.parameters())}
-            self._group_indices[role] = [
-                [index[id(p)] for p in group["params"]] for group in optimizer.param_groups
+            numbered = iter(range(1 << 62))
+            self._group_params[role] = [
+                [(next(numbered), p) for p in group["params"]] for group in optimizer.param_groups
             ]
             engine, *_ = self.deepspeed.initialize(
                 model=model, optimizer=optimizer, config=self._config()
@@ -142,10 +142,10 @@ class ZeroExecution(Execution):
     def _params(self, role) -> list[torch.nn.Parameter]:
         return list(self.modules[role].parameters())
 
-    def _groups(self, role) -> list[list[int]]:
-        """Each optimizer parameter group's parameters, as indices into the module's
-        parameters (the unsharded optimizer's ``state_dict`` numbering)."""
-        return self._group_indices[role]
+    def _groups(self, role) -> list[list[tuple[int, torch.nn.Parameter]]]:
+        """Each optimizer parameter group's parameters with their index in the unsharded
+        optimizer's ``state_dict`` (numbered through the groups in order, as torch does)."""
+        return self._group_params[role]
 
     def _relink(self, role) -> None:
         """ZeRO-1/2 links each parameter to its optimizer state after the first step, once,
@@ -162,11 +162,10 @@ class ZeroExecution(Execution):
     def optimizer_state(self, role):
         from deepspeed.utils import safe_get_full_optimizer_state
 
-        inner, params = self.optimizers[role], self._params(role)
-        members = self._groups(role)
+        inner, members = self.optimizers[role], self._groups(role)
         groups = [
-            {**{k: v for k, v in group.items() if k != "params"}, "params": list(indices)}
-            for group, indices in zip(inner.param_groups, members, strict=True)
+            {**{k: v for k, v in group.items() if k != "params"}, "params": [i for i, _ in pairs]}
+            for group, pairs in zip(inner.param_groups, members, strict=True)
         ]
         flats = self._flat_partitions(role)
         firsts = [inner.state.get(flat, {}) for flat in flats]
@@ -174,10 +173,9 @@ class ZeroExecution(Execution):
             return {"state": {}, "param_groups": groups}
         self._relink(role)
         state = {}
-        for first, indices in zip(firsts, members, strict=True):
+        for first, pairs in zip(firsts, members, strict=True):
             moments = [k for k, v in first.items() if torch.is_tensor(v) and v.dim() > 0]
-            for index in indices:
-                param = params[index]
+            for index, param in pairs:
                 shape = getattr(param, "ds_shape", param.shape)
                 entry = {k: v.detach().clone() for k, v in first.items() if k not in moments}
                 for key in moments:  # collective: every rank, same order
@@ -189,15 +187,15 @@ class ZeroExecution(Execution):
     def load_optimizer_state(self, role, state):
         from deepspeed.utils import safe_set_full_optimizer_state
 
-        inner, params = self.optimizers[role], self._params(role)
+        inner = self.optimizers[role]
         for group, saved in zip(inner.param_groups, state["param_groups"], strict=True):
             group.update({k: v for k, v in saved.items() if k != "params"})
         if not state["state"]:
             return
         saved_state = {int(k): v for k, v in state["state"].items()}
         flats, members = self._flat_partitions(role), self._groups(role)
-        for flat, indices in zip(flats, members, strict=True):
-            first = saved_state[indices[0]]  # Adam's state, created as its step would
+        for flat, pairs in zip(flats, members, strict=True):
+            first = saved_state[pairs[0][0]]  # Adam's state, created as its step would
             moments = [k for k, v in first.items() if torch.is_tensor(v) and v.dim() > 0]
             inner.state[flat] = {
                 **{
@@ -211,7 +209,7 @@ class ZeroExecution(Execution):
         if hasattr(zero, "_lazy_init_hp_params_optimizer_state"):  # ZeRO-1/2: link the views
             zero._hp_optimizer_states_linked = False
             zero._lazy_init_hp_params_optimizer_state()
-        for index, param in enumerate(params):
+        for index, param in (pair for pairs in members for pair in pairs):
             entry = saved_state[index]
             for key in (k for k, v in entry.items() if torch.is_tensor(v) and v.dim() > 0):
                 value = entry[key].float()
@@ -243,4 +241,3 @@ def _set_zero3_partition(zero, param, value: torch.Tensor, key: str) -> None:
     piece = flat[size * rank : size * (rank + 1)]
     partition.data.zero_()
     partition.data[: piece.numel()].copy_(piece)
-
