@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import make_trainer, tiny_tables
 from ganforge.components import CriticOutput
 from ganforge.critics import CriticSet
 from ganforge.errors import PluginError, RecipeError
@@ -17,8 +18,6 @@ from ganforge.recipe import apply_overrides, validate
 from ganforge.runfiles import read_metrics
 from ganforge_plugins.signals import dominant_period, make_signals
 from ganforge_plugins.terms import FeatureMatching
-
-from conftest import make_trainer, tiny_tables
 
 #: The 1-D toy at test size: a period critic (the [discriminator]) and a scale critic with
 #: its own weight, lr and betas, and R1; LSGAN; feature matching over both critics.

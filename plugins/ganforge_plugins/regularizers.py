@@ -114,7 +114,7 @@ class Consistency:
     From "Improving the Improved Training of Wasserstein GANs". D is evaluated twice on the
     same real batch; its dropout makes the two passes x', x'' differ. Per sample,
     ``CT = relu(d(D(x'), D(x'')) + feature_weight · d(D_(x'), D_(x'')) - margin)``, where
-    ``D_`` are the penultimate features (``CriticOutput.features``; that part drops out when
+    ``D_`` are the penultimate features (``CriticOutput.features[-1]``; that part drops out when
     a critic returns none) and ``d`` the squared difference, averaged over feature dims as
     in the authors' code. The term is ``weight · E[CT]``. A critic without dropout (or in
     eval mode) gives two identical passes and a zero term.
@@ -129,8 +129,8 @@ class Consistency:
     def __call__(self, ctx: RegularizerContext) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         first, second = ctx.critic(ctx.real, ctx.y_real), ctx.critic(ctx.real, ctx.y_real)
         distance = (first.logits.float() - second.logits.float()).square()
-        if first.features is not None and second.features is not None:
-            gap = (first.features.float() - second.features.float()).flatten(1)
+        if first.features and second.features:  # the penultimate: the list's last
+            gap = (first.features[-1].float() - second.features[-1].float()).flatten(1)
             distance = distance + self.feature_weight * gap.square().mean(1)
         return self.weight * F.relu(distance - self.margin).mean(), {}
 
