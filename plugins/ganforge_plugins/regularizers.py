@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from ganforge import hookimpl
-from ganforge.components import Critic, RegularizerContext
+from ganforge.components import Critic, RegularizerContext, as_critic_output
 
 
 def _require_non_negative(**options: float) -> None:
@@ -127,7 +127,7 @@ class Consistency:
         self.weight, self.feature_weight, self.margin = weight, feature_weight, margin
 
     def __call__(self, ctx: RegularizerContext) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        first, second = ctx.critic(ctx.real, ctx.y_real), ctx.critic(ctx.real, ctx.y_real)
+        first, second = (as_critic_output(ctx.critic(ctx.real, ctx.y_real)) for _ in range(2))
         distance = (first.logits.float() - second.logits.float()).square()
         if first.features and second.features:  # the penultimate: the list's last
             gap = (first.features[-1].float() - second.features[-1].float()).flatten(1)
