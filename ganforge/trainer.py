@@ -57,13 +57,13 @@ from ganforge.stopping import (
 )
 from ganforge.updates import Phase, build_optimizer
 
-__all__ = ["Phase", "RunInfo", "Trainer", "read_metrics"]
+__all__ = ["Phase", "RunInfo", "Trainer", "read_metrics"]  # Phase and RunInfo: their old home
 PER_CRITIC = ("d_loss/", "g_loss/")  # log keys of each critic's term
 
 
 def _member(critics, k: int, x, y, *, float32: bool = False) -> CriticOutput:
     """Critic ``k``'s output of ``critics(x, y)`` (every critic runs: D is one module)."""
-    return critics(x, y, float32=float32)[k]  # Phase and RunInfo: their old home
+    return critics(x, y, float32=float32)[k]
 
 
 class Trainer:
@@ -532,10 +532,11 @@ class Trainer:
         for name, every, regularizer in self.parts.regularizers:
             if regularizer.phase != phase or not self._due(name, every, step):
                 continue
-            k = self._member[name]
-            ctx = contexts.get(k)
+            member = self._member[name]
+            ctx = contexts.get(member)
             if ctx is None:  # built only when a term is due (launch-bound steps feel it)
-                ctx = contexts[k] = self._context(k, phase, step, tensors, passes, source, outputs)
+                made = self._context(member, phase, step, tensors, passes, source, outputs)
+                ctx = contexts[member] = made
             term, reg_logs = regularizer(ctx)
             scaled = every * term  # lazy regularization keeps the term's average weight
             loss = scaled if loss is None else loss + scaled

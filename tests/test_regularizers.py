@@ -292,9 +292,10 @@ def d_phase(trainer, step: int, real, fake):
     hook = trainer.D.register_forward_hook(lambda *_: calls.append(1))
     try:
         passes = trainer._critic_passes(step, real, fake, None, None)
-        loss = trainer.parts.loss.d_loss(passes["real"].out, passes["fake"].out, None, None)
+        loss = trainer.parts.loss.d_loss(passes["real"][0].out, passes["fake"][0].out, None, None)
         z = torch.zeros(len(real), 1)
-        loss, logs = trainer._regularize(loss, "d", step, real, fake, z, None, None, passes=passes)
+        tensors = (real, fake, z, None, None)
+        loss, logs = trainer._regularize(loss, tensors, "d", step, passes=passes)
         params = [p for p in trainer.D.parameters() if p.requires_grad]
         grads = torch.autograd.grad(loss, params)
     finally:
@@ -328,9 +329,9 @@ def test_a_lazy_penalty_reuses_a_pass_only_when_it_is_due(tiny):
     trainer = tiny("regularizers.r1.gamma=1.0", "regularizers.r1.every=2")
     real, fake = torch.rand(2, 8, 3, 16, 16) * 2 - 1
     due = trainer._critic_passes(0, real, fake, None, None)
-    assert due["real"].x.requires_grad and not due["fake"].x.requires_grad
+    assert due["real"][0].x.requires_grad and not due["fake"][0].x.requires_grad
     off = trainer._critic_passes(1, real, fake, None, None)
-    assert not off["real"].x.requires_grad  # no graph to the inputs on the other steps
+    assert not off["real"][0].x.requires_grad  # no graph to the inputs on the other steps
     assert d_phase(trainer, 1, real, fake)[2] == 2
 
 
@@ -397,7 +398,7 @@ BF16_CRITIC = textwrap.dedent(
         result["r1_convs"], convs[:] = sorted(set(convs)), []
         # The step's passes with R1 due: the reals' in float32 (R1 differentiates it), the
         # fakes' under autocast.
-        passes = trainer._critic_passes(0, x, x.clone(), None, None)
+        passes = {k: v[0] for k, v in trainer._critic_passes(0, x, x.clone(), None, None).items()}
         half = len(convs) // 2
         result["passes"] = [sorted(set(convs[:half])), sorted(set(convs[half:]))]
         result["pass_r1"] = R1(gamma=1.0)(
