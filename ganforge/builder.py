@@ -372,6 +372,12 @@ def saved_clusters(checkpoint: Checkpoint | None, k: int, size: int) -> np.ndarr
 def _input(recipe: Recipe, build, data: ImageData) -> Input | None:
     """The recipe's ``[input]`` (None without one), checked against the data: images only."""
     if not recipe.get("input.name"):
+        if data.paired:
+            problem = (
+                "the data holds pairs: name the generator's input made from each stored "
+                'input in [input] (name = "identity" takes it as it is)'
+            )
+            raise RecipeError([("input.name", problem)], recipe.source)
         return None
     if not data.is_image:
         problem = "derives the generator's input from images; the data holds points"
@@ -382,8 +388,9 @@ def _input(recipe: Recipe, build, data: ImageData) -> Input | None:
 
 def _input_shape(derive: Input, data: ImageData, recipe: Recipe) -> tuple[int, int]:
     """``(channels, resolution)`` of the input ``derive`` makes of the data's images."""
+    stored = data.stored_channels or data.channels  # paired data: made from its stored input
     try:
-        channels, resolution = (int(v) for v in derive.shape(data.channels, data.resolution))
+        channels, resolution = (int(v) for v in derive.shape(stored, data.resolution))
     except ValueError as err:  # an input that does not fit the data (a factor, a size)
         problem = f"input {recipe.get('input.name')!r} does not fit the data: {err}"
         raise RecipeError([("input", problem)], recipe.source) from None
@@ -436,9 +443,11 @@ def _check_class_head(
     images before training (eval mode: no statistics or power iterations move); ``derive``:
     the input a critic conditioned on it is given."""
     uses = bool(getattr(loss, "uses_class_logits", False))
-    x = to_model_range(torch.from_numpy(np.array(data.images[:2]))).to(device)
+    images = to_model_range(torch.from_numpy(np.array(data.images[:2]))).to(device)
+    x = paired.split(images, data)[0]  # paired data: the targets
+    source = paired.derive_pair(derive, images, data, 0)[0] if derive else None
     y = torch.from_numpy(np.array(data.labels[:2])).to(device) if num_classes else None
-    extra = {} if derive is None else {"source": paired.derive(derive, x, 0)}  # own RNG
+    extra = {} if derive is None else {"source": source}  # made under its own RNG
     with eval_mode(discriminator) as critic:
         has = as_critic_output(critic(x, y, **extra)).class_logits is not None
     if uses and not has:

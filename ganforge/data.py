@@ -21,7 +21,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -37,11 +37,33 @@ class ImageData:
 
     ``images`` is uint8 N×C×H×W for images (array or memory map), or float32 N×D for point
     data such as the toy 2-D sets, which the core passes through unscaled.
+
+    Paired data (a data source whose metadata has ``pairs``, e.g. the ``pairs`` folders) stores
+    each sample's target and the generator's stored input as one image: the first
+    ``target_channels`` channels the target, the rest the input (at the target's size). Then
+    ``channels`` is the target's: what G makes and D sees; :meth:`targets` is the targets
+    alone (what evaluation compares with), and the training step splits each batch.
     """
 
     images: np.ndarray
     labels: np.ndarray | None = None
     class_names: Sequence[str] | None = None
+    target_channels: int = 0  # paired data: the target's channels (0: not paired)
+
+    @property
+    def paired(self) -> bool:
+        return self.target_channels > 0
+
+    @property
+    def stored_channels(self) -> int:
+        """The stored input's channels (paired data), else 0."""
+        return int(self.images.shape[1]) - self.target_channels if self.paired else 0
+
+    def targets(self) -> ImageData:
+        """The targets alone (a view, no copy): this data when it is not paired."""
+        if not self.paired:
+            return self
+        return replace(self, images=self.images[:, : self.target_channels], target_channels=0)
 
     @property
     def num_classes(self) -> int:
@@ -58,8 +80,8 @@ class ImageData:
 
     @property
     def channels(self) -> int:
-        """Image channels, or the dimension of point data."""
-        return int(self.images.shape[1])
+        """Image channels (paired data: the target's), or the dimension of point data."""
+        return self.target_channels or int(self.images.shape[1])
 
     @property
     def resolution(self) -> int:
@@ -130,7 +152,9 @@ def check_image_data(data: ImageData, resolution: int, where: str) -> None:
         raise DataError(
             f"{where}: images are {images.shape[2:]}, expected {resolution}×{resolution}"
         )
-    elif images.shape[1] not in (1, 3, 4):
+    elif images.shape[1] not in (1, 3, 4) and not (
+        data.paired and 0 < data.stored_channels <= 4 and data.target_channels in (1, 3, 4)
+    ):
         raise DataError(f"{where}: expected 1, 3 or 4 channels, got {images.shape[1]}")
     if len(images) == 0:
         raise DataError(f"{where}: the data source holds no images")
@@ -159,25 +183,28 @@ def open_store(source: DataSource, resolution: int, cache_dir: Path | None = Non
     them decodes and the others read what it wrote; none removes another's fresh store.
     """
     where = source.description or source.fingerprint
+    paired = int(source.metadata.get("pairs", {}).get("target_channels", 0))
     if not source.cache:
-        data = source.load()
+        data = replace(source.load(), target_channels=paired)
         check_image_data(data, resolution, where)
         return data
     store = store_folder(source, cache_dir)
     with _store_lock(store):
-        data = _checked_store(store, source.fingerprint, resolution, where)
+        data = _checked_store(store, source.fingerprint, resolution, where, paired)
         if data is not None:
             return data
         if source.rows is not None:  # a chunk at a time, in bounded memory
-            _prepare_rows(store, source, resolution, where)
+            _prepare_rows(store, source, resolution, where, paired)
         else:
-            data = source.load()
+            data = replace(source.load(), target_channels=paired)
             check_image_data(data, resolution, where)
             _write_store(store, data, source.fingerprint)
-    return _read_store(store)
+    return _read_store(store, target_channels=paired)
 
 
-def _prepare_rows(store: Path, source: DataSource, resolution: int, where: str) -> None:
+def _prepare_rows(
+    store: Path, source: DataSource, resolution: int, where: str, paired: int = 0
+) -> None:
     """Write ``source``'s rows into ``<store>.partial`` (continuing one an interrupted
     preparation left), check it, and publish it as the store."""
     partial = store.with_name(f"{store.name}.partial")
@@ -186,7 +213,7 @@ def _prepare_rows(store: Path, source: DataSource, resolution: int, where: str) 
         write_rows(partial, rows, source.fingerprint, where)
         meta = {"fingerprint": source.fingerprint, "class_names": rows.class_names or None}
         (partial / "meta.json").write_text(json.dumps(meta))
-        check_image_data(_read_store(partial), resolution, where)
+        check_image_data(_read_store(partial, target_channels=paired), resolution, where)
         os.replace(partial, store)
     except OSError as err:  # the source's read errors are DataErrors (ganforge.rows)
         raise _cache_error(store, err) from None
@@ -224,7 +251,8 @@ def describe_store(source: DataSource, resolution: int) -> dict:
     data = None
     if (store / "meta.json").exists():
         try:
-            data = _read_store(store, source.fingerprint)
+            paired = int(source.metadata.get("pairs", {}).get("target_channels", 0))
+            data = _read_store(store, source.fingerprint, paired)
             check_image_data(data, resolution, found["source"])
         except (*_DAMAGE, OSError) as err:
             return {**found, "prepared": f"damaged ({err}): the next start rebuilds it"}
@@ -300,13 +328,15 @@ def _process_started() -> float:
         return time.time()
 
 
-def _checked_store(store: Path, fingerprint: str, resolution: int, where: str) -> ImageData | None:
+def _checked_store(
+    store: Path, fingerprint: str, resolution: int, where: str, paired: int = 0
+) -> ImageData | None:
     """The store at ``store`` if it is there and sound, else None (a damaged one is moved
     aside and removed, with a warning)."""
     if not store.exists():
         return None
     try:
-        data = _read_store(store, fingerprint)
+        data = _read_store(store, fingerprint, paired)
         check_image_data(data, resolution, where)
         return data
     except _DAMAGE as err:
@@ -396,9 +426,9 @@ _DAMAGE = (
 )
 
 
-def _read_store(store: Path, fingerprint: str | None = None) -> ImageData:
+def _read_store(store: Path, fingerprint: str | None = None, target_channels: int = 0) -> ImageData:
     """The store's arrays (memory-mapped), after its ``meta.json``: the ``fingerprint`` it
-    must name, when given, and its class names."""
+    must name, when given, and its class names; ``target_channels``: paired data's."""
     meta = json.loads((store / "meta.json").read_text())
     if fingerprint is not None and meta["fingerprint"] != fingerprint:
         raise ValueError(f"it holds {meta['fingerprint']!r}, not {fingerprint!r}")
@@ -414,7 +444,9 @@ def _read_store(store: Path, fingerprint: str | None = None) -> ImageData:
     images = np.load(store / "images.npy", mmap_mode="c", allow_pickle=False)
     labels_path = store / "labels.npy"
     labels = np.load(labels_path, allow_pickle=False) if labels_path.exists() else None
-    return ImageData(images=images, labels=labels, class_names=names)
+    return ImageData(
+        images=images, labels=labels, class_names=names, target_channels=target_channels
+    )
 
 
 class ShardedSampler:

@@ -131,7 +131,7 @@ def real_batches(data: ImageData, indices: np.ndarray, batch: int):
     """Real samples in [-1, 1] (points as they are) with their labels, in batches."""
     for start in range(0, len(indices), batch):
         idx = np.sort(indices[start : start + batch])
-        x = torch.from_numpy(np.asarray(data.images[idx]))
+        x = torch.from_numpy(np.asarray(data.targets().images[idx]))  # paired: the targets
         x = to_model_range(x)
         y = torch.from_numpy(np.asarray(data.labels[idx])) if data.labels is not None else None
         yield x, y

@@ -26,6 +26,24 @@ def derive(make: Input, targets: torch.Tensor, seed: int) -> torch.Tensor:
         return make(targets)
 
 
+def split(images: torch.Tensor, data: ImageData) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(target, stored)``: a batch of ``data``'s images split into the target and the
+    stored input (paired data); unpaired data is the target and its own stored input."""
+    if not data.paired:
+        return images, images
+    return images[:, : data.target_channels], images[:, data.target_channels :]
+
+
+def derive_pair(
+    make: Input, images: torch.Tensor, data: ImageData, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(input, target)`` for a batch of ``data``'s images, as training makes them: the
+    input made from the stored input (paired data) or from the image itself, under its own
+    RNG seeded with ``seed``."""
+    target, stored = split(images, data)
+    return derive(make, stored, seed), target
+
+
 def fixed_pairs(
     make: Input, data: ImageData, count: int, seed: int, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -33,8 +51,8 @@ def fixed_pairs(
     grid of a run shows."""
     count = min(count, len(data))
     indices = np.linspace(0, len(data) - 1, count).round().astype(np.int64)
-    targets = to_model_range(torch.from_numpy(np.array(data.images[indices]))).to(device)
-    return derive(make, targets, seed), targets
+    images = to_model_range(torch.from_numpy(np.array(data.images[indices]))).to(device)
+    return derive_pair(make, images, data, seed)
 
 
 def as_picture(source: torch.Tensor, channels: int, resolution: int) -> torch.Tensor:
@@ -93,9 +111,10 @@ def paired_batches(
     without); each batch's PSNR and SSIM against its targets go to ``scores``."""
     for start in range(0, len(indices), batch):
         chosen = indices[start : start + batch]
-        targets = to_model_range(torch.from_numpy(np.array(data.images[chosen]))).to(device)
+        images = to_model_range(torch.from_numpy(np.array(data.images[chosen]))).to(device)
+        source, targets = derive_pair(make, images, data, seed + start)
         with torch.no_grad():
-            x = on_the_grid(generate(derive(make, targets, seed + start)))
+            x = on_the_grid(generate(source))
         if scores is not None:
             scores.add(x, targets)
         labels = None if data.labels is None else torch.from_numpy(np.array(data.labels[chosen]))

@@ -13,7 +13,7 @@ from ganforge.components import Input, grid_labels
 from ganforge.data import to_model_range
 from ganforge.errors import GanforgeError
 from ganforge.export import GeneratorInfo, generate, latents_from, load_generator
-from ganforge.paired import PairScores, derive, score_outputs
+from ganforge.paired import PairScores, derive, derive_pair, score_outputs
 from ganforge.plugins import Plugins
 from ganforge.runfiles import atomic_write, save_grid, save_scatter
 
@@ -241,8 +241,8 @@ def write_from_inputs(
     else:
         _, images, _, _ = _open_data(inputs, info, plugins)
         count = min(num or 64, len(images))
-        targets = to_model_range(torch.from_numpy(np.array(images.images[:count]))).to(dev)
-        sources = derive(make, targets, seed)
+        stored = to_model_range(torch.from_numpy(np.array(images.images[:count]))).to(dev)
+        sources, _ = derive_pair(make, stored, images, seed)
         named = ((f"{i:05d}", sources[i : i + 1]) for i in range(count))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -40,6 +40,7 @@ from ganforge.errors import GanforgeError, RecipeError
 from ganforge.execution import configure_device, make_execution
 from ganforge.hookspecs import RunInfo
 from ganforge.outputs import RunOutputs
+from ganforge.paired import split
 from ganforge.plugins import Plugins
 from ganforge.recipe import Recipe
 from ganforge.runfiles import read_metrics as read_metrics  # re-exported: its old home
@@ -192,13 +193,27 @@ class Trainer:
         adaptive weight is a ratio to it); the adaptive weight needs G's ``last_layer``,
         whole on this process."""
         adversarial, parts = self.parts.adversarial, self.parts
+        unpaired = parts.source.metadata.get("pairs", {}).get("unpaired", False)
         for name, _, regularizer in parts.regularizers:
+            problem = None
             if getattr(regularizer, "needs_input", False) and parts.input is None:
                 problem = (
                     "compares G's output with the image its input was made from: name the "
                     'input in [input] (e.g. name = "downscale", factor = 4)'
                 )
+            elif getattr(regularizer, "needs_input", False) and unpaired:
+                problem = (
+                    "compares G's output with its target, but the data's two domains are "
+                    "unpaired: no target belongs to an input"
+                )
+            if problem:
                 raise RecipeError([(f"regularizers.{name}", problem)], self.recipe.source)
+        if unpaired and parts.critic_takes_input:
+            problem = (
+                "is conditioned on G's input, but the data's two domains are unpaired: no "
+                "real image belongs to an input (use an unconditioned critic)"
+            )
+            raise RecipeError([("discriminator", problem)], self.recipe.source)
         if not (adversarial.start or adversarial.adaptive or adversarial.off):
             return
         key = "loss.adaptive_weight" if adversarial.adaptive else "loss.critic_start"
@@ -402,8 +417,9 @@ class Trainer:
         z = self.latents(len(real))
         source = None
         if parts.input is not None:
+            real, stored = split(real, parts.data)  # paired data: the target, its input
             with torch.no_grad():
-                source = parts.input(real)
+                source = parts.input(stored)
         extra = {} if source is None else {"source": source}
         if keep_graph:
             generated = self.G(z, y_fake, **extra)

@@ -408,3 +408,131 @@ def test_frozen_submodules_stay_in_eval_mode_and_out_of_the_optimizer(tmp_path):
         assert torch.equal(before[k], after[k]) == k.startswith("pretrained."), k
     assert G.modes and not any(G.modes)  # eval mode at every call, training included
     assert G.training  # the rest trains as before
+
+
+def write_pairs(root, count=12, side_by_side=False):
+    """``count`` 16-px grey targets and, for each, an input that cannot be made from it: its
+    4×4 box-downscaled copy, inverted. Returns the targets and inputs as arrays."""
+    rng = np.random.default_rng(0)
+    targets = rng.integers(0, 256, (count, 16, 16), dtype=np.uint8)
+    low = targets.reshape(count, 4, 4, 4, 4).mean((2, 4)).round().astype(np.uint8)
+    inputs = 255 - low
+    for i in range(count):
+        name = f"pair{i:02d}.png"
+        big_input = inputs[i].repeat(4, 0).repeat(4, 1)
+        if side_by_side:
+            root.mkdir(exist_ok=True)
+            both = np.concatenate([big_input, targets[i]], axis=1)
+            Image.fromarray(both).save(root / name)
+        else:
+            (root / "input").mkdir(parents=True, exist_ok=True)
+            (root / "target").mkdir(parents=True, exist_ok=True)
+            Image.fromarray(inputs[i]).save(root / "input" / name)
+            Image.fromarray(targets[i]).save(root / "target" / name)
+    return targets, inputs
+
+
+def pairs(path) -> tuple[str, ...]:
+    """The PAIRED recipe on the pairs written to ``path`` (16-px targets, 4-px inputs)."""
+    return (
+        "data={name='pairs', resolution=16, channels=1, input_resolution=4}",
+        f"data.path='{path}'",
+        "eval.every=2",
+        "eval.num=10",
+        "eval.extractor=identity",
+    )
+
+
+def test_pairs_from_files_give_g_the_stored_input_and_the_critic_the_target(
+    plugins, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("GANFORGE_CACHE_DIR", str(tmp_path / "cache"))
+    targets, inputs = write_pairs(tmp_path / "pairs")
+    trainer = build(plugins, *pairs(tmp_path / "pairs"), "regularizers.watch={}", "data.xflip=true")
+    data = trainer.parts.data
+    assert data.channels == 1 and data.images.shape[1:] == (2, 16, 16) and len(data) == 12
+    trainer.fit()
+    want = {}  # each target's input, from the files: flipped with it under xflip
+    for t, i in zip(targets, inputs, strict=True):
+        for flip in (False, True):
+            tgt = t[:, ::-1] if flip else t
+            inp = i[:, ::-1] if flip else i
+            want[tgt.tobytes()] = torch.from_numpy(inp.astype(np.float32) / 127.5 - 1)
+    assert TestPlugin.watch.seen
+    for _, real, source, fake in TestPlugin.watch.seen:
+        assert real.shape == fake.shape == (8, 1, 16, 16)  # the targets: one channel
+        for r, s in zip(real, source, strict=True):
+            pixels = ((r[0] + 1) * 127.5).round().to(torch.uint8).numpy()
+            torch.testing.assert_close(s[0], want[pixels.tobytes()], rtol=0, atol=1e-6)
+    records = read_metrics(trainer.run_dir)
+    scored = [r for r in records if "eval/psnr" in r]
+    assert scored and all(math.isfinite(r["eval/psnr"]) for r in scored)
+
+
+def test_side_by_side_pairs_split_into_input_and_target(tmp_path):
+    from ganforge.data import open_store
+    from ganforge_plugins.inputs import pairs_source
+
+    targets, inputs = write_pairs(tmp_path / "ab", side_by_side=True)
+    source = pairs_source(
+        resolution=16,
+        path=str(tmp_path / "ab"),
+        layout="side_by_side",
+        channels=1,
+        input_resolution=4,
+    )
+    data = open_store(source, 16, cache_dir=tmp_path / "cache")
+    assert data.paired and data.channels == 1
+    np.testing.assert_array_equal(data.images[:, 0], targets)
+    np.testing.assert_array_equal(data.images[:, 1, ::4, ::4], inputs)
+
+
+def test_pairs_mistakes_are_one_message(plugins, tmp_path):
+    from ganforge.errors import DataError
+    from ganforge_plugins.inputs import pairs_source
+
+    write_pairs(tmp_path / "p")
+    (tmp_path / "p" / "target" / "pair03.png").unlink()
+    with pytest.raises(DataError, match="no partner of the same name.*pair03"):
+        pairs_source(resolution=16, path=str(tmp_path / "p"), channels=1)
+    write_pairs(tmp_path / "q")
+    noise_to_image = (
+        "input={}",
+        "generator={name='dcgan', width=4}",
+        "discriminator={name='dcgan', width=4}",
+        "regularizers={}",
+    )
+    said = problems(plugins, *pairs(tmp_path / "q"), *noise_to_image)
+    assert "the data holds pairs" in said["input.name"]
+
+
+def test_unpaired_domains_train_without_a_target_per_input(plugins, tmp_path, monkeypatch):
+    """Two folders in any numbers: every target once, each beside a seeded input; terms
+    that compare an output with its target, and a critic conditioned on the input, refused."""
+    from ganforge.data import open_store
+    from ganforge_plugins.inputs import pairs_source
+
+    monkeypatch.setenv("GANFORGE_CACHE_DIR", str(tmp_path / "cache"))
+    rng = np.random.default_rng(1)
+    for folder, count, side in (("input", 5, 4), ("target", 8, 16)):
+        (tmp_path / "u" / folder).mkdir(parents=True)
+        for i in range(count):
+            picture = rng.integers(0, 256, (side, side), dtype=np.uint8)
+            Image.fromarray(picture).save(tmp_path / "u" / folder / f"{folder}{i}.png")
+    options = {"path": str(tmp_path / "u"), "layout": "unpaired", "channels": 1}
+    data = open_store(pairs_source(resolution=16, input_resolution=4, **options), 16)
+    assert len(data) == 8 and data.channels == 1
+    stored = {bytes(x[::4, ::4].tobytes()) for x in data.images[:, 1]}
+    assert len(stored) == 5  # every input used, the 8 targets each once
+    targets = {x.tobytes() for x in data.images[:, 0]}
+    assert len(targets) == 8
+    recipe = (
+        "data={name='pairs', resolution=16, channels=1, input_resolution=4, layout='unpaired'}",
+        f"data.path='{tmp_path / 'u'}'",
+    )
+    assert "unpaired" in problems(plugins, *recipe)["regularizers.reconstruction"]
+    plain_critic = ("regularizers={}", "discriminator={name='dcgan', width=4}")
+    assert "unpaired" in problems(plugins, *recipe, "regularizers={}")["discriminator"]
+    trainer = build(plugins, *recipe, *plain_critic)
+    trainer.fit()
+    assert trainer.step == 2
