@@ -18,7 +18,7 @@ class CriticOutput(NamedTuple):
     ``class_logits`` (B×num_classes) serve auxiliary-classifier losses; ``features``, a list
     of the critic's intermediate activations (per layer, any shapes, the penultimate last),
     serve feature matching (pix2pixHD, MelGAN, HiFi-GAN) and consistency terms. A single
-    tensor is taken as a list of one.
+    tensor is taken as a list of one: read them with :func:`feature_list`.
 
     A named tuple, so that every backend sees the tensors a discriminator returns: DeepSpeed
     ZeRO-3 and FSDP2 hook a module's backward on its output tensors, found in tuples and
@@ -36,9 +36,15 @@ def as_critic_output(out: torch.Tensor | CriticOutput) -> CriticOutput:
         out = CriticOutput(logits=out)
     if out.logits.dim() > 1:
         out = out._replace(logits=out.logits.reshape(out.logits.shape[0], -1).squeeze(1))
-    if isinstance(out.features, torch.Tensor):
-        out = out._replace(features=[out.features])
     return out
+
+
+def feature_list(out: CriticOutput) -> list[torch.Tensor]:
+    """A critic output's per-layer features as a list (a lone tensor is a list of one; none:
+    empty). Read where features are used, so the step never rebuilds an output for them."""
+    if out.features is None:
+        return []
+    return [out.features] if isinstance(out.features, torch.Tensor) else list(out.features)
 
 
 class Critic(Protocol):

@@ -184,6 +184,7 @@ class Trainer:
             for key in tables
         }
         self._several = len(parts.critics) > 1
+        self._real_for_g = any(terms.loss.needs_real_for_g for terms in parts.critics)
         self._check_terms()
 
     def _check_terms(self) -> None:
@@ -374,18 +375,19 @@ class Trainer:
             per_critic: dict[str, torch.Tensor] = {}
             if adversarial:
                 outputs["fake"] = self.critics(fake, y_fake, source=source)
-                if any(terms.loss.needs_real_for_g for terms in parts.critics):
+                if self._real_for_g:
                     outputs["real"] = self.critics(real, y_real, source=source)
                 term, per_critic = self._weighed("g_loss", outputs, y_real, y_fake)
-            reg = partial(self._regularize, phase="g", step=step, source=source, outputs=outputs)
-            if term is not None and weighting.adaptive:
-                rest, logs = reg(None, tensors)
-                loss, logs["adversarial_weight"] = self._adaptive(term, rest)
-            else:
-                if term is not None and weighting.weight != 1.0:
-                    term = term * weighting.weight
-                loss, logs = reg(term, tensors)
-            logs.update(per_critic)
+            adaptive = term is not None and weighting.adaptive
+            if term is not None and not adaptive and weighting.weight != 1.0:
+                term = term * weighting.weight
+            loss, logs = self._regularize(
+                None if adaptive else term, tensors, "g", step, source=source, outputs=outputs
+            )
+            if adaptive:
+                loss, logs["adversarial_weight"] = self._adaptive(term, loss)
+            if per_critic:
+                logs.update(per_critic)
             norm, skipped = self._update("generator", loss, measure)
         self._critic_grad(True)
         return Phase(loss.detach(), norm, skipped, logs)
@@ -442,7 +444,8 @@ class Trainer:
         loss, per_critic = self._weighed("d_loss", outputs, y_real, y_fake)
         tensors = (real, fake, z, y_real, y_fake)
         loss, logs = self._regularize(loss, tensors, "d", step, passes=passes, source=source)
-        logs.update(per_critic)
+        if per_critic:
+            logs.update(per_critic)
         norm, skipped = self._update("discriminator", loss, measure)
         real_out, fake_out = outputs["real"][0], outputs["fake"][0]  # the [discriminator]'s
         if parts.augmenter is not None:
@@ -455,6 +458,12 @@ class Trainer:
         ``outputs["fake"]``, weighed and summed; with several critics also each critic's term,
         for the log (``d_loss/NAME``, ``g_loss/NAME``)."""
         fakes, reals = outputs["fake"], outputs.get("real")
+        if not self._several:  # one critic: its loss, as it is
+            loss = self.parts.loss
+            if which == "d_loss":
+                return loss.d_loss(reals[0], fakes[0], y_real, y_fake), {}
+            real = reals[0] if reals is not None and loss.needs_real_for_g else None
+            return loss.g_loss(fakes[0], real, y_real, y_fake), {}
         total, logs = None, {}
         for k, terms in enumerate(self.parts.critics):
             real = reals[k] if reals is not None else None
@@ -463,8 +472,7 @@ class Trainer:
             else:
                 real = real if terms.loss.needs_real_for_g else None
                 term = terms.loss.g_loss(fakes[k], real, y_real, y_fake)
-            if self._several:
-                logs[f"{which}/{terms.name}"] = term.detach()
+            logs[f"{which}/{terms.name}"] = term.detach()
             if terms.weight != 1.0:
                 term = term * terms.weight
             total = term if total is None else total + term
@@ -544,13 +552,15 @@ class Trainer:
         outputs. ``loss`` None: the terms alone. A critic's own regularizers are given that
         critic, the others the ``[discriminator]``."""
         logs: dict[str, torch.Tensor] = {}
-        contexts: dict[int, RegularizerContext] = {}
+        contexts: dict[int, RegularizerContext] | None = None
         for name, every, regularizer in self.parts.regularizers:
             if regularizer.phase != phase or not self._due(name, every, step):
                 continue
             member = self._member[name]
+            if contexts is None:  # built only when a term is due (launch-bound steps feel it)
+                contexts = {}
             ctx = contexts.get(member)
-            if ctx is None:  # built only when a term is due (launch-bound steps feel it)
+            if ctx is None:
                 made = self._context(member, phase, step, tensors, passes, source, outputs)
                 ctx = contexts[member] = made
             term, reg_logs = regularizer(ctx)

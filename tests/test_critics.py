@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from launch_worker import CRITICS
 
 from conftest import make_trainer, tiny_tables
 from ganforge.components import CriticOutput
@@ -19,21 +20,10 @@ from ganforge.runfiles import read_metrics
 from ganforge_plugins.signals import dominant_period, make_signals
 from ganforge_plugins.terms import FeatureMatching
 
-#: The 1-D toy at test size: a period critic (the [discriminator]) and a scale critic with
-#: its own weight, lr and betas, and R1; LSGAN; feature matching over both critics.
-SIGNALS = (
-    "data={name='signals', length=32, size=64}",
-    "generator={name='mlp', hidden=16, latent_dim=4}",
-    "discriminator={name='signal_period', periods=[2, 3], width=4, layers=2}",
-    "critics.scale={name='signal_scale', scales=2, width=4, layers=2, weight=0.5, "
-    "optim={lr=1e-3, betas=[0.0, 0.9]}, regularizers={r1={gamma=1.0}}}",
-    "loss.name=lsgan",
-    "regularizers.feature_matching.weight=1.0",
-    "train.steps=3",
-    "train.batch_size=8",
-    "train.checkpoint_every=0",
-    "eval.every=0",
-)
+#: The 1-D toy at test size (the two-process tests' recipe): a period critic (the
+#: [discriminator]) and a scale critic with its own weight, lr and betas, and R1; LSGAN;
+#: feature matching over both critics.
+SIGNALS = CRITICS
 
 
 def members(trainer) -> dict[str, dict[str, torch.Tensor]]:

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from ganforge import hookimpl
-from ganforge.components import Critic, RegularizerContext, as_critic_output
+from ganforge.components import Critic, RegularizerContext, as_critic_output, feature_list
 
 
 def _require_non_negative(**options: float) -> None:
@@ -129,8 +129,9 @@ class Consistency:
     def __call__(self, ctx: RegularizerContext) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         first, second = (as_critic_output(ctx.critic(ctx.real, ctx.y_real)) for _ in range(2))
         distance = (first.logits.float() - second.logits.float()).square()
-        if first.features and second.features:  # the penultimate: the list's last
-            gap = (first.features[-1].float() - second.features[-1].float()).flatten(1)
+        mine, theirs = feature_list(first), feature_list(second)
+        if mine and theirs:  # the penultimate features: the list's last
+            gap = (mine[-1].float() - theirs[-1].float()).flatten(1)
             distance = distance + self.feature_weight * gap.square().mean(1)
         return self.weight * F.relu(distance - self.margin).mean(), {}
 

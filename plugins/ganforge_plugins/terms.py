@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ganforge import hookimpl
+from ganforge.components import feature_list
 
 
 def _non_negative(name: str, value: float) -> float:
@@ -127,7 +128,7 @@ class FeatureMatching:
                 reals = ctx.critics(ctx.real, ctx.y_real)
         distance, layers = 0.0, 0
         for fake, real in zip(fakes, reals, strict=True):
-            for f, r in zip(fake.features or (), real.features or (), strict=True):
+            for f, r in zip(feature_list(fake), feature_list(real), strict=True):
                 distance = distance + (f.float() - r.detach().float()).abs().mean()
                 layers += 1
         if not layers:
