@@ -142,13 +142,15 @@ def test_backend_trains_resumes_and_skips_like_the_plain_step(tmp_path, referenc
         close(launch_worker.full_state(back), checkpoint_tensors(checkpoint), 0.0, "back")
 
 
-@pytest.mark.parametrize("case", ["zero2", "fsdp"])
+@pytest.mark.parametrize("case", ["zero2", "zero3", "fsdp"])
 def test_several_critics_train_under_a_backend_as_the_plain_step(tmp_path, case):
     """Two critics (one module of D's, one parameter group each, a critic's own R1, feature
-    matching) on two processes under ZeRO-2 or FSDP2: what the plain step trains on one."""
-    launch_worker.critics(tmp_path / "plain")
+    matching) on two processes under ZeRO-2, ZeRO-3 (which runs no regularizers: without R1
+    and feature matching) or FSDP2: what the plain step trains on one."""
+    bare = ("regularizers={}", "critics.scale.regularizers={}") if case == "zero3" else ()
+    launch_worker.critics(tmp_path / "plain", *bare)
     plain = load_file(str(tmp_path / "plain" / "critics_1_rank0.safetensors"))
-    done = launch(case, 2, tmp_path, None, ["critics", str(tmp_path / "out")])
+    done = launch(case, 2, tmp_path, None, ["critics", str(tmp_path / "out"), *bare])
     assert done.returncode == 0, done.stderr[-4000:]
     for rank in (0, 1):
         assert (
