@@ -258,7 +258,7 @@ def validate(
         if section == "regularizers":
             resolved[section] = _check_regularizers(value, registry, problems)
         elif section == "critics":
-            resolved[section] = _check_critics(value, problems)
+            resolved[section] = _check_critics(value, registry, problems)
         elif section == "optim":
             resolved[section] = _check_optim(value, problems)
         elif section == "eval":
@@ -405,7 +405,7 @@ def _check_regularizers(table, registry, problems, prefix="regularizers") -> dic
     return out
 
 
-def _check_critics(table, problems) -> dict[str, Any]:
+def _check_critics(table, registry, problems) -> dict[str, Any]:
     """Each ``[critics.NAME]`` table: its core keys, its factory's options, and its ``loss``
     (a table naming a loss; default the recipe's ``[loss]``), ``optim`` (what differs from
     ``[optim.discriminator]``) and ``regularizers`` (D-phase terms on this critic)."""
@@ -436,48 +436,30 @@ def _check_critics(table, problems) -> dict[str, Any]:
         resolved["loss"] = dict(loss)
         resolved["optim"] = {k: v for k, v in checked.items() if v is not None}
         resolved["regularizers"] = _check_regularizers(
-            regularizers, None, problems, f"{where}.regularizers"
+            regularizers, registry, problems, f"{where}.regularizers"
         )
         out[name] = resolved
     return out
 
 
 def _check_critic(where, table, registry, conditioning, problems) -> None:
-    """A further critic's discriminator, loss and regularizers against the registry; its
-    regularizers must be D-phase terms (G-phase ones go in ``[regularizers]``)."""
-    name = table.get("name")
-    if not isinstance(name, str):
-        return
-    entry = registry.find("discriminator", name)
-    if entry is None:
-        problems.append((f"{where}.name", registry.unknown_message("discriminator", name)))
-    else:
-        if conditioning and not entry.conditional:
-            problem = f"discriminator {name!r} cannot condition on labels, but {conditioning}"
-            problems.append((f"{where}.name", problem))
-        kwargs = {k: v for k, v in table.items() if k not in (*CRITIC_KEYS, *CRITIC_TABLES)}
-        _bind_kwargs(where, entry, kwargs, problems)
-    loss = table["loss"]
-    if loss:
-        entry = registry.find("loss", loss["name"])
-        if entry is None:
-            message = registry.unknown_message("loss", loss["name"])
-            problems.append((f"{where}.loss.name", message))
-        else:
-            options = {k: v for k, v in loss.items() if k != "name"}
-            _bind_kwargs(f"{where}.loss", entry, options, problems)
-    for reg, sub in table["regularizers"].items():
+    """A further critic's discriminator and loss against the registry, as their sections'
+    are; its regularizers (bound by :func:`_check_critics`) must be D-phase terms."""
+    core = {*CRITIC_KEYS, *CRITIC_TABLES}
+    discriminator = {k: v for k, v in table.items() if k not in CRITIC_TABLES}
+    _check_component(
+        where, "discriminator", discriminator, registry, conditioning, problems, core=core
+    )
+    if table["loss"]:
+        loss = f"{where}.loss"
+        _check_component(
+            loss, "loss", table["loss"], registry, conditioning, problems, core={"name"}
+        )
+    for reg in table["regularizers"]:
         entry = registry.find("regularizer", reg)
-        at = f"{where}.regularizers.{reg}"
-        if entry is None:
-            problems.append((at, registry.unknown_message("regularizer", reg)))
-            continue
-        if getattr(entry.factory, "phase", "d") != "d":
+        if entry is not None and getattr(entry.factory, "phase", "d") != "d":
             problem = "is a G-phase term: put it in [regularizers], which G's loss reads"
-            problems.append((at, problem))
-            continue
-        kwargs = {k: initial(v) for k, v in sub.items() if k not in REGULARIZER_KEYS}
-        _bind_kwargs(at, entry, kwargs, problems)
+            problems.append((f"{where}.regularizers.{reg}", problem))
 
 
 def _check_eval(table, registry, problems) -> dict[str, Any]:
@@ -517,10 +499,12 @@ def _check_eval(table, registry, problems) -> dict[str, Any]:
 
 
 def _check_component(
-    section, kind, table, registry, conditioning, problems, has_input: bool = False
+    section, kind, table, registry, conditioning, problems, has_input: bool = False, core=None
 ) -> None:
     """``conditioning`` names the recipe key that makes the run conditional, or is None;
-    ``has_input``: the recipe names an ``[input]``."""
+    ``has_input``: the recipe names an ``[input]``; ``core``: the table's keys that are not
+    the factory's (default the section's schema)."""
+    core = SCHEMA[section] if core is None else core
     name = table.get("name")
     if not isinstance(name, str):
         return  # already reported by the schema check
@@ -545,7 +529,7 @@ def _check_component(
                 "(or data.clusters = k)",
             )
         )
-    kwargs = {k: v for k, v in table.items() if k not in SCHEMA[section]}
+    kwargs = {k: v for k, v in table.items() if k not in core}
     _bind_kwargs(section, entry, kwargs, problems)
     if kind == "generator":
         _check_takes_input(entry, name, has_input, problems)
