@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ganforge.components import CriticOutput, Loss, as_critic_output
+from ganforge.schedules import initial
 
 #: The name the recipe's ``[discriminator]`` has among several critics (logs, checkpoints).
 FIRST = "discriminator"
@@ -65,8 +66,6 @@ def parameter_groups(
     of ``optim.discriminator.lr`` moves every critic's lr alike. Its own ``betas`` are fixed
     (``own_betas``): a schedule of the base betas leaves them.
     """
-    from ganforge.schedules import initial
-
     base_lr = initial(base["lr"])
     groups = []
     for critic, own in zip(critics.members.values(), overrides, strict=True):

@@ -130,6 +130,12 @@ class DataSource:
         return self.reference() if self.reference is not None else self
 
 
+def target_channels(source: DataSource) -> int:
+    """The target's channels of a paired source's stored images (``metadata["pairs"]``), else
+    0."""
+    return int(source.metadata.get("pairs", {}).get("target_channels", 0))
+
+
 def cache_root() -> Path:
     """Where decoded stores live: ``$GANFORGE_CACHE_DIR`` or ``~/.cache/ganforge``."""
     env = os.environ.get("GANFORGE_CACHE_DIR")
@@ -183,7 +189,7 @@ def open_store(source: DataSource, resolution: int, cache_dir: Path | None = Non
     them decodes and the others read what it wrote; none removes another's fresh store.
     """
     where = source.description or source.fingerprint
-    paired = int(source.metadata.get("pairs", {}).get("target_channels", 0))
+    paired = target_channels(source)
     if not source.cache:
         data = replace(source.load(), target_channels=paired)
         check_image_data(data, resolution, where)
@@ -251,8 +257,7 @@ def describe_store(source: DataSource, resolution: int) -> dict:
     data = None
     if (store / "meta.json").exists():
         try:
-            paired = int(source.metadata.get("pairs", {}).get("target_channels", 0))
-            data = _read_store(store, source.fingerprint, paired)
+            data = _read_store(store, source.fingerprint, target_channels(source))
             check_image_data(data, resolution, found["source"])
         except (*_DAMAGE, OSError) as err:
             return {**found, "prepared": f"damaged ({err}): the next start rebuilds it"}

@@ -573,10 +573,7 @@ class Trainer:
     def _context(self, k, phase, step, tensors, passes, source, outputs) -> RegularizerContext:
         """What a regularizer of critic ``k`` (an index into D's outputs) is given."""
         critics = self.critics if source is None else partial(self.critics, source=source)
-        if self._several:
-            critic = partial(_member, critics, k)
-        else:
-            critic = self.critic if source is None else partial(self.critic, source=source)
+        critic = partial(_member, critics, k)  # one critic: critics(x, y)[0] is critic(x, y)
         mine = {which: members[k] for which, members in (passes or {}).items()}
         return RegularizerContext(
             phase,

@@ -16,6 +16,7 @@ nothing is pickled: state is read and written as whole tensors through DeepSpeed
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 from typing import Any
 
@@ -85,10 +86,12 @@ class ZeroExecution(Execution):
         }
 
     def prepare(self, generator, discriminator, make_optimizer):
+        # Each parameter group's parameters with their index in the unsharded optimizer's
+        # state_dict (numbered through the groups in order, as torch does; frozen ones out).
         self._group_params: dict[str, list[list[tuple[int, torch.nn.Parameter]]]] = {}
         for role, model in (("generator", generator), ("discriminator", discriminator)):
             optimizer = make_optimizer(role, model.parameters())
-            numbered = iter(range(1 << 62))
+            numbered = itertools.count()
             self._group_params[role] = [
                 [(next(numbered), p) for p in group["params"]] for group in optimizer.param_groups
             ]
@@ -142,11 +145,6 @@ class ZeroExecution(Execution):
     def _params(self, role) -> list[torch.nn.Parameter]:
         return list(self.modules[role].parameters())
 
-    def _groups(self, role) -> list[list[tuple[int, torch.nn.Parameter]]]:
-        """Each optimizer parameter group's parameters with their index in the unsharded
-        optimizer's ``state_dict`` (numbered through the groups in order, as torch does)."""
-        return self._group_params[role]
-
     def _relink(self, role) -> None:
         """ZeRO-1/2 links each parameter to its optimizer state after the first step, once,
         but before the later groups' state exists (DeepSpeed 0.19.8): with several parameter
@@ -162,7 +160,7 @@ class ZeroExecution(Execution):
     def optimizer_state(self, role):
         from deepspeed.utils import safe_get_full_optimizer_state
 
-        inner, members = self.optimizers[role], self._groups(role)
+        inner, members = self.optimizers[role], self._group_params[role]
         groups = [
             {**{k: v for k, v in group.items() if k != "params"}, "params": [i for i, _ in pairs]}
             for group, pairs in zip(inner.param_groups, members, strict=True)
@@ -193,7 +191,7 @@ class ZeroExecution(Execution):
         if not state["state"]:
             return
         saved_state = {int(k): v for k, v in state["state"].items()}
-        flats, members = self._flat_partitions(role), self._groups(role)
+        flats, members = self._flat_partitions(role), self._group_params[role]
         for flat, pairs in zip(flats, members, strict=True):
             first = saved_state[pairs[0][0]]  # Adam's state, created as its step would
             moments = [k for k, v in first.items() if torch.is_tensor(v) and v.dim() > 0]
@@ -205,10 +203,8 @@ class ZeroExecution(Execution):
                 },
                 **{k: torch.zeros_like(flat) for k in moments},
             }
+        self._relink(role)  # ZeRO-1/2: link the views
         zero = self.engines[role].optimizer
-        if hasattr(zero, "_lazy_init_hp_params_optimizer_state"):  # ZeRO-1/2: link the views
-            zero._hp_optimizer_states_linked = False
-            zero._lazy_init_hp_params_optimizer_state()
         for index, param in (pair for pairs in members for pair in pairs):
             entry = saved_state[index]
             for key in (k for k, v in entry.items() if torch.is_tensor(v) and v.dim() > 0):

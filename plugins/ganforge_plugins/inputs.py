@@ -126,6 +126,35 @@ def _pair_files(root: Path, layout: str, input_dir: str, target_dir: str, seed: 
     return pairs
 
 
+def _open_pair(a: Path, b: Path, layout: str, input_side: str):
+    """A pair's (input, target) as PIL images: the halves of ``a`` side by side, else ``a``
+    and ``b``."""
+    from PIL import Image
+
+    with Image.open(a) as first:
+        first.load()
+        if layout == "side_by_side":
+            half = first.width // 2
+            left = first.crop((0, 0, half, first.height))
+            right = first.crop((half, 0, 2 * half, first.height))
+            return (left, right) if input_side == "left" else (right, left)
+        source = first.copy()
+    with Image.open(b) as second:
+        second.load()
+        return source, second.copy()
+
+
+def _as_array(img, side: int, grey: bool, box: bool = False) -> np.ndarray:
+    """``img`` resized to side×side as uint8 C×side×side (grey or RGB); ``box``: shrink by box
+    averages (exact for an input saved enlarged by repetition), else Lanczos."""
+    from PIL import Image
+
+    shrink = img.width >= side and img.height >= side
+    method = Image.BOX if box and shrink else Image.LANCZOS
+    out = np.asarray(img.convert("L" if grey else "RGB").resize((side, side), method))
+    return (out[None] if out.ndim == 2 else out.transpose(2, 0, 1)).copy()
+
+
 def pairs_source(
     *,
     resolution: int,
@@ -187,34 +216,10 @@ def pairs_source(
     scale = resolution // input_resolution
 
     def decode_pair(a: Path, b: Path) -> np.ndarray:
-        from PIL import Image
-
-        with Image.open(a) as first:
-            first.load()
-            if layout == "side_by_side":
-                half = first.width // 2
-                left, right = (
-                    first.crop((0, 0, half, first.height)),
-                    first.crop((half, 0, 2 * half, first.height)),
-                )
-                source, target = (left, right) if input_side == "left" else (right, left)
-            else:
-                source = first.copy()
-                with Image.open(b) as second:
-                    second.load()
-                    target = second.copy()
-
-        def array(img, side: int, grey: bool, box: bool = False) -> np.ndarray:
-            # An input shrinks by box averages (exact for one saved enlarged by repetition).
-            shrink = img.width >= side and img.height >= side
-            method = Image.BOX if box and shrink else Image.LANCZOS
-            img = img.convert("L" if grey else "RGB").resize((side, side), method)
-            out = np.asarray(img)
-            return (out[None] if out.ndim == 2 else out.transpose(2, 0, 1)).copy()
-
-        made = array(source, input_resolution, input_channels == 1, box=True)
+        source, target = _open_pair(a, b, layout, input_side)
+        made = _as_array(source, input_resolution, input_channels == 1, box=True)
         made = made.repeat(scale, 1).repeat(scale, 2)  # stored at the target's size
-        return np.concatenate([array(target, resolution, channels == 1), made])
+        return np.concatenate([_as_array(target, resolution, channels == 1), made])
 
     def decode(start: int, stop: int) -> Chunk:
         shape = (stop - start, channels + input_channels, resolution, resolution)

@@ -109,6 +109,26 @@ def _check_signal_critic(resolution: int, num_classes: int, width: int, layers: 
         raise ValueError(f"width and layers must be >= 1, got {width} and {layers}")
 
 
+def _sub_critic(conv, layers: int, width: int, body: tuple, head: tuple) -> nn.ModuleList:
+    """``layers`` convolutions ``conv(cin, cout, *body)`` (``width`` channels, doubled each)
+    and one ``conv(cin, 1, *head)`` to a logit per position."""
+    convs, cin = [], 1
+    for i in range(layers):
+        cout = width * 2**i
+        convs.append(conv(cin, cout, *body))
+        cin = cout
+    convs.append(conv(cin, 1, *head))
+    return nn.ModuleList(convs)
+
+
+def _run(convs: nn.ModuleList, h: torch.Tensor, features: list) -> torch.Tensor:
+    """A sub-critic's logits of ``h`` (B×N), each layer's activations added to ``features``."""
+    for conv in convs[:-1]:
+        h = F.leaky_relu(conv(h), 0.1)
+        features.append(h)
+    return convs[-1](h).flatten(1)
+
+
 class PeriodCritic(nn.Module):
     """One sub-critic per period p: the signal, reflect-padded to a multiple of p, folded to
     B×1×(L/p)×p; ``layers`` (5, 1) convolutions of stride (2, 1) and a (3, 1) one to a logit
@@ -127,15 +147,10 @@ class PeriodCritic(nn.Module):
         super().__init__()
         _check_signal_critic(resolution, num_classes, width, layers)
         self.periods = _check_periods(periods, channels)
-        self.nets = nn.ModuleList()
-        for _ in self.periods:
-            convs, cin = [], 1
-            for i in range(layers):
-                cout = width * 2**i
-                convs.append(nn.Conv2d(cin, cout, (5, 1), (2, 1), (2, 0)))
-                cin = cout
-            convs.append(nn.Conv2d(cin, 1, (3, 1), 1, (1, 0)))
-            self.nets.append(nn.ModuleList(convs))
+        body, head = ((5, 1), (2, 1), (2, 0)), ((3, 1), 1, (1, 0))
+        self.nets = nn.ModuleList(
+            _sub_critic(nn.Conv2d, layers, width, body, head) for _ in self.periods
+        )
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> CriticOutput:
         logits, features = [], []
@@ -144,11 +159,7 @@ class PeriodCritic(nn.Module):
             pad = -x.shape[1] % period
             if pad:
                 h = F.pad(h, (0, pad), mode="reflect")
-            h = h.reshape(h.shape[0], 1, -1, period)
-            for conv in convs[:-1]:
-                h = F.leaky_relu(conv(h), 0.1)
-                features.append(h)
-            logits.append(convs[-1](h).flatten(1))
+            logits.append(_run(convs, h.reshape(h.shape[0], 1, -1, period), features))
         return CriticOutput(logits=torch.cat(logits, 1), features=features)
 
 
@@ -171,27 +182,17 @@ class ScaleCritic(nn.Module):
         _check_signal_critic(resolution, num_classes, width, layers)
         if not scales >= 1 or channels >> (scales - 1) < 4:
             raise ValueError(f"scales must be >= 1 and leave >= 4 samples, got {scales}")
-        self.nets = nn.ModuleList()
-        for _ in range(scales):
-            convs, cin = [], 1
-            for i in range(layers):
-                cout = width * 2**i
-                convs.append(nn.Conv1d(cin, cout, 5, 2, 2))
-                cin = cout
-            convs.append(nn.Conv1d(cin, 1, 3, 1, 1))
-            self.nets.append(nn.ModuleList(convs))
+        self.nets = nn.ModuleList(
+            _sub_critic(nn.Conv1d, layers, width, (5, 2, 2), (3, 1, 1)) for _ in range(scales)
+        )
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> CriticOutput:
         logits, features = [], []
-        h0 = x.unsqueeze(1)
+        h = x.unsqueeze(1)
         for scale, convs in enumerate(self.nets):
             if scale:
-                h0 = F.avg_pool1d(h0, 4, 2, 1)
-            h = h0
-            for conv in convs[:-1]:
-                h = F.leaky_relu(conv(h), 0.1)
-                features.append(h)
-            logits.append(convs[-1](h).flatten(1))
+                h = F.avg_pool1d(h, 4, 2, 1)
+            logits.append(_run(convs, h, features))
         return CriticOutput(logits=torch.cat(logits, 1), features=features)
 
 
